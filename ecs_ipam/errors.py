@@ -1,0 +1,160 @@
+"""The one exception hierarchy of ecs-ipam.
+
+Every class carries the CNI error code it turns into at the plugin's entry point
+(``ecs_ipam.cni``), which is the only place that converts exceptions into CNI error
+objects.  Codes below 100 are the CNI specification's; 100 and up are this plugin's own
+and are listed in the README.
+
+Leaves also inherit the matching builtin where one exists (``ValueError``,
+``TimeoutError``...), so embedding code can catch them idiomatically.  ``KeyError`` is
+deliberately avoided: its ``str()`` adds quotes, and these messages end up in JSON.
+"""
+
+# CNI well-known error codes (spec 1.1.0, "Error" section).
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENVIRONMENT = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_NETWORK_CONFIG = 7
+TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
+
+# This plugin's own codes.
+ADDRESS_IN_USE = 100
+ID_ALREADY_ALLOCATED = 101
+POOL_EXHAUSTED = 102
+RESERVATION_MISMATCH = 103
+INTERNAL_ERROR = 199
+
+
+class ECSIPAMError(Exception):
+    """Base of every error ecs-ipam raises on purpose."""
+
+    code = INTERNAL_ERROR
+
+    def __init__(self, msg: str = "", details: str = "") -> None:
+        super().__init__(msg or self.__doc__.splitlines()[0])
+        self.msg = str(self.args[0])
+        self.details = details
+
+
+# --- request errors: the caller sent something we cannot serve -------------------------
+
+class IncompatibleVersionError(ECSIPAMError, ValueError):
+    """The requested CNI version is not supported for this command."""
+
+    code = INCOMPATIBLE_VERSION
+
+
+class UnsupportedFieldError(ECSIPAMError, ValueError):
+    """A field of the network configuration is not supported."""
+
+    code = UNSUPPORTED_FIELD
+
+
+class InvalidEnvironmentError(ECSIPAMError, ValueError):
+    """A CNI environment variable is missing or invalid."""
+
+    code = INVALID_ENVIRONMENT
+
+
+class DecodeError(ECSIPAMError, ValueError):
+    """The network configuration on stdin could not be decoded."""
+
+    code = DECODE_FAILURE
+
+
+class InvalidConfigError(ECSIPAMError, ValueError):
+    """The network configuration is invalid; the message names the field."""
+
+    code = INVALID_NETWORK_CONFIG
+
+
+# --- allocation outcomes ----------------------------------------------------------------
+
+class AllocationError(ECSIPAMError):
+    """An address could not be allocated."""
+
+
+class AddressInUseError(AllocationError):
+    """The requested address is already held by another owner."""
+
+    code = ADDRESS_IN_USE
+
+
+class IdAlreadyAllocatedError(AllocationError):
+    """The id already holds an address in this pool."""
+
+    code = ID_ALREADY_ALLOCATED
+
+
+class PoolExhaustedError(AllocationError):
+    """No free address is left in the subnet."""
+
+    code = POOL_EXHAUSTED
+
+
+class ReservationMismatchError(ECSIPAMError):
+    """CHECK found that the store no longer holds what the previous result says."""
+
+    code = RESERVATION_MISMATCH
+
+
+class NotAvailableError(ECSIPAMError):
+    """STATUS: the plugin cannot currently serve an ADD."""
+
+    code = NOT_AVAILABLE
+
+
+# --- store errors (ecs_ipam.kv re-exports these) ----------------------------------------
+
+class StoreError(ECSIPAMError):
+    """The key/value store failed."""
+
+    code = IO_FAILURE
+
+
+class KeyNotFoundError(StoreError, LookupError):
+    """The key does not exist in the bucket."""
+
+
+class KeyExistsError(StoreError):
+    """Create-only put: the key already exists."""
+
+
+class KeyModifiedError(StoreError):
+    """Compare-and-swap: the key changed since the given pair was read."""
+
+
+class CallNotSupportedError(StoreError, NotImplementedError):
+    """This backend does not support the call (as libkv's bolt backend)."""
+
+
+class InvalidArgumentError(StoreError, ValueError):
+    """A key, value or bucket name is not acceptable to the store."""
+
+
+class StoreTimeoutError(StoreError, TimeoutError):
+    """The database stayed busy longer than the timeout; try again later."""
+
+    code = TRY_AGAIN_LATER
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached; try again later."""
+
+    code = TRY_AGAIN_LATER
+
+
+class DatabaseNotFoundError(StoreError, FileNotFoundError):
+    """No database exists at the path (and the caller asked not to create one)."""
+
+
+class NotADatabaseError(StoreError):
+    """The path holds something that is not a database of this backend; it was left untouched."""
+
+
+class CorruptDatabaseError(StoreError):
+    """The database file is damaged or truncated."""

@@ -1,0 +1,88 @@
+"""A libkv-like key/value store, embedded: buckets of ``str`` keys and ``bytes`` values.
+
+Public API for any agent on the host, usable concurrently with the plugin::
+
+    from ecs_ipam import kv
+
+    with kv.open_store("/data/eni-ipam.db", bucket="my-agent") as store:
+        store.put("greeting", b"hello")
+        pair = store.get("greeting")                 # KVPair(key, value, last_index)
+        store.atomic_put("greeting", b"hi", previous=pair)   # compare-and-swap
+        with store.transaction() as tx:             # all or nothing, across buckets
+            tx.put("a", b"1")
+            tx.bucket("other").delete("b")
+
+The path selects the backend: a file path is an LMDB database (the default); the
+backend behind a URL scheme is documented in the README.  See :class:`Store` for the
+operations and the errors they raise.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    CallNotSupportedError,
+    CorruptDatabaseError,
+    DatabaseNotFoundError,
+    InvalidArgumentError,
+    KeyExistsError,
+    KeyModifiedError,
+    KeyNotFoundError,
+    NotADatabaseError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+from .base import KVPair, Store, Tx
+
+__all__ = [
+    "KVPair",
+    "Store",
+    "Tx",
+    "open_store",
+    "list_buckets",
+    "StoreError",
+    "KeyNotFoundError",
+    "KeyExistsError",
+    "KeyModifiedError",
+    "CallNotSupportedError",
+    "InvalidArgumentError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
+    "DatabaseNotFoundError",
+    "NotADatabaseError",
+    "CorruptDatabaseError",
+]
+
+
+def open_store(
+    path: str,
+    bucket: str = "IPAM",
+    timeout: float = 5.0,
+    *,
+    read_only: bool = False,
+    create: bool = True,
+) -> Store:
+    """Open bucket *bucket* of the database at *path*.
+
+    :param path: an LMDB database file (created mode 0600 if missing and *create*).
+    :param bucket: the bucket to work on; others are reachable with ``store.bucket(name)``.
+    :param timeout: seconds a write may wait for another writer before StoreTimeoutError.
+    :param read_only: never write, never create a file.
+    :param create: create the database if it does not exist.
+    :return: a :class:`Store`, also a context manager that closes it.
+    :raises DatabaseNotFoundError: no database at *path* and none may be created.
+    :raises NotADatabaseError: *path* holds something else (it is left untouched).
+    :raises StoreError: the database cannot be opened.
+    """
+    from .lmdb_store import LMDBStore
+
+    return LMDBStore(path, bucket, timeout, read_only=read_only, create=create)
+
+
+def list_buckets(path: str) -> list[str]:
+    """Return the sorted names of the buckets in the database at *path* (read-only).
+
+    :raises DatabaseNotFoundError: no database at *path*.
+    """
+    with open_store(path, read_only=True) as store:
+        return store.buckets()

@@ -1,0 +1,265 @@
+"""The store interface every backend implements, and the libkv semantics built on it.
+
+A backend supplies two small things:
+
+* a :class:`Tx` subclass: one bucket's view of one transaction, with four primitives
+  (``_read``, ``_write``, ``_remove``, ``_scan``) and ``bucket()`` for another bucket of
+  the same transaction;
+* a :class:`Store` subclass: ``transaction()``, ``bucket()``, ``buckets()``, ``close()``.
+
+Everything a caller sees (``put``/``get``/``atomic_put``...) is written once, here, on
+top of those primitives, so every backend has exactly the same semantics and passes the
+same contract suite.
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+from ..errors import (
+    CallNotSupportedError,
+    InvalidArgumentError,
+    KeyExistsError,
+    KeyModifiedError,
+    KeyNotFoundError,
+)
+
+T = TypeVar("T")
+
+# LMDB refuses longer keys; every backend enforces the same limit so that code written
+# against one backend keeps working on another.
+MAX_KEY_BYTES = 511
+
+
+@dataclass(frozen=True, slots=True)
+class KVPair:
+    """One key/value pair as stored, with the index used for compare-and-swap.
+
+    ``last_index`` grows on every write of the key and never goes back, across
+    processes and reopenings.
+    """
+
+    key: str
+    value: bytes
+    last_index: int
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Return *key* if it is a usable key or bucket name, else raise InvalidArgumentError."""
+    if not isinstance(key, str):
+        raise InvalidArgumentError(f"{what} must be str, not {type(key).__name__}")
+    if not key:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} is not valid unicode text") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgumentError(f"{what} is {size} bytes long; the limit is {MAX_KEY_BYTES}")
+    return key
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise InvalidArgumentError(f"prefix must be str, not {type(prefix).__name__}")
+    return prefix
+
+
+def check_value(value: object) -> bytes:
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, bytes):
+        raise InvalidArgumentError(f"value must be bytes, not {type(value).__name__}")
+    return value
+
+
+class Tx(abc.ABC):
+    """One bucket's view of an open transaction.
+
+    All operations of a transaction, in all of its buckets, commit together or not at
+    all.  Operations raise the same errors as the :class:`Store` methods of the same name.
+    """
+
+    bucket_name: str
+
+    # -- primitives a backend implements ----------------------------------------------
+
+    @abc.abstractmethod
+    def _read(self, key: str) -> KVPair | None:
+        """The pair stored under *key*, or None."""
+
+    @abc.abstractmethod
+    def _write(self, key: str, value: bytes) -> KVPair:
+        """Store *value* under *key* with a new, larger last_index; return the new pair."""
+
+    @abc.abstractmethod
+    def _remove(self, key: str) -> bool:
+        """Remove *key*; return whether it existed."""
+
+    @abc.abstractmethod
+    def _scan(self, prefix: str) -> list[KVPair]:
+        """Every pair whose key starts with *prefix*, sorted by key."""
+
+    @abc.abstractmethod
+    def bucket(self, name: str) -> "Tx":
+        """The view of bucket *name* within this same transaction."""
+
+    # -- the libkv operations, identical for every backend -----------------------------
+
+    def get(self, key: str) -> KVPair:
+        pair = self._read(check_key(key))
+        if pair is None:
+            raise KeyNotFoundError(f"key not found: {key}")
+        return pair
+
+    def exists(self, key: str) -> bool:
+        return self._read(check_key(key)) is not None
+
+    def put(self, key: str, value: bytes) -> KVPair:
+        return self._write(check_key(key), check_value(value))
+
+    def list(self, prefix: str = "") -> list[KVPair]:
+        return self._scan(check_prefix(prefix))
+
+    def delete(self, key: str) -> None:
+        self._remove(check_key(key))
+
+    def delete_tree(self, prefix: str = "") -> None:
+        for pair in self._scan(check_prefix(prefix)):
+            self._remove(pair.key)
+
+    def atomic_put(self, key: str, value: bytes, previous: KVPair | None) -> KVPair:
+        check_key(key)
+        value = check_value(value)
+        current = self._read(key)
+        if previous is None:
+            if current is not None:
+                raise KeyExistsError(f"key already exists: {key}")
+        elif current is None:
+            raise KeyNotFoundError(f"key not found: {key}")
+        elif current.last_index != previous.last_index:
+            raise KeyModifiedError(f"key was modified: {key}")
+        return self._write(key, value)
+
+    def atomic_delete(self, key: str, previous: KVPair) -> None:
+        check_key(key)
+        if not isinstance(previous, KVPair):
+            raise InvalidArgumentError("atomic_delete needs the previous KVPair")
+        current = self._read(key)
+        if current is None:
+            raise KeyNotFoundError(f"key not found: {key}")
+        if current.last_index != previous.last_index:
+            raise KeyModifiedError(f"key was modified: {key}")
+        self._remove(key)
+
+
+class Store(abc.ABC):
+    """A libkv-like key/value store bound to one bucket.
+
+    Every method outside :meth:`transaction` is its own transaction.  Instances are
+    context managers that :meth:`close` on exit.
+    """
+
+    bucket_name: str
+
+    # -- what a backend implements -------------------------------------------------------
+
+    @abc.abstractmethod
+    def transaction(self, write: bool = True) -> AbstractContextManager[Tx]:
+        """Open a transaction on this store's bucket (other buckets via ``tx.bucket``).
+
+        Leaving the block normally commits; an exception aborts, and nothing the block
+        wrote is kept.  A read transaction (``write=False``) sees one consistent snapshot.
+
+        :raises StoreTimeoutError: a write transaction could not start within the timeout.
+        """
+
+    @abc.abstractmethod
+    def bucket(self, name: str) -> "Store":
+        """A store for bucket *name* of the same database, sharing this connection."""
+
+    @abc.abstractmethod
+    def buckets(self) -> list[str]:
+        """The names of the buckets in the database, sorted."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this store's resources; further calls are errors."""
+
+    # -- derived -----------------------------------------------------------------------
+
+    def transact(self, body: Callable[[Tx], T], write: bool = True) -> T:
+        """Run ``body(tx)`` in one transaction and return its result.
+
+        *body* must be a pure function of what it reads through *tx*: backends that run
+        transactions optimistically re-run it when a conflicting write wins the race.
+        """
+        with self.transaction(write=write) as tx:
+            return body(tx)
+
+    def get(self, key: str) -> KVPair:
+        """Return the pair stored under *key*.
+
+        :raises KeyNotFoundError: the key does not exist.
+        """
+        return self.transact(lambda tx: tx.get(key), write=False)
+
+    def exists(self, key: str) -> bool:
+        """Return whether *key* exists."""
+        return self.transact(lambda tx: tx.exists(key), write=False)
+
+    def put(self, key: str, value: bytes) -> None:
+        """Store *value* under *key*, creating or replacing it."""
+        self.transact(lambda tx: tx.put(key, value))
+
+    def list(self, prefix: str = "") -> list[KVPair]:
+        """Return every pair whose key starts with *prefix*, sorted by key ([] if none)."""
+        return self.transact(lambda tx: tx.list(prefix), write=False)
+
+    def delete(self, key: str) -> None:
+        """Delete *key*; deleting a missing key is not an error."""
+        self.transact(lambda tx: tx.delete(key))
+
+    def delete_tree(self, prefix: str = "") -> None:
+        """Delete every key that starts with *prefix*."""
+        self.transact(lambda tx: tx.delete_tree(prefix))
+
+    def atomic_put(self, key: str, value: bytes, previous: KVPair | None) -> KVPair:
+        """Create or compare-and-swap *key*.
+
+        :param previous: None to create only, else the pair last read.
+        :return: the pair as now stored.
+        :raises KeyExistsError: previous is None and the key exists.
+        :raises KeyNotFoundError: previous is given and the key no longer exists.
+        :raises KeyModifiedError: the key's last_index differs from previous.last_index.
+        """
+        return self.transact(lambda tx: tx.atomic_put(key, value, previous))
+
+    def atomic_delete(self, key: str, previous: KVPair) -> None:
+        """Delete *key* only if it is unchanged since *previous* was read.
+
+        :raises KeyNotFoundError: the key does not exist.
+        :raises KeyModifiedError: the key's last_index differs from previous.last_index.
+        """
+        self.transact(lambda tx: tx.atomic_delete(key, previous))
+
+    def watch(self, key: str) -> Iterator[KVPair]:
+        """Not supported by this backend (as libkv's bolt backend)."""
+        raise CallNotSupportedError(f"watch is not supported by {type(self).__name__}")
+
+    def watch_tree(self, prefix: str) -> Iterator[list[KVPair]]:
+        """Not supported by this backend (as libkv's bolt backend)."""
+        raise CallNotSupportedError(f"watch_tree is not supported by {type(self).__name__}")
+
+    def new_lock(self, key: str, **options: object) -> object:
+        """Not supported by this backend (as libkv's bolt backend)."""
+        raise CallNotSupportedError(f"new_lock is not supported by {type(self).__name__}")
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

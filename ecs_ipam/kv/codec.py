@@ -1,0 +1,26 @@
+"""How a pair's value and last_index are laid out in a backend that stores both in one
+value (LMDB): a two-element msgpack array ``[last_index, value]``."""
+
+from __future__ import annotations
+
+import msgpack
+
+from ..errors import CorruptDatabaseError
+
+
+def encode_record(value: bytes, last_index: int) -> bytes:
+    return msgpack.packb((last_index, value), use_bin_type=True)
+
+
+def decode_record(raw: bytes, key: str = "?") -> tuple[bytes, int]:
+    """Return ``(value, last_index)`` of a stored record.
+
+    :raises CorruptDatabaseError: the record was not written by this codec.
+    """
+    try:
+        last_index, value = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record") from None
+    if not isinstance(last_index, int) or not isinstance(value, bytes):
+        raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record")
+    return value, last_index

@@ -1,0 +1,479 @@
+"""The LMDB backend: one database file shared by every process on the host.
+
+Layout: ``<path>`` and LMDB's ``<path>-lock``, both mode 0600.  Each bucket is an LMDB
+named database; the main database holds nothing but their names.  A value is stored with
+its last_index by :mod:`ecs_ipam.kv.codec`.
+
+Why the extra machinery around LMDB:
+
+* LMDB's writer mutex has no timeout.  Writers first take an ``flock`` on ``<path>-lock``
+  (independent of LMDB's own fcntl locks on that file), polling until a deadline, so a
+  stuck writer elsewhere turns into ``StoreTimeoutError`` instead of a hang.
+* ``last_index`` is LMDB's transaction id, but never less than the key's previous index
+  plus one: transaction ids are persistent and monotonic, except after a compacting copy,
+  which restarts them.
+* A full map aborts the whole LMDB transaction.  Each write transaction keeps a log of
+  its mutations; on ``MapFullError`` the map is doubled and the log replayed.  Nobody else
+  can have written meanwhile: we still hold the flock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import lmdb
+
+from ..errors import (
+    DatabaseNotFoundError,
+    InvalidArgumentError,
+    NotADatabaseError,
+    StoreError,
+    StoreTimeoutError,
+)
+from .base import KVPair, Store, Tx, check_key
+from .codec import decode_record, encode_record
+
+LMDB_MAGIC = 0xBEEFC0DE
+BOLT_MAGIC = 0xED0CDAED
+MAGIC_OFFSET = 16  # both formats put their magic right after a 16-byte page header
+
+DEFAULT_MAP_SIZE = 32 << 20
+MAX_BUCKETS = 1024
+MAX_READERS = 256
+# Grow before a write transaction when the data file fills this share of the map, so
+# that most transactions never hit MapFullError and need no replay.
+GROW_THRESHOLD = 0.75
+
+
+def sniff(path: str) -> str:
+    """Classify what lies at *path*: ``missing``, ``empty``, ``lmdb``, ``bolt`` or ``unknown``.
+
+    :raises NotADatabaseError: the path is a directory or otherwise not a regular file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAGIC_OFFSET + 4)
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        raise NotADatabaseError(f"database path {path} is a directory") from None
+    except PermissionError as e:
+        raise StoreError(f"cannot read database {path}: {e.strerror}") from None
+    except OSError as e:
+        raise StoreError(f"cannot read database {path}: {e.strerror or e}") from None
+    if not head:
+        return "empty"
+    if len(head) < MAGIC_OFFSET + 4:
+        return "unknown"
+    magic = struct.unpack_from("<I", head, MAGIC_OFFSET)[0]
+    return {LMDB_MAGIC: "lmdb", BOLT_MAGIC: "bolt"}.get(magic, "unknown")
+
+
+def _not_ours(path: str, kind: str) -> NotADatabaseError:
+    if kind == "bolt":
+        return NotADatabaseError(
+            f"{path} is a bolt database written by the Go ecs-ipam plugin, not LMDB; "
+            "migrate it with tools/migrate_boltdb.py (see README, 'Upgrading from the Go plugin')"
+        )
+    return NotADatabaseError(f"{path} is not an LMDB database; it was left untouched")
+
+
+class _Environment:
+    """The one LMDB environment of this process for one file, shared by its stores."""
+
+    def __init__(self, path: str, read_only: bool, create: bool, map_size: int) -> None:
+        kind = sniff(path)
+        if kind == "missing" and (read_only or not create):
+            raise DatabaseNotFoundError(f"no database at {path}")
+        if kind in ("bolt", "unknown"):
+            raise _not_ours(path, kind)
+        if kind == "empty" and read_only:
+            raise DatabaseNotFoundError(f"database {path} is an empty file")
+        self.path = path
+        self.read_only = read_only
+        lock_path = path + "-lock"
+        # A read-only opener must not create the lock file; without one nobody is
+        # writing under LMDB's locking, so reading without it is safe.
+        use_lock = not read_only or os.path.exists(lock_path)
+        try:
+            self.env = lmdb.open(
+                path,
+                subdir=False,
+                readonly=read_only,
+                lock=use_lock,
+                create=create and not read_only,
+                map_size=map_size,
+                max_dbs=MAX_BUCKETS,
+                max_readers=MAX_READERS,
+                mode=0o600,
+            )
+        except lmdb.InvalidError:
+            raise _not_ours(path, "unknown") from None
+        except lmdb.VersionMismatchError:
+            raise NotADatabaseError(f"{path} was written by an incompatible LMDB version") from None
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open database {path}: {_describe(e)}") from None
+        try:
+            if use_lock:
+                # Slots left by readers that were killed would otherwise pin old pages
+                # (and the file's size) forever.
+                self.env.reader_check()
+            self.lock_fd = None if read_only else os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except BaseException:
+            self.env.close()
+            raise
+        self.pid = os.getpid()
+        self.refs = 0
+        self.handles: dict[str, object] = {}
+        # flock is per open file description, so threads of this process would all
+        # "hold" it at once; they queue on this lock first.
+        self.thread_lock = threading.Lock()
+
+    # -- opening transactions -------------------------------------------------------------
+
+    def begin(self, write: bool) -> lmdb.Transaction:
+        for _ in range(3):
+            try:
+                return self.env.begin(write=write)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size.
+                self.env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise StoreError(f"database {self.path}: {_describe(e)}") from None
+        raise StoreError(f"database {self.path}: map size keeps changing")
+
+    @contextmanager
+    def writer(self, timeout: float) -> Iterator[None]:
+        """Hold this file's writer lock, waiting at most *timeout* seconds for it."""
+        if self.read_only:
+            raise StoreError(f"database {self.path} is open read-only")
+        deadline = time.monotonic() + timeout
+        if not self.thread_lock.acquire(timeout=max(timeout, 0)):
+            raise self._busy(timeout)
+        try:
+            delay = 0.0005
+            while True:
+                try:
+                    fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._busy(timeout) from None
+                    # Jitter keeps a crowd of waiting plugins from polling in lockstep.
+                    time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+                    delay = min(delay * 2, 0.01)
+            try:
+                self._grow_if_nearly_full()
+                yield
+            finally:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
+
+    def _busy(self, timeout: float) -> StoreTimeoutError:
+        return StoreTimeoutError(
+            f"database {self.path} is locked by another writer; gave up after {timeout:g}s"
+        )
+
+    def _grow_if_nearly_full(self) -> None:
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        if used > info["map_size"] * GROW_THRESHOLD:
+            self.grow()
+
+    def grow(self) -> None:
+        self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    # -- named databases ------------------------------------------------------------------
+
+    def handle(self, txn: lmdb.Transaction, name: str, create: bool, opened: dict):
+        """The handle of bucket *name*, or None if it does not exist and *create* is false.
+
+        Handles first opened in a transaction are kept in *opened* and only shared once
+        that transaction commits: LMDB closes them if it aborts.
+        """
+        handle = self.handles.get(name) or opened.get(name)
+        if handle is None:
+            try:
+                handle = self.env.open_db(name.encode("utf-8"), txn=txn, create=create)
+            except lmdb.NotFoundError:
+                return None
+            except lmdb.DbsFullError:
+                raise StoreError(f"database {self.path} holds {MAX_BUCKETS} buckets, the limit") from None
+            except lmdb.IncompatibleError:
+                raise InvalidArgumentError(f"{name!r} is not a bucket") from None
+            opened[name] = handle
+        return handle
+
+    def bucket_names(self) -> list[str]:
+        txn = self.begin(write=False)
+        try:
+            return [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
+        finally:
+            txn.abort()
+
+    def close(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+        self.env.close()
+
+
+_environments: dict[str, _Environment] = {}
+_environments_lock = threading.Lock()
+
+
+def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Environment:
+    key = os.path.realpath(path)
+    with _environments_lock:
+        env = _environments.get(key)
+        if env is not None and env.pid != os.getpid():
+            # Inherited across fork: LMDB forbids using it here, and closing it would
+            # disturb the parent; forget it.
+            env = None
+        if env is not None and env.read_only and not read_only:
+            if env.refs:
+                raise StoreError(f"database {path} is already open read-only in this process")
+            env.close()
+            env = None
+        if env is None:
+            env = _Environment(path, read_only, create, map_size)
+            _environments[key] = env
+        env.refs += 1
+        return env
+
+
+def _release(env: _Environment) -> None:
+    with _environments_lock:
+        env.refs -= 1
+        if env.refs == 0:
+            _environments.pop(os.path.realpath(env.path), None)
+            env.close()
+
+
+def _describe(e: lmdb.Error) -> str:
+    text = str(e)
+    for code in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.ENOSPC):
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    return text
+
+
+class _WriteTxn:
+    """An LMDB write transaction that can be replayed into a larger map."""
+
+    def __init__(self, env: _Environment) -> None:
+        self.env = env
+        self.opened: dict[str, object] = {}
+        self.log: list[tuple[str, str, bytes, bytes | None]] = []
+        self.txn = env.begin(write=True)
+
+    def handle(self, name: str, create: bool):
+        return self.env.handle(self.txn, name, create, self.opened)
+
+    def get(self, name: str, key: bytes) -> bytes | None:
+        handle = self.handle(name, create=False)
+        return None if handle is None else self.txn.get(key, db=handle)
+
+    def put(self, name: str, key: bytes, raw: bytes) -> None:
+        self._apply(("put", name, key, raw))
+
+    def delete(self, name: str, key: bytes) -> bool:
+        if self.handle(name, create=False) is None:
+            return False
+        return self._apply(("delete", name, key, None))
+
+    def _apply(self, op: tuple[str, str, bytes, bytes | None]):
+        while True:
+            try:
+                result = self._run(op)
+                self.log.append(op)
+                return result
+            except lmdb.MapFullError:
+                self._replay_in_larger_map()
+
+    def _run(self, op: tuple[str, str, bytes, bytes | None]):
+        kind, name, key, raw = op
+        handle = self.handle(name, create=kind == "put")
+        try:
+            if kind == "put":
+                return self.txn.put(key, raw, db=handle)
+            return self.txn.delete(key, db=handle)
+        except lmdb.BadValsizeError:
+            raise InvalidArgumentError(f"key or value too large for bucket {name!r}") from None
+
+    def _replay_in_larger_map(self) -> None:
+        self.abort()
+        self.env.grow()
+        self.opened = {}
+        self.txn = self.env.begin(write=True)
+        for op in self.log:
+            try:
+                self._run(op)
+            except lmdb.MapFullError:
+                return self._replay_in_larger_map()
+
+    def commit(self) -> None:
+        while True:
+            try:
+                self.txn.commit()
+                break
+            except lmdb.MapFullError:
+                self._replay_in_larger_map()
+            except lmdb.Error as e:
+                raise StoreError(f"commit to {self.env.path} failed: {_describe(e)}") from None
+        self.env.handles.update(self.opened)
+
+    def abort(self) -> None:
+        self.txn.abort()
+
+
+class _ReadTxn:
+    def __init__(self, env: _Environment) -> None:
+        self.env = env
+        self.opened: dict[str, object] = {}
+        self.txn = env.begin(write=False)
+
+    def handle(self, name: str, create: bool = False):
+        return self.env.handle(self.txn, name, False, self.opened)
+
+    def get(self, name: str, key: bytes) -> bytes | None:
+        handle = self.handle(name)
+        return None if handle is None else self.txn.get(key, db=handle)
+
+    def put(self, name: str, key: bytes, raw: bytes) -> None:
+        raise StoreError("write in a read-only transaction")
+
+    delete = put
+
+    def commit(self) -> None:
+        # Handles opened by a read transaction die with it (LMDB keeps only those of
+        # committed write transactions), so they are not shared.
+        self.txn.abort()
+
+    def abort(self) -> None:
+        self.txn.abort()
+
+
+class _LMDBTx(Tx):
+    def __init__(self, txn: _WriteTxn | _ReadTxn, bucket_name: str) -> None:
+        self._txn = txn
+        self.bucket_name = bucket_name
+
+    def _read(self, key: str) -> KVPair | None:
+        raw = self._txn.get(self.bucket_name, key.encode("utf-8"))
+        if raw is None:
+            return None
+        value, last_index = decode_record(raw, key)
+        return KVPair(key, value, last_index)
+
+    def _write(self, key: str, value: bytes) -> KVPair:
+        encoded_key = key.encode("utf-8")
+        previous = self._txn.get(self.bucket_name, encoded_key)
+        last_index = self._txn.txn.id()
+        if previous is not None:
+            last_index = max(last_index, decode_record(previous, key)[1] + 1)
+        self._txn.put(self.bucket_name, encoded_key, encode_record(value, last_index))
+        return KVPair(key, value, last_index)
+
+    def _remove(self, key: str) -> bool:
+        return self._txn.delete(self.bucket_name, key.encode("utf-8"))
+
+    def _scan(self, prefix: str) -> list[KVPair]:
+        handle = self._txn.handle(self.bucket_name, create=False)
+        if handle is None:
+            return []
+        start = prefix.encode("utf-8")
+        pairs = []
+        cursor = self._txn.txn.cursor(db=handle)
+        if cursor.set_range(start):
+            for raw_key, raw in cursor:
+                if not raw_key.startswith(start):
+                    break
+                key = raw_key.decode("utf-8")
+                value, last_index = decode_record(raw, key)
+                pairs.append(KVPair(key, value, last_index))
+        return pairs
+
+    def bucket(self, name: str) -> Tx:
+        return _LMDBTx(self._txn, check_key(name, "bucket name"))
+
+
+class LMDBStore(Store):
+    """A bucket of an LMDB database file.
+
+    :param path: the database file (created, mode 0600, unless it exists or *create* is false).
+    :param bucket: the bucket (LMDB named database) this store reads and writes.
+    :param timeout: seconds a write waits for another process's write to finish.
+    :param read_only: open without write access; never creates a file.
+    :param create: create the database if *path* does not exist.
+    :raises DatabaseNotFoundError: nothing at *path* and it may not be created.
+    :raises NotADatabaseError: *path* holds something else (left untouched).
+    :raises StoreError: the file cannot be opened.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        bucket: str = "IPAM",
+        timeout: float = 5.0,
+        read_only: bool = False,
+        create: bool = True,
+        map_size: int = DEFAULT_MAP_SIZE,
+        _env: _Environment | None = None,
+    ) -> None:
+        self.bucket_name = check_key(bucket, "bucket name")
+        self.path = path
+        self.timeout = timeout
+        if _env is None:
+            _env = _acquire(path, read_only, create, map_size)
+        else:
+            with _environments_lock:
+                _env.refs += 1
+        self._env: _Environment | None = _env
+
+    def _environment(self) -> _Environment:
+        if self._env is None:
+            raise StoreError(f"store for {self.path} is closed")
+        return self._env
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Tx]:
+        env = self._environment()
+        if not write:
+            txn = _ReadTxn(env)
+            try:
+                yield _LMDBTx(txn, self.bucket_name)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+            return
+        with env.writer(self.timeout):
+            txn = _WriteTxn(env)
+            try:
+                yield _LMDBTx(txn, self.bucket_name)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+
+    def bucket(self, name: str) -> "LMDBStore":
+        env = self._environment()
+        return LMDBStore(self.path, name, self.timeout, _env=env)
+
+    def buckets(self) -> list[str]:
+        return self._environment().bucket_names()
+
+    def close(self) -> None:
+        if self._env is not None:
+            env, self._env = self._env, None
+            _release(env)
