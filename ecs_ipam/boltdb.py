@@ -82,6 +82,11 @@ def _parse_meta(page: bytes) -> tuple[_Meta | None, str]:
     return _Meta(page_size, root, high_water, txid), ""
 
 
+def _open_readonly(path: str | os.PathLike) -> int:
+    # O_NONBLOCK: opening a FIFO that sits at the path must not wait for a writer.
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+
+
 def is_bolt_file(path: str | os.PathLike) -> bool:
     """Tell whether a file looks like a bolt database, by the magic of its meta pages.
 
@@ -94,7 +99,7 @@ def is_bolt_file(path: str | os.PathLike) -> bool:
     """
     offset = _PAGE_HEADER.size
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_readonly(path)
     except (OSError, ValueError):
         return False
     try:
@@ -128,7 +133,7 @@ class BoltFile:
         """
         self.path = os.fspath(path)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fd = _open_readonly(self.path)
         except FileNotFoundError as exc:
             raise DatabaseNotFoundError(f"no bolt file at {self.path}") from exc
         try:
