@@ -115,6 +115,10 @@ class Tx(abc.ABC):
             raise KeyNotFoundError(f"key not found: {key}")
         return pair
 
+    def find(self, key: str) -> KVPair | None:
+        """Like :meth:`get`, but None for a missing key instead of an exception."""
+        return self._read(check_key(key))
+
     def exists(self, key: str) -> bool:
         return self._read(check_key(key)) is not None
 

@@ -66,9 +66,11 @@ class _MemoryTx(Tx):
         return pair
 
     def _remove(self, key: str) -> bool:
-        pairs = self._writable_pairs()
-        if key not in pairs:
+        if key not in self._pairs():
+            if not self._writable:
+                raise StoreError("write in a read-only transaction")
             return False
+        pairs = self._writable_pairs()
         self._remember(pairs, key)
         del pairs[key]
         return True

@@ -1,0 +1,239 @@
+"""Address arithmetic and the allocation walk of one pool, over one bucket of a transaction.
+
+Knows nothing of the environment, JSON or the backend: it reads and writes a
+:class:`ecs_ipam.kv.Tx` bound to the pool's bucket, and every decision is a function of
+what it read there, so a transaction can be re-run safely.
+
+Bucket layout (one bucket per subnet, named by its CIDR)::
+
+    <address>          msgpack {"id", "container_id", "ifname", "allocated_at"}
+                       (the gateway: {"id": "GateWay"} or {"id": "GateWayV6"})
+    lastKnownIP        msgpack str: the address the walk continues after
+    lastKnownIPv6      (the same, in an IPv6 bucket)
+    id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import netaddr
+
+from .config import Pool
+from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError
+from .kv.base import MAX_KEY_BYTES, Tx
+
+GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
+LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
+ID_INDEX_PREFIX = "id/"
+HASHED_ID_INDEX_PREFIX = "id#"
+INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who an address is handed to: the config's id, and the CNI attachment for GC."""
+
+    id: str
+    container_id: str | None = None
+    ifname: str | None = None
+
+
+def encode(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def decode(raw: bytes) -> object:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def owner_of(record: object) -> str | None:
+    """The owner id recorded for an address, or None for a record we do not understand."""
+    if isinstance(record, dict):
+        owner = record.get("id")
+        return owner if isinstance(owner, str) else None
+    return None
+
+
+def id_index_key(owner_id: str) -> str:
+    key = ID_INDEX_PREFIX + owner_id
+    if len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and owner_id.isprintable():
+        return key
+    # Ids are data of any length (a netns path, a MAC...); a digest keeps the key within
+    # the store's limit.  Imported here: hashlib is slow to import and rarely needed.
+    import hashlib
+
+    return HASHED_ID_INDEX_PREFIX + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def address_text(value: int, version: int) -> str:
+    return str(netaddr.IPAddress(value, version))
+
+
+class PoolAllocator:
+    """Claims and releases the addresses of one pool inside one transaction."""
+
+    def __init__(self, pool: Pool, tx: Tx) -> None:
+        self.pool = pool
+        self.tx = tx
+        subnet = pool.subnet
+        self.first = subnet.first + 1
+        # IPv4 keeps its broadcast address out of the pool; IPv6 has none.
+        self.last = subnet.last - 1 if pool.version == 4 else subnet.last
+        self.gateway_owner = GATEWAY_OWNER[pool.version]
+        self.last_known_key = LAST_KNOWN_KEY[pool.version]
+
+    # -- reads ------------------------------------------------------------------------
+
+    def record(self, address: str) -> dict | None:
+        pair = self.tx.find(address)
+        if pair is None:
+            return None
+        record = decode(pair.value)
+        return record if isinstance(record, dict) else {"id": None}
+
+    def held_by(self, owner_id: str) -> str | None:
+        """The address *owner_id* holds in this pool, or None."""
+        pair = self.tx.find(id_index_key(owner_id))
+        if pair is None:
+            return None
+        address = decode(pair.value)
+        if not isinstance(address, str) or owner_of(self.record(address)) != owner_id:
+            return None  # a stale index entry: the address went to someone else
+        return address
+
+    def last_known(self) -> int | None:
+        pair = self.tx.find(self.last_known_key)
+        if pair is None:
+            return None
+        text = decode(pair.value)
+        try:
+            value = netaddr.IPAddress(text, self.pool.version).value
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            return None
+        return value if self.first <= value <= self.last else None
+
+    def capacity(self) -> int:
+        """How many addresses the pool can hand out (the gateway excluded)."""
+        return self.last - self.first + 1 - (self.first <= self.pool.gateway.value <= self.last)
+
+    def used(self) -> int:
+        """How many addresses are held, gateway excluded.  Scans the bucket: STATUS only."""
+        return len(self.reservations())
+
+    def reservations(self) -> list[tuple[str, dict]]:
+        """Every address held by a task: (address, record).  Scans the bucket."""
+        held = []
+        for pair in self.tx.list(""):
+            if pair.key == self.last_known_key or pair.key.startswith(INDEX_PREFIXES):
+                continue
+            record = decode(pair.value)
+            if owner_of(record) not in (None, self.gateway_owner):
+                held.append((pair.key, record))
+        return held
+
+    # -- writes -----------------------------------------------------------------------
+
+    def reserve_gateway(self) -> None:
+        """Record the gateway as reserved, so that no task is ever handed it.
+
+        :raises AddressInUseError: the gateway address is held by a task.
+        """
+        address = str(self.pool.gateway)
+        record = self.record(address)
+        if record is None:
+            self.tx.put(address, encode({"id": self.gateway_owner}))
+        elif owner_of(record) != self.gateway_owner:
+            raise AddressInUseError(
+                f"gateway {address} of {self.pool.subnet} is held by {owner_of(record)!r}"
+            )
+
+    def allocate(self, owner: Owner, now: float) -> netaddr.IPNetwork:
+        """Claim the pool's fixed address, or the next free one after the last-known address.
+
+        :return: the claimed address with its prefix length (the fixed address keeps its own).
+        :raises IdAlreadyAllocatedError: *owner* already holds an address in this pool.
+        :raises AddressInUseError: the fixed address is taken.
+        :raises PoolExhaustedError: no address is free.
+        """
+        held = self.held_by(owner.id)
+        if held is not None:
+            raise IdAlreadyAllocatedError(
+                f"id already exists: {owner.id!r} holds {held} in {self.pool.subnet}"
+            )
+        fixed = self.pool.fixed_address
+        if fixed is not None:
+            address = str(fixed.ip)
+            record = self.record(address)
+            if record is not None:
+                raise AddressInUseError(f"address {address} is already held by {owner_of(record)!r}")
+            prefixlen = fixed.prefixlen
+        else:
+            address = self._next_free()
+            prefixlen = self.pool.subnet.prefixlen
+        self._claim(address, owner, now)
+        return netaddr.IPNetwork(f"{address}/{prefixlen}")
+
+    def _next_free(self) -> str:
+        # Round-robin from the last address handed out or released: a task that crash-
+        # loops does not get its previous address straight back, so stale state about it
+        # elsewhere (ARP caches, conntrack, the agent's own records) has time to age out.
+        start = self.last_known()
+        candidate = self.first if start is None or start >= self.last else start + 1
+        version = self.pool.version
+        for _ in range(self.last - self.first + 1):
+            text = address_text(candidate, version)
+            if self.tx.find(text) is None:
+                return text
+            candidate = self.first if candidate >= self.last else candidate + 1
+        raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
+
+    def _claim(self, address: str, owner: Owner, now: float) -> None:
+        self.tx.put(
+            address,
+            encode(
+                {
+                    "id": owner.id,
+                    "container_id": owner.container_id or None,
+                    "ifname": owner.ifname or None,
+                    "allocated_at": now,
+                }
+            ),
+        )
+        self.tx.put(id_index_key(owner.id), encode(address))
+        self.tx.put(self.last_known_key, encode(address))
+
+    def release(self, address: str, owner_id: str | None = None) -> bool:
+        """Release *address* (only if *owner_id* holds it, when given); never the gateway.
+
+        The last-known pointer moves to the released address, as in the original plugin,
+        so the walk continues after it.
+        :return: whether an address was released.
+        """
+        record = self.record(address)
+        if record is None:
+            return False
+        holder = owner_of(record)
+        if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
+            return False
+        self.tx.delete(address)
+        if holder is not None:
+            index = self.tx.find(id_index_key(holder))
+            if index is not None and decode(index.value) == address:
+                self.tx.delete(index.key)
+        self.tx.put(self.last_known_key, encode(address))
+        return True
+
+    def release_id(self, owner_id: str) -> str | None:
+        """Release what *owner_id* holds in this pool; return the address, or None."""
+        address = self.held_by(owner_id)
+        if address is None:
+            # Drop a stale index entry, if any, so the id can allocate again.
+            self.tx.delete(id_index_key(owner_id))
+            return None
+        self.release(address, owner_id)
+        return address

@@ -1,0 +1,148 @@
+"""The CNI entry point: environment + stdin -> command -> result or error JSON + exit code.
+
+This is the only place where exceptions become CNI error objects; nothing below it
+writes to stdout or reads the process environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO, Mapping
+
+from . import __version__
+from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
+from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError
+from .log import Log
+
+CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
+
+
+def main(
+    argv: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    stdin: IO | None = None,
+    stdout: IO[str] | None = None,
+) -> int:
+    """Run one plugin invocation; return the process exit code.
+
+    :param argv: command-line arguments without the program name (``--version``,
+        ``--capabilities``); CNI itself passes none.
+    :param environ: the CNI environment (default: the process environment).
+    :param stdin: where the network configuration is read (text or binary stream).
+    :param stdout: where the result or the error object is written.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ if environ is None else environ
+    stdout = sys.stdout if stdout is None else stdout
+    if argv:
+        return _flags(argv, stdout)
+
+    log = Log(
+        environ.get("ECS_CNI_LOG_FILE") or "/log/ecs-cni-ipam-plugin.log",
+        environ.get("ECS_CNI_LOGLEVEL") or "info",
+    )
+    reply_version = SUPPORTED_VERSIONS[-1]
+    command = environ.get("CNI_COMMAND", "")
+    try:
+        env = parse_environment(environ)
+        data = _decode(_read(stdin), allow_empty=env.command == "VERSION")
+        reply_version = cni_version_of(data) if data is not None else reply_version
+        result = _run(env, data, log)
+    except ECSIPAMError as error:
+        log.error(f"{command} failed: code={error.code} {error.msg}")
+        _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
+        return 1
+    except Exception as error:  # noqa: BLE001 - the one place that must catch everything
+        import traceback
+
+        log.error(f"{command} failed unexpectedly:\n{traceback.format_exc()}")
+        _write(stdout, _error_object(reply_version, 199, f"internal error: {type(error).__name__}: {error}"))
+        return 1
+    if result is not None:
+        _write(stdout, result)
+    return 0
+
+
+def _run(env, data: object, log: Log) -> dict | None:
+    if env.command == "VERSION":
+        version = cni_version_of(data) if data is not None else SUPPORTED_VERSIONS[-1]
+        return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+    if env.command not in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
+        raise InvalidEnvironmentError(f"CNI_COMMAND {env.command!r} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION")
+    conf = parse_netconf(data)
+
+    from .ipam import IPAM
+
+    with IPAM(env.db_path, env.timeout) as ipam:
+        if env.command == "ADD":
+            result = ipam.add(conf, env.container_id, env.ifname)
+            addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))
+            log.info(f"ADD id={conf.owner_id!r} container={env.container_id!r} -> {addresses}")
+            return result
+        if env.command == "DEL":
+            released = ipam.delete(conf, env.container_id, env.ifname)
+            log.info(f"DEL id={conf.owner_id!r} released {released or 'nothing'}")
+        elif env.command == "CHECK":
+            ipam.check(conf, env.container_id, env.ifname)
+        elif env.command == "GC":
+            released = ipam.gc(conf)
+            log.info(f"GC released {released or 'nothing'}")
+        else:
+            ipam.status(conf)
+    return None
+
+
+def _ips(result: dict) -> list[dict]:
+    if "ips" in result:
+        return result["ips"]
+    return [result[family] for family in ("ip4", "ip6") if family in result]
+
+
+def _read(stdin: IO | None) -> bytes:
+    stream = sys.stdin.buffer if stdin is None else stdin
+    try:
+        raw = stream.read()
+    except (OSError, ValueError) as error:
+        raise DecodeError(f"cannot read the network configuration from stdin: {error}") from None
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return raw
+
+
+def _decode(raw: bytes, allow_empty: bool) -> object:
+    if not raw.strip():
+        if allow_empty:
+            return None
+        raise DecodeError("no network configuration on stdin")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise DecodeError(f"network configuration on stdin is not valid JSON: {error}") from None
+
+
+def _error_object(version: str, code: int, msg: str, details: str = "") -> dict:
+    error = {"cniVersion": version, "code": code, "msg": msg}
+    if details:
+        error["details"] = details
+    return error
+
+
+def _write(stdout: IO[str], document: dict) -> None:
+    stdout.write(json.dumps(document) + "\n")
+    stdout.flush()
+
+
+def _flags(argv: list[str], stdout: IO[str]) -> int:
+    if argv == ["--version"]:
+        from .build_info import git_state
+
+        dirty, short_hash = git_state()
+        _write(stdout, {"version": __version__, "dirty": dirty, "gitShortHash": short_hash})
+        return 0
+    if argv == ["--capabilities"]:
+        _write(stdout, CAPABILITIES)
+        return 0
+    sys.stderr.write("usage: ecs-ipam [--version | --capabilities]  (CNI_COMMAND selects the command)\n")
+    return 2

@@ -1,0 +1,322 @@
+"""Network configuration and CNI environment -> validated, immutable values.
+
+All validation lives here, so that everything below works on values it can trust.  Each
+error names the offending field and value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import netaddr
+
+from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError
+
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+DEFAULT_DB_PATH = "/data/eni-ipam.db"
+DEFAULT_LOG_FILE = "/log/ecs-cni-ipam-plugin.log"
+DEFAULT_TIMEOUT = 5.0
+
+# The original plugin refuses subnets too small to leave room for a host after the
+# network, gateway and (IPv4) broadcast addresses.
+MAX_PREFIX = {4: 30, 6: 126}
+FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A route copied into the result as configured."""
+
+    dst: str
+    gw: str | None = None
+
+    def to_json(self) -> dict:
+        return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One address family of the configuration: where addresses come from."""
+
+    version: int
+    subnet: netaddr.IPNetwork
+    gateway: netaddr.IPAddress
+    fixed_address: netaddr.IPNetwork | None
+    routes: tuple[Route, ...]
+
+    @property
+    def bucket(self) -> str:
+        """The store bucket of this pool: the subnet's canonical CIDR."""
+        return str(self.subnet)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    container_id: str
+    ifname: str
+
+
+@dataclass(frozen=True, slots=True)
+class NetConf:
+    """The parts of a CNI network configuration this plugin uses."""
+
+    cni_version: str
+    owner_id: str | None
+    pools: tuple[Pool, ...]  # IPv4 first
+    prev_result: Mapping | None = None
+    valid_attachments: tuple[Attachment, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """The CNI_* and plugin variables of one invocation."""
+
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    db_path: str
+    timeout: float
+    log_file: str
+    log_level: str
+
+
+# --- network configuration ----------------------------------------------------------------
+
+def cni_version_of(data: object) -> str:
+    """The cniVersion a configuration asks for (0.1.0 when absent, as libcni assumes)."""
+    if not isinstance(data, dict):
+        return SUPPORTED_VERSIONS[-1]
+    version = data.get("cniVersion", "0.1.0")
+    if not isinstance(version, str):
+        raise InvalidConfigError(f"cniVersion must be a string, got {_show(version)}")
+    if version not in SUPPORTED_VERSIONS:
+        raise IncompatibleVersionError(
+            f"incompatible CNI version {version}; supported: {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    return version
+
+
+def parse_netconf(data: object) -> NetConf:
+    """Validate the network configuration read from stdin.
+
+    :param data: the decoded JSON object.
+    :raises IncompatibleVersionError: cniVersion is not supported.
+    :raises InvalidConfigError: anything else is wrong; the message names the field.
+    """
+    if not isinstance(data, dict):
+        raise InvalidConfigError(f"network configuration must be a JSON object, got {_show(data)}")
+    version = cni_version_of(data)
+    ipam = data.get("ipam")
+    if not isinstance(ipam, dict):
+        raise InvalidConfigError(f"ipam must be an object, got {_show(ipam)}")
+    owner_id = ipam.get("id")
+    if owner_id is not None and not isinstance(owner_id, str):
+        raise InvalidConfigError(f"ipam.id must be a string, got {_show(owner_id)}")
+    pools = tuple(
+        pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None
+    )
+    if not pools:
+        raise InvalidConfigError("ipam.ipv4-subnet or ipam.ipv6-subnet is required")
+    prev_result = data.get("prevResult")
+    if prev_result is not None and not isinstance(prev_result, dict):
+        raise InvalidConfigError(f"prevResult must be an object, got {_show(prev_result)}")
+    return NetConf(
+        cni_version=version,
+        owner_id=owner_id or None,
+        pools=pools,
+        prev_result=prev_result,
+        valid_attachments=_parse_attachments(data),
+    )
+
+
+def _parse_pool(ipam: dict, version: int) -> Pool | None:
+    family = FAMILY_KEYS[version]
+    subnet_field = f"{family}-subnet"
+    if ipam.get(subnet_field) in (None, ""):
+        for field in ("address", "gateway", "routes"):
+            if ipam.get(f"{family}-{field}") not in (None, "", []):
+                raise InvalidConfigError(
+                    f"ipam.{family}-{field} is set but ipam.{subnet_field} is missing"
+                )
+        return None
+    subnet = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version).cidr
+    if subnet.prefixlen > MAX_PREFIX[version]:
+        raise InvalidConfigError(
+            f"ipam.{subnet_field} {subnet}: no available ip in the subnet "
+            f"(prefix longer than /{MAX_PREFIX[version]})"
+        )
+
+    gateway_field = f"ipam.{family}-gateway"
+    raw_gateway = ipam.get(f"{family}-gateway")
+    if raw_gateway in (None, ""):
+        gateway = netaddr.IPAddress(subnet.first + 1, version)
+    else:
+        gateway = parse_ip(raw_gateway, gateway_field, version)
+        _check_host_address(gateway, subnet, gateway_field)
+
+    fixed = None
+    address_field = f"ipam.{family}-address"
+    raw_address = ipam.get(f"{family}-address")
+    if raw_address not in (None, ""):
+        fixed = parse_cidr(raw_address, address_field, version)
+        _check_host_address(fixed.ip, subnet, address_field)
+        if fixed.ip == gateway:
+            raise InvalidConfigError(f"{address_field} {raw_address} is the gateway address")
+
+    routes = _parse_routes(ipam.get(f"{family}-routes"), f"ipam.{family}-routes", version)
+    return Pool(version, subnet, gateway, fixed, routes)
+
+
+def _check_host_address(ip: netaddr.IPAddress, subnet: netaddr.IPNetwork, field: str) -> None:
+    if ip not in subnet:
+        raise InvalidConfigError(f"{field} {ip} is not in subnet {subnet}")
+    if ip.value == subnet.first:
+        raise InvalidConfigError(f"{field} {ip} is the network address of {subnet}")
+    if subnet.version == 4 and ip.value == subnet.last:
+        raise InvalidConfigError(f"{field} {ip} is the broadcast address of {subnet}")
+
+
+def _parse_routes(raw: object, field: str, version: int) -> tuple[Route, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidConfigError(f"{field} must be a list, got {_show(raw)}")
+    routes = []
+    for i, item in enumerate(raw):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidConfigError(f"{where} must be an object, got {_show(item)}")
+        dst = item.get("dst")
+        parse_cidr(dst, f"{where}.dst", version)
+        gw = item.get("gw")
+        if gw in (None, ""):
+            gw = None
+        else:
+            parse_ip(gw, f"{where}.gw", version)
+        routes.append(Route(dst, gw))
+    return tuple(routes)
+
+
+def _parse_attachments(data: dict) -> tuple[Attachment, ...] | None:
+    # libcni before 1.2 sent the list under the older name.
+    for field in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if field in data:
+            break
+    else:
+        return None
+    raw = data[field]
+    if not isinstance(raw, list):
+        raise InvalidConfigError(f"{field} must be a list, got {_show(raw)}")
+    attachments = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidConfigError(f"{field}[{i}] must be an object, got {_show(item)}")
+        container_id, ifname = item.get("containerID"), item.get("ifname")
+        if not isinstance(container_id, str) or not isinstance(ifname, str):
+            raise InvalidConfigError(
+                f"{field}[{i}] needs string containerID and ifname, got {_show(item)}"
+            )
+        attachments.append(Attachment(container_id, ifname))
+    return tuple(attachments)
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+def parse_ip(raw: object, field: str, version: int | None = None) -> netaddr.IPAddress:
+    """Parse a plain address strictly (no shorthand forms such as ``10.1``)."""
+    if not isinstance(raw, str):
+        raise InvalidConfigError(f"{field} must be a string, got {_show(raw)}")
+    try:
+        ip = netaddr.IPAddress(raw, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise InvalidConfigError(f"{field} {_show(raw)} is not a valid IP address") from None
+    _check_version(ip.version, version, field, raw)
+    return ip
+
+
+def parse_cidr(raw: object, field: str, version: int | None = None) -> netaddr.IPNetwork:
+    """Parse ``address/prefix`` strictly; the prefix is required."""
+    if not isinstance(raw, str):
+        raise InvalidConfigError(f"{field} must be a string in CIDR notation, got {_show(raw)}")
+    address, slash, prefix = raw.partition("/")
+    if not slash or not re.fullmatch(r"[0-9]{1,3}", prefix):
+        raise InvalidConfigError(f"{field} {_show(raw)} is not in CIDR notation (address/prefix)")
+    ip = parse_ip(address, field, version)
+    if int(prefix) > (32 if ip.version == 4 else 128):
+        raise InvalidConfigError(f"{field} {_show(raw)} has an invalid prefix length")
+    return netaddr.IPNetwork(f"{ip}/{int(prefix)}")
+
+
+def _check_version(actual: int, expected: int | None, field: str, raw: str) -> None:
+    if expected is not None and actual != expected:
+        raise InvalidConfigError(f"{field} {_show(raw)} is not an IPv{expected} address")
+
+
+def _show(value: object, limit: int = 64) -> str:
+    """A short, JSON-safe rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- environment --------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]*)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str, name: str) -> float:
+    """Seconds in a Go duration string such as ``5s``, ``250ms`` or ``1m30s``."""
+    if text == "0":
+        return 0.0
+    position, total = 0, 0.0
+    while position < len(text):
+        match = _DURATION_PART.match(text, position)
+        if not match or match.group(1) in ("", "."):
+            raise InvalidEnvironmentError(
+                f"{name} {text!r} is not a duration such as 5s, 500ms or 1m30s"
+            )
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not text:
+        raise InvalidEnvironmentError(f"{name} is empty; use a duration such as 5s")
+    return total
+
+
+# CNI says these must be set for the commands that act on a container; DEL is best
+# effort (the ECS agent releases with CNI_CONTAINERID="") and so needs none of them.
+_REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_IFNAME"),
+}
+
+
+def parse_environment(environ: Mapping[str, str]) -> Environment:
+    """Read the CNI and plugin variables.
+
+    :raises InvalidEnvironmentError: a required variable is missing or a value is invalid.
+    """
+    command = environ.get("CNI_COMMAND", "")
+    if not command:
+        raise InvalidEnvironmentError("CNI_COMMAND is not set")
+    for name in _REQUIRED.get(command, ()):
+        if not environ.get(name):
+            raise InvalidEnvironmentError(f"{name} is required for {command}")
+    raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT")
+    timeout = (
+        DEFAULT_TIMEOUT
+        if raw_timeout is None or raw_timeout == ""
+        else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
+    )
+    return Environment(
+        command=command,
+        container_id=environ.get("CNI_CONTAINERID", ""),
+        netns=environ.get("CNI_NETNS", ""),
+        ifname=environ.get("CNI_IFNAME", ""),
+        db_path=environ.get("IPAM_DB_PATH") or DEFAULT_DB_PATH,
+        timeout=timeout,
+        log_file=environ.get("ECS_CNI_LOG_FILE") or DEFAULT_LOG_FILE,
+        log_level=(environ.get("ECS_CNI_LOGLEVEL") or "info").lower(),
+    )

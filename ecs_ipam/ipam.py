@@ -1,0 +1,255 @@
+"""The IPAM core: ADD, DEL, CHECK, GC and STATUS over a store, and the embedded API.
+
+The module functions take parsed values and a :class:`ecs_ipam.kv.Store`; each runs as
+one transaction whose body is a pure function of what it reads, so an optimistic backend
+may re-run it.  :class:`IPAM` wraps them for embedding: it parses the configuration,
+opens the database and applies the version rules of the CNI specification.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+from .allocator import Owner, PoolAllocator
+from .config import NetConf, Pool, parse_netconf
+from .errors import (
+    DatabaseNotFoundError,
+    IncompatibleVersionError,
+    InvalidConfigError,
+    NotAvailableError,
+    ReservationMismatchError,
+)
+from .kv.base import Store, Tx
+from .results import Allocation, format_result, result_addresses
+
+
+def _allocator(tx: Tx, pool: Pool) -> PoolAllocator:
+    return PoolAllocator(pool, tx.bucket(pool.bucket))
+
+
+def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:
+    """Claim one address in every pool of *conf* for *owner*: all of them or none.
+
+    :raises IdAlreadyAllocatedError, AddressInUseError, PoolExhaustedError: nothing is claimed.
+    """
+
+    def body(tx: Tx) -> list[Allocation]:
+        allocations = []
+        for pool in conf.pools:
+            allocator = _allocator(tx, pool)
+            allocator.reserve_gateway()
+            allocations.append((pool, allocator.allocate(owner, now)))
+        return allocations
+
+    return store.transact(body)
+
+
+def delete(store: Store, conf: NetConf) -> list[str]:
+    """Release the pools' fixed addresses and whatever the config's id holds.
+
+    Releasing what is not held is not an error.  When both an id and a fixed address
+    are given, the fixed address is released only if that id holds it.
+    :return: the released addresses.
+    """
+
+    def body(tx: Tx) -> list[str]:
+        released = []
+        for pool in conf.pools:
+            allocator = _allocator(tx, pool)
+            if pool.fixed_address is not None:
+                address = str(pool.fixed_address.ip)
+                if allocator.release(address, conf.owner_id):
+                    released.append(address)
+            if conf.owner_id is not None:
+                address = allocator.release_id(conf.owner_id)
+                if address is not None:
+                    released.append(address)
+        return released
+
+    return store.transact(body)
+
+
+def check(store: Store, conf: NetConf) -> None:
+    """Verify that the config's id still holds, in every pool, what prevResult says.
+
+    :raises ReservationMismatchError: a reservation is missing or differs.
+    """
+    previous = result_addresses(conf.prev_result) if conf.prev_result else []
+
+    def body(tx: Tx) -> None:
+        for pool in conf.pools:
+            held = _allocator(tx, pool).held_by(conf.owner_id)
+            if held is None:
+                raise ReservationMismatchError(
+                    f"id {conf.owner_id!r} holds no address in {pool.subnet}"
+                )
+            expected = [str(ip) for ip in previous if ip in pool.subnet]
+            if expected and held not in expected:
+                raise ReservationMismatchError(
+                    f"id {conf.owner_id!r} holds {held} in {pool.subnet}, "
+                    f"prevResult says {', '.join(expected)}"
+                )
+
+    store.transact(body, write=False)
+
+
+def gc(store: Store, conf: NetConf) -> list[str]:
+    """Release every reservation whose recorded attachment is not in the valid list.
+
+    Reservations recorded without a container id (the ECS agent's own calls) and the
+    gateway are never collected.
+    :return: the released addresses.
+    """
+    valid = {(a.container_id, a.ifname) for a in conf.valid_attachments or ()}
+
+    def body(tx: Tx) -> list[str]:
+        released = []
+        for pool in conf.pools:
+            allocator = _allocator(tx, pool)
+            for address, record in allocator.reservations():
+                container_id = record.get("container_id")
+                if not container_id or (container_id, record.get("ifname") or "") in valid:
+                    continue
+                if allocator.release(address, record["id"]):
+                    released.append(address)
+        return released
+
+    return store.transact(body)
+
+
+def status(store: Store, conf: NetConf) -> None:
+    """:raises NotAvailableError: a pool of *conf* has no free address."""
+
+    def body(tx: Tx) -> None:
+        for pool in conf.pools:
+            allocator = _allocator(tx, pool)
+            if allocator.used() >= allocator.capacity():
+                raise NotAvailableError(f"no free address left in {pool.subnet}")
+
+    store.transact(body, write=False)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _require_version(conf: NetConf, command: str, minimum: str) -> None:
+    if _version(conf.cni_version) < _version(minimum):
+        raise IncompatibleVersionError(
+            f"{command} needs cniVersion {minimum} or later, got {conf.cni_version}"
+        )
+
+
+def _require_id(conf: NetConf, command: str) -> str:
+    if conf.owner_id is None:
+        raise InvalidConfigError(f"ipam.id is required for {command}")
+    return conf.owner_id
+
+
+class IPAM:
+    """The plugin's core, for embedding.
+
+    Each method takes the network configuration as a dict (as the plugin reads it from
+    stdin) or an already parsed :class:`~ecs_ipam.config.NetConf`, and raises the
+    exceptions of :mod:`ecs_ipam.errors`.  A failed call leaves the database unchanged.
+
+    :param db_path: the database: an LMDB file path (created on first ADD).
+    :param timeout: seconds to wait for another writer before StoreTimeoutError.
+    """
+
+    def __init__(self, db_path: str, timeout: float = 5.0, *, clock=time.time) -> None:
+        self.db_path = db_path
+        self.timeout = timeout
+        self._clock = clock
+        self._store: Store | None = None
+
+    def __enter__(self) -> "IPAM":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database, if it was opened."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
+    def _open(self, create: bool) -> Store | None:
+        """The store, opened on first use; None when there is no database and *create* is false."""
+        if self._store is None:
+            from . import kv
+
+            try:
+                self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
+            except DatabaseNotFoundError:
+                if create:
+                    raise
+                return None
+        return self._store
+
+    def add(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> dict:
+        """Allocate the addresses of *netconf* and return the CNI result the plugin prints.
+
+        :raises IdAlreadyAllocatedError: the id already holds an address in a pool.
+        :raises AddressInUseError: the fixed address or the gateway is held by someone else.
+        :raises PoolExhaustedError: a pool has no free address.
+        """
+        conf = _parsed(netconf)
+        owner = Owner(_require_id(conf, "ADD"), container_id, ifname)
+        allocations = add(self._open(create=True), conf, owner, self._clock())
+        return format_result(conf.cni_version, allocations)
+
+    def delete(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> list[str]:
+        """Release what *netconf*'s id (or fixed address) holds; idempotent.
+
+        :return: the released addresses ([] when nothing was held or there is no database).
+        """
+        conf = _parsed(netconf)
+        if conf.owner_id is None and all(pool.fixed_address is None for pool in conf.pools):
+            raise InvalidConfigError(
+                "ip address (ipv4 or ipv6) and id can not all be empty for deletion"
+            )
+        store = self._open(create=False)
+        return [] if store is None else delete(store, conf)
+
+    def check(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> None:
+        """Verify the reservation still matches (cniVersion 0.4.0 and later).
+
+        :raises ReservationMismatchError: it does not.
+        """
+        conf = _parsed(netconf)
+        _require_version(conf, "CHECK", "0.4.0")
+        _require_id(conf, "CHECK")
+        store = self._open(create=False)
+        if store is None:
+            raise ReservationMismatchError(f"no database at {self.db_path}: nothing is reserved")
+        check(store, conf)
+
+    def gc(self, netconf: Mapping | NetConf) -> list[str]:
+        """Release reservations of attachments not in ``cni.dev/valid-attachments`` (1.1.0).
+
+        :return: the released addresses.
+        """
+        conf = _parsed(netconf)
+        _require_version(conf, "GC", "1.1.0")
+        if conf.valid_attachments is None:
+            raise InvalidConfigError("cni.dev/valid-attachments is required for GC")
+        store = self._open(create=False)
+        return [] if store is None else gc(store, conf)
+
+    def status(self, netconf: Mapping | NetConf) -> None:
+        """Return if an ADD could be served now (1.1.0).
+
+        :raises NotAvailableError: a pool is exhausted.
+        """
+        conf = _parsed(netconf)
+        _require_version(conf, "STATUS", "1.1.0")
+        store = self._open(create=False)
+        if store is not None:
+            status(store, conf)
+
+
+def _parsed(netconf: Mapping | NetConf) -> NetConf:
+    return netconf if isinstance(netconf, NetConf) else parse_netconf(netconf)

@@ -1,0 +1,54 @@
+"""CNI results in the shape of the version the caller asked for (spec section "Result")."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import netaddr
+
+from .config import Pool
+
+Allocation = tuple[Pool, netaddr.IPNetwork]
+
+
+def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
+    """Build the ADD result for *cni_version*; IPv4 comes first, as in *allocations*."""
+    if cni_version in ("0.1.0", "0.2.0"):
+        # One address per family, each carrying its own routes.
+        result: dict = {"cniVersion": cni_version}
+        for pool, address in allocations:
+            result[f"ip{pool.version}"] = {
+                "ip": str(address),
+                "gateway": str(pool.gateway),
+                "routes": [route.to_json() for route in pool.routes],
+            }
+        result["dns"] = {}
+        return result
+    ips, routes = [], []
+    for pool, address in allocations:
+        ip = {"address": str(address), "gateway": str(pool.gateway)}
+        if cni_version.startswith("0."):
+            ip = {"version": str(pool.version), **ip}
+        ips.append(ip)
+        routes.extend(route.to_json() for route in pool.routes)
+    return {"cniVersion": cni_version, "ips": ips, "routes": routes, "dns": {}}
+
+
+def result_addresses(result: Mapping) -> list[netaddr.IPAddress]:
+    """The addresses a previous result (of any version's shape) handed out."""
+    texts = []
+    ips = result.get("ips")
+    if isinstance(ips, list):
+        texts = [ip.get("address") for ip in ips if isinstance(ip, Mapping)]
+    for family in ("ip4", "ip6"):
+        legacy = result.get(family)
+        if isinstance(legacy, Mapping):
+            texts.append(legacy.get("ip"))
+    addresses = []
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                addresses.append(netaddr.IPNetwork(text).ip)
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                continue
+    return addresses
