@@ -352,7 +352,8 @@ class _ReadTxn:
     def put(self, name: str, key: bytes, raw: bytes) -> None:
         raise StoreError("write in a read-only transaction")
 
-    delete = put
+    def delete(self, name: str, key: bytes) -> bool:
+        raise StoreError("write in a read-only transaction")
 
     def commit(self) -> None:
         # Handles opened by a read transaction die with it (LMDB keeps only those of
