@@ -65,6 +65,11 @@ def check_key(key: object, what: str = "key") -> str:
 def check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str):
         raise InvalidArgumentError(f"prefix must be str, not {type(prefix).__name__}")
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        # Backends that store keys as UTF-8 cannot even look such a prefix up.
+        raise InvalidArgumentError("prefix is not valid unicode text") from None
     return prefix
 
 
