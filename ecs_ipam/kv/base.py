@@ -62,6 +62,15 @@ def check_key(key: object, what: str = "key") -> str:
     return key
 
 
+def check_bucket_name(name: object) -> str:
+    """Return *name* if it is a usable bucket name, else raise InvalidArgumentError."""
+    check_key(name, "bucket name")
+    if "\0" in name:
+        # LMDB takes database names as C strings: "a\0b" would silently open bucket "a".
+        raise InvalidArgumentError("bucket name must not contain NUL")
+    return name
+
+
 def check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str):
         raise InvalidArgumentError(f"prefix must be str, not {type(prefix).__name__}")

@@ -38,7 +38,7 @@ from ..errors import (
     StoreError,
     StoreTimeoutError,
 )
-from .base import KVPair, Store, Tx, check_key
+from .base import KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
 
 LMDB_MAGIC = 0xBEEFC0DE
@@ -405,7 +405,7 @@ class _LMDBTx(Tx):
         return pairs
 
     def bucket(self, name: str) -> Tx:
-        return _LMDBTx(self._txn, check_key(name, "bucket name"))
+        return _LMDBTx(self._txn, check_bucket_name(name))
 
 
 class LMDBStore(Store):
@@ -431,7 +431,7 @@ class LMDBStore(Store):
         map_size: int = DEFAULT_MAP_SIZE,
         _env: _Environment | None = None,
     ) -> None:
-        self.bucket_name = check_key(bucket, "bucket name")
+        self.bucket_name = check_bucket_name(bucket)
         self.path = path
         self.timeout = timeout
         if _env is None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import StoreError
-from .base import KVPair, Store, Tx, check_key
+from .base import KVPair, Store, Tx, check_bucket_name
 
 
 class MemoryDatabase:
@@ -80,14 +80,14 @@ class _MemoryTx(Tx):
         return [pairs[k] for k in sorted(pairs) if k.startswith(prefix)]
 
     def bucket(self, name: str) -> Tx:
-        return _MemoryTx(self._db, check_key(name, "bucket name"), self._undo, self._writable)
+        return _MemoryTx(self._db, check_bucket_name(name), self._undo, self._writable)
 
 
 class MemoryStore(Store):
     """A store kept in a :class:`MemoryDatabase` (a fresh one unless *db* is given)."""
 
     def __init__(self, bucket: str = "IPAM", db: MemoryDatabase | None = None) -> None:
-        self.bucket_name = check_key(bucket, "bucket name")
+        self.bucket_name = check_bucket_name(bucket)
         self.db = db if db is not None else MemoryDatabase()
         self._closed = False
 
