@@ -91,10 +91,13 @@ class MemoryStore(Store):
         self.db = db if db is not None else MemoryDatabase()
         self._closed = False
 
-    @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Tx]:
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreError("store is closed")
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Tx]:
+        self._check_open()
         with self.db.lock:
             undo: list = []
             try:
@@ -105,9 +108,11 @@ class MemoryStore(Store):
                 raise
 
     def bucket(self, name: str) -> "MemoryStore":
+        self._check_open()
         return MemoryStore(name, self.db)
 
     def buckets(self) -> list[str]:
+        self._check_open()
         with self.db.lock:
             return sorted(self.db.buckets)
 
