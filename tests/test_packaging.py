@@ -1,0 +1,174 @@
+"""The package as users get it: its metadata, its imports, and a fresh install."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ecs_ipam
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ipaddress: netaddr is the one address library, so that every module agrees on parsing.
+# importlib.metadata / pkg_resources: slow to import on every plugin start, and wrong
+# for a checkout that is not installed; the version lives in ecs_ipam.__version__.
+FORBIDDEN_MODULES = {"ipaddress", "importlib.metadata", "pkg_resources"}
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    assert parser.read(ROOT / "setup.cfg"), "setup.cfg is missing"
+    return parser
+
+
+def requirements() -> dict[str, str]:
+    lines = setup_cfg()["options"]["install_requires"].split("\n")
+    pinned = {}
+    for line in filter(None, (line.strip() for line in lines)):
+        name = line.split(">")[0].split("<")[0].split("=")[0].strip()
+        pinned[name] = line[len(name) :].replace(" ", "")
+    return pinned
+
+
+def test_lmdb_major_version_is_pinned():
+    # lmdb 3.x bundles an on-disk format that 2.x cannot read, and the reverse.
+    assert requirements()["lmdb"] == ">=2,<3"
+
+
+def test_runtime_dependencies_are_exactly_the_three():
+    assert requirements() == {"lmdb": ">=2,<3", "msgpack": ">=1,<2", "netaddr": ">=1,<2"}
+
+
+def test_console_script_is_the_cni_entry_point():
+    scripts = setup_cfg()["options.entry_points"]["console_scripts"].strip()
+    assert scripts == "ecs-ipam = ecs_ipam.cni:main"
+
+
+def test_version_is_a_literal_setuptools_reads_without_importing():
+    tree = ast.parse((ROOT / "ecs_ipam" / "__init__.py").read_text())
+    versions = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert versions == [ecs_ipam.__version__]
+    assert setup_cfg()["metadata"]["version"].strip() == "attr: ecs_ipam.__version__"
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Every module an AST imports, with ``from a import b`` counted as ``a`` and ``a.b``."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add(node.args[0].value)
+    return found
+
+
+def forbidden_in(tree: ast.AST) -> set[str]:
+    modules = imported_modules(tree)
+    return {
+        module
+        for module in modules
+        for forbidden in FORBIDDEN_MODULES
+        if module == forbidden or module.startswith(forbidden + ".")
+    }
+
+
+def test_the_scan_sees_every_spelling_of_an_import():
+    source = (
+        "import ipaddress\n"
+        "from importlib import metadata\n"
+        "import pkg_resources.extern\n"
+        "def f():\n"
+        "    from importlib.metadata import version\n"
+        "    return importlib.import_module('ipaddress')\n"
+        "import importlib.resources, netaddr\n"
+    )
+    assert forbidden_in(ast.parse(source)) == {
+        "ipaddress",
+        "importlib.metadata",
+        "importlib.metadata.version",
+        "pkg_resources.extern",
+    }
+
+
+@pytest.mark.parametrize("folder", ["ecs_ipam", "tools"])
+def test_no_module_imports_ipaddress_or_package_metadata(folder):
+    sources = sorted((ROOT / folder).rglob("*.py"))
+    if folder == "ecs_ipam":
+        assert sources, "no modules found: the scan would prove nothing"
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(found)
+        for path in sources
+        if (found := forbidden_in(ast.parse(path.read_text(), str(path))))
+    }
+    assert offenders == {}
+
+
+def copy_source_tree(destination: Path) -> Path:
+    """Copy the checkout as a user would get it: no venv, caches or build output."""
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.pyc", "build", "dist", "*.egg-info", ".pytest_cache", ".hypothesis"
+    )
+    return Path(shutil.copytree(ROOT, destination / "src", ignore=ignore))
+
+
+@pytest.mark.slow
+def test_fresh_venv_install_runs_the_plugin(tmp_path):
+    source = copy_source_tree(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    install = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr
+    clean_env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    version = subprocess.run(
+        [str(bin_dir / "ecs-ipam"), "--version"],
+        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    assert json.loads(version.stdout)["version"] == ecs_ipam.__version__
+
+    cni_version = subprocess.run(
+        [str(bin_dir / "ecs-ipam")],
+        input="", capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=dict(clean_env, CNI_COMMAND="VERSION"),
+    )
+    assert cni_version.returncode == 0, cni_version.stderr
+    supported = json.loads(cni_version.stdout)["supportedVersions"]
+    assert {"0.3.0", "1.0.0"} <= set(supported)
+
+    # Only the package is installed: neither the tests nor the tools.
+    probe = subprocess.run(
+        [str(bin_dir / "python"), "-c",
+         "import importlib.util as u; print([n for n in ('tests', 'tools') if u.find_spec(n)])"],
+        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+    )
+    assert probe.stdout.strip() == "[]", probe.stderr
