@@ -32,6 +32,7 @@ from typing import Iterator
 import lmdb
 
 from ..errors import (
+    CorruptDatabaseError,
     DatabaseNotFoundError,
     InvalidArgumentError,
     NotADatabaseError,
@@ -44,6 +45,14 @@ from .codec import decode_record, encode_record
 LMDB_MAGIC = 0xBEEFC0DE
 BOLT_MAGIC = 0xED0CDAED
 MAGIC_OFFSET = 16  # both formats put their magic right after a 16-byte page header
+# The rest of an LMDB meta page (64-bit build) that sniff() checks before LMDB sees the
+# file: LMDB maps the whole file and dies of SIGBUS on the first page past its end.
+LMDB_DATA_VERSION = 1
+LMDB_VERSION_OFFSET = 20
+LMDB_PAGE_SIZE_OFFSET = 40  # the free-page database's md_pad holds the page size
+LMDB_LAST_PAGE_OFFSET = 136
+LMDB_TXNID_OFFSET = 144
+LMDB_META_SIZE = 152
 
 DEFAULT_MAP_SIZE = 32 << 20
 MAX_BUCKETS = 1024
@@ -54,13 +63,18 @@ GROW_THRESHOLD = 0.75
 
 
 def sniff(path: str) -> str:
-    """Classify what lies at *path*: ``missing``, ``empty``, ``lmdb``, ``bolt`` or ``unknown``.
+    """Classify what lies at *path*: ``missing``, ``empty``, ``lmdb``, ``bolt``, ``unknown``,
+    ``incompatible`` (another LMDB data version) or ``damaged`` (LMDB meta pages unreadable,
+    or describing pages beyond the end of the file).
 
     :raises NotADatabaseError: the path is a directory or otherwise not a regular file.
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(MAGIC_OFFSET + 4)
+            head = f.read(LMDB_META_SIZE)
+            kind = _kind_of(head)
+            if kind == "lmdb":
+                kind = _check_lmdb_metas(f, head)
     except FileNotFoundError:
         return "missing"
     except IsADirectoryError:
@@ -69,6 +83,10 @@ def sniff(path: str) -> str:
         raise StoreError(f"cannot read database {path}: {e.strerror}") from None
     except OSError as e:
         raise StoreError(f"cannot read database {path}: {e.strerror or e}") from None
+    return kind
+
+
+def _kind_of(head: bytes) -> str:
     if not head:
         return "empty"
     if len(head) < MAGIC_OFFSET + 4:
@@ -77,12 +95,38 @@ def sniff(path: str) -> str:
     return {LMDB_MAGIC: "lmdb", BOLT_MAGIC: "bolt"}.get(magic, "unknown")
 
 
-def _not_ours(path: str, kind: str) -> NotADatabaseError:
+def _check_lmdb_metas(f, first: bytes) -> str:
+    """``lmdb`` if both meta pages are sound and the file holds every page the newer one
+    uses, else ``damaged`` or ``incompatible`` (the checks LMDB makes, plus the size)."""
+    if len(first) < LMDB_META_SIZE:
+        return "damaged"
+    page_size = struct.unpack_from("<I", first, LMDB_PAGE_SIZE_OFFSET)[0]
+    if page_size < 512 or page_size & (page_size - 1):
+        return "damaged"
+    f.seek(page_size)
+    second = f.read(LMDB_META_SIZE)
+    metas = (first, second)
+    if len(second) < LMDB_META_SIZE or _kind_of(second) != "lmdb":
+        return "damaged"
+    if any(struct.unpack_from("<I", meta, LMDB_VERSION_OFFSET)[0] != LMDB_DATA_VERSION for meta in metas):
+        return "incompatible"
+    newest = max(metas, key=lambda meta: struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0])
+    last_page = struct.unpack_from("<Q", newest, LMDB_LAST_PAGE_OFFSET)[0]
+    if os.fstat(f.fileno()).st_size < (last_page + 1) * page_size:
+        return "damaged"
+    return "lmdb"
+
+
+def _not_ours(path: str, kind: str) -> StoreError:
     if kind == "bolt":
         return NotADatabaseError(
             f"{path} is a bolt database written by the Go ecs-ipam plugin, not LMDB; "
             "migrate it with tools/migrate_boltdb.py (see README, 'Upgrading from the Go plugin')"
         )
+    if kind == "incompatible":
+        return NotADatabaseError(f"{path} was written by an incompatible LMDB version; it was left untouched")
+    if kind == "damaged":
+        return CorruptDatabaseError(f"{path} is a damaged or truncated LMDB database; it was left untouched")
     return NotADatabaseError(f"{path} is not an LMDB database; it was left untouched")
 
 
@@ -93,7 +137,7 @@ class _Environment:
         kind = sniff(path)
         if kind == "missing" and (read_only or not create):
             raise DatabaseNotFoundError(f"no database at {path}")
-        if kind in ("bolt", "unknown"):
+        if kind in ("bolt", "unknown", "incompatible", "damaged"):
             raise _not_ours(path, kind)
         if kind == "empty" and read_only:
             raise DatabaseNotFoundError(f"database {path} is an empty file")
