@@ -15,6 +15,7 @@ import netaddr
 from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 DEFAULT_DB_PATH = "/data/eni-ipam.db"
 DEFAULT_LOG_FILE = "/log/ecs-cni-ipam-plugin.log"
 DEFAULT_TIMEOUT = 5.0
@@ -301,6 +302,10 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
     command = environ.get("CNI_COMMAND", "")
     if not command:
         raise InvalidEnvironmentError("CNI_COMMAND is not set")
+    # Checked before stdin is read, so that an unknown command is reported as such
+    # rather than as whatever is wrong with its (often empty) stdin.
+    if command not in COMMANDS:
+        raise InvalidEnvironmentError(f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
     for name in _REQUIRED.get(command, ()):
         if not environ.get(name):
             raise InvalidEnvironmentError(f"{name} is required for {command}")
