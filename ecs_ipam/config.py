@@ -116,6 +116,8 @@ def parse_netconf(data: object) -> NetConf:
     owner_id = ipam.get("id")
     if owner_id is not None and not isinstance(owner_id, str):
         raise InvalidConfigError(f"ipam.id must be a string, got {_show(owner_id)}")
+    if owner_id is not None and not _is_text(owner_id):
+        raise InvalidConfigError(f"ipam.id {_show(owner_id)} is not valid unicode text")
     pools = tuple(
         pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None
     )
@@ -256,6 +258,16 @@ def _check_version(actual: int, expected: int | None, field: str, raw: str) -> N
         raise InvalidConfigError(f"{field} {_show(raw)} is not an IPv{expected} address")
 
 
+def _is_text(value: str) -> bool:
+    # JSON escapes and os.environ (undecodable bytes) can both yield lone surrogates,
+    # which no store can record as text.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _show(value: object, limit: int = 64) -> str:
     """A short, JSON-safe rendering of a bad value for an error message."""
     text = repr(value)
@@ -309,6 +321,11 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
     for name in _REQUIRED.get(command, ()):
         if not environ.get(name):
             raise InvalidEnvironmentError(f"{name} is required for {command}")
+    if command == "ADD":
+        # ADD records these two with the address (GC matches on them).
+        for name in ("CNI_CONTAINERID", "CNI_IFNAME"):
+            if not _is_text(environ[name]):
+                raise InvalidEnvironmentError(f"{name} {_show(environ[name])} is not valid unicode text")
     raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT")
     timeout = (
         DEFAULT_TIMEOUT
