@@ -326,18 +326,20 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
         for name in ("CNI_CONTAINERID", "CNI_IFNAME"):
             if not _is_text(environ[name]):
                 raise InvalidEnvironmentError(f"{name} {_show(environ[name])} is not valid unicode text")
-    raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT")
+    # As the original plugin: a setting that is blank (not just empty) means the default.
+    raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
     timeout = (
         DEFAULT_TIMEOUT
-        if raw_timeout is None or raw_timeout == ""
+        if not raw_timeout.strip()
         else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
     )
+    db_path = environ.get("IPAM_DB_PATH") or ""
     return Environment(
         command=command,
         container_id=environ.get("CNI_CONTAINERID", ""),
         netns=environ.get("CNI_NETNS", ""),
         ifname=environ.get("CNI_IFNAME", ""),
-        db_path=environ.get("IPAM_DB_PATH") or DEFAULT_DB_PATH,
+        db_path=db_path if db_path.strip() else DEFAULT_DB_PATH,
         timeout=timeout,
         log_file=environ.get("ECS_CNI_LOG_FILE") or DEFAULT_LOG_FILE,
         log_level=(environ.get("ECS_CNI_LOGLEVEL") or "info").lower(),
