@@ -160,6 +160,9 @@ class PoolAllocator:
         :raises AddressInUseError: the fixed address is taken.
         :raises PoolExhaustedError: no address is free.
         """
+        if owner.id in GATEWAY_OWNER.values():
+            # Records under these names are the gateway's: never released, never counted.
+            raise IdAlreadyAllocatedError(f"id already exists: {owner.id!r} is the gateway's")
         held = self.held_by(owner.id)
         if held is not None:
             raise IdAlreadyAllocatedError(
