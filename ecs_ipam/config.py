@@ -7,8 +7,7 @@ error names the offending field and value.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import netaddr
 
@@ -25,9 +24,12 @@ DEFAULT_TIMEOUT = 5.0
 MAX_PREFIX = {4: 30, 6: 126}
 FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
 
+# The values below are NamedTuples rather than frozen dataclasses: the plugin imports
+# this module in every container start, and generating a dataclass's methods costs
+# about half a millisecond per class, a NamedTuple a tenth of that.
 
-@dataclass(frozen=True, slots=True)
-class Route:
+
+class Route(NamedTuple):
     """A route copied into the result as configured."""
 
     dst: str
@@ -37,8 +39,7 @@ class Route:
         return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
 
 
-@dataclass(frozen=True, slots=True)
-class Pool:
+class Pool(NamedTuple):
     """One address family of the configuration: where addresses come from."""
 
     version: int
@@ -53,14 +54,12 @@ class Pool:
         return str(self.subnet)
 
 
-@dataclass(frozen=True, slots=True)
-class Attachment:
+class Attachment(NamedTuple):
     container_id: str
     ifname: str
 
 
-@dataclass(frozen=True, slots=True)
-class NetConf:
+class NetConf(NamedTuple):
     """The parts of a CNI network configuration this plugin uses."""
 
     cni_version: str
@@ -70,8 +69,7 @@ class NetConf:
     valid_attachments: tuple[Attachment, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Environment:
+class Environment(NamedTuple):
     """The CNI_* and plugin variables of one invocation."""
 
     command: str
