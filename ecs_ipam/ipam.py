@@ -17,15 +17,19 @@ from .errors import (
     DatabaseNotFoundError,
     IncompatibleVersionError,
     InvalidConfigError,
+    NotADatabaseError,
     NotAvailableError,
     ReservationMismatchError,
 )
 from .kv.base import Store, Tx
+from .legacy import adopt as adopt_legacy
 from .results import Allocation, format_result, result_addresses
 
 
-def _allocator(tx: Tx, pool: Pool) -> PoolAllocator:
-    return PoolAllocator(pool, tx.bucket(pool.bucket))
+def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:
+    # Leases migrated from the Go plugin wait in the legacy bucket until a config names
+    # their subnet; taking them first keeps them from being handed out a second time.
+    return PoolAllocator(pool, adopt_legacy(tx, pool, write))
 
 
 def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:
@@ -79,7 +83,7 @@ def check(store: Store, conf: NetConf) -> None:
 
     def body(tx: Tx) -> None:
         for pool in conf.pools:
-            held = _allocator(tx, pool).held_by(conf.owner_id)
+            held = _allocator(tx, pool, write=False).held_by(conf.owner_id)
             if held is None:
                 raise ReservationMismatchError(
                     f"id {conf.owner_id!r} holds no address in {pool.subnet}"
@@ -123,7 +127,7 @@ def status(store: Store, conf: NetConf) -> None:
 
     def body(tx: Tx) -> None:
         for pool in conf.pools:
-            allocator = _allocator(tx, pool)
+            allocator = _allocator(tx, pool, write=False)
             if allocator.used() >= allocator.capacity():
                 raise NotAvailableError(f"no free address left in {pool.subnet}")
 
@@ -154,7 +158,8 @@ class IPAM:
     stdin) or an already parsed :class:`~ecs_ipam.config.NetConf`, and raises the
     exceptions of :mod:`ecs_ipam.errors`.  A failed call leaves the database unchanged.
 
-    :param db_path: the database: an LMDB file path (created on first ADD).
+    :param db_path: the database: an LMDB file path (created on first ADD).  A bolt file
+        of the Go plugin found there is migrated on first use (:mod:`ecs_ipam.migrate`).
     :param timeout: seconds to wait for another writer before StoreTimeoutError.
     """
 
@@ -182,7 +187,15 @@ class IPAM:
             from . import kv
 
             try:
-                self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
+                try:
+                    self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
+                except NotADatabaseError:
+                    # Maybe the Go plugin's bolt file: migrate it (a no-op for anything
+                    # else, or if another process just did), then open what is there now.
+                    from .migrate import migrate_in_place
+
+                    migrate_in_place(self.db_path, self.timeout)
+                    self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
             except DatabaseNotFoundError:
                 if create:
                     raise

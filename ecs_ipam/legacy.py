@@ -1,0 +1,198 @@
+"""Leases migrated from the Go plugin, adopted into the bucket of their subnet on first use.
+
+The Go plugin kept every address of every subnet in one bolt bucket, ``IPAM``, and never
+recorded the subnets themselves: only the network configurations name them.  So the
+migration (:mod:`ecs_ipam.migrate`) copies that bucket verbatim into a bucket of the
+same name, and the first transaction that touches a pool moves the legacy pairs lying in
+the pool's subnet into the pool's bucket (:mod:`ecs_ipam.allocator` layout), in the
+caller's transaction.  Until then no command can reach those addresses except through
+:func:`adopt`, so none of them can be handed out twice, whichever subnet's config
+arrives first.
+
+Legacy layout (values are msgpack strings)::
+
+    169.254.172.5        owner id, or GateWay for the gateway
+    6fd00:ec2::172:5     the same for IPv6: the address prefixed with "6",
+                         GateWayV6 for the gateway
+    lastKnownIP          address text: the walk continues after it
+    lastKnownIPv6        (the same for IPv6, without the "6" prefix)
+
+Anything else in the bucket (a key that is no address, a value that is no string) is
+never adopted and stays where it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import netaddr
+
+from .allocator import (
+    GATEWAY_OWNER,
+    LAST_KNOWN_KEY,
+    PoolAllocator,
+    decode,
+    encode,
+    id_index_key,
+    owner_of,
+)
+from .config import Pool
+from .errors import StoreError
+from .kv.base import KVPair, Tx
+
+LEGACY_BUCKET = "IPAM"
+GO_IPV6_KEY_PREFIX = "6"
+LEGACY_GATEWAY_OWNERS = frozenset(GATEWAY_OWNER.values())
+
+
+def adopt(tx: Tx, pool: Pool, write: bool = True) -> Tx:
+    """Move the legacy pairs of *pool*'s subnet into its bucket; return the pool's bucket.
+
+    Cheap when there is nothing to adopt: one scan of the (absent or empty) legacy bucket.
+    Where the pool's bucket already records an address or a last-known pointer, the
+    bucket wins (it is the newer truth); the legacy pair is dropped either way.
+
+    :param tx: any bucket's view of the caller's transaction.
+    :param pool: the pool the caller is about to work on.
+    :param write: whether *tx* may write.  A read transaction cannot move anything, so
+        it gets a read-only view of the pool's bucket with the adoptable pairs merged
+        in: CHECK finds a migrated lease, STATUS counts it.
+    :return: the view of the pool's bucket the allocator should use.
+    """
+    bucket = tx.bucket(pool.bucket)
+    legacy = tx.bucket(LEGACY_BUCKET)
+    pairs = legacy.list("")
+    if not pairs:
+        return bucket
+    adoption = Adoption.of(pairs, pool)
+    if not adoption.legacy_keys:
+        return bucket
+    if not write:
+        return AdoptedView(bucket, adoption.entries())
+    for address, record in adoption.records.items():
+        if bucket.find(address) is None:
+            bucket.put(address, record)
+    allocator = PoolAllocator(pool, bucket)
+    for owner, address in adoption.addresses_of.items():
+        # Index only what the owner really got (the bucket may have held the address
+        # already), and keep a live index the owner has in this pool.
+        if owner_of(allocator.record(address)) == owner and allocator.held_by(owner) is None:
+            bucket.put(id_index_key(owner), encode(address))
+    if adoption.last_known is not None and bucket.find(allocator.last_known_key) is None:
+        bucket.put(allocator.last_known_key, encode(adoption.last_known))
+    for key in adoption.legacy_keys:
+        legacy.delete(key)
+    return bucket
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What a pool takes from the legacy bucket, translated into the pool bucket's layout."""
+
+    version: int
+    legacy_keys: tuple[str, ...]       # the legacy pairs taken
+    records: dict[str, bytes]          # address -> encoded record (tasks and gateway)
+    addresses_of: dict[str, str]       # owner id -> the address its index entry names
+    last_known: str | None
+
+    @classmethod
+    def of(cls, pairs: list[KVPair], pool: Pool) -> "Adoption":
+        """Select and translate the legacy pairs that lie in *pool*'s subnet.
+
+        :param pairs: the legacy bucket's pairs.
+        """
+        version = pool.version
+        subnet = pool.subnet
+        last_known_key = LAST_KNOWN_KEY[version]
+        legacy_keys: list[str] = []
+        records: dict[str, bytes] = {}
+        lowest: dict[str, netaddr.IPAddress] = {}
+        last_known = None
+        for pair in pairs:
+            value = decode(pair.value)
+            if not isinstance(value, str):
+                continue
+            if pair.key == last_known_key:
+                address = _parse(value, version)
+                if address is not None and address in subnet:
+                    legacy_keys.append(pair.key)
+                    last_known = str(address)
+                continue
+            address = legacy_key_address(pair.key, version)
+            if address is None or address not in subnet:
+                continue
+            legacy_keys.append(pair.key)
+            if value in LEGACY_GATEWAY_OWNERS:
+                records[str(address)] = encode({"id": GATEWAY_OWNER[version]})
+                continue
+            records[str(address)] = encode(
+                {"id": value, "container_id": None, "ifname": None, "allocated_at": None, "migrated": True}
+            )
+            # The Go plugin let an id hold one address per family; should a file hold
+            # more, DEL by id releases the lowest and the others stay reserved until a
+            # DEL by address.
+            if value not in lowest or address < lowest[value]:
+                lowest[value] = address
+        addresses_of = {owner: str(address) for owner, address in lowest.items()}
+        return cls(version, tuple(legacy_keys), records, addresses_of, last_known)
+
+    def entries(self) -> dict[str, bytes]:
+        """Every pair the pool's bucket would gain, keyed as in that bucket."""
+        entries = dict(self.records)
+        for owner, address in self.addresses_of.items():
+            entries[id_index_key(owner)] = encode(address)
+        if self.last_known is not None:
+            entries[LAST_KNOWN_KEY[self.version]] = encode(self.last_known)
+        return entries
+
+
+def legacy_key_address(key: str, version: int) -> netaddr.IPAddress | None:
+    """The address a legacy key names in the given family, or None (other family, no address)."""
+    if version == 6:
+        if not key.startswith(GO_IPV6_KEY_PREFIX) or ":" not in key:
+            return None
+        return _parse(key[len(GO_IPV6_KEY_PREFIX):], 6)
+    if ":" in key or not key[:1].isdigit():
+        return None
+    return _parse(key, 4)
+
+
+def _parse(text: str, version: int) -> netaddr.IPAddress | None:
+    try:
+        return netaddr.IPAddress(text, version)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+
+
+class AdoptedView(Tx):
+    """A read-only view of a pool's bucket with the legacy pairs it would adopt merged in.
+
+    What the bucket holds wins over a legacy pair for the same key, as in :func:`adopt`.
+    """
+
+    def __init__(self, bucket: Tx, adopted: dict[str, bytes]) -> None:
+        self._bucket = bucket
+        self._adopted = adopted
+        self.bucket_name = bucket.bucket_name
+
+    def _read(self, key: str) -> KVPair | None:
+        pair = self._bucket.find(key)
+        if pair is None and key in self._adopted:
+            return KVPair(key, self._adopted[key], 0)
+        return pair
+
+    def _scan(self, prefix: str) -> list[KVPair]:
+        merged = {
+            key: KVPair(key, value, 0) for key, value in self._adopted.items() if key.startswith(prefix)
+        }
+        merged.update((pair.key, pair) for pair in self._bucket.list(prefix))
+        return [merged[key] for key in sorted(merged)]
+
+    def _write(self, key: str, value: bytes) -> KVPair:
+        raise StoreError("write in a read-only transaction")
+
+    def _remove(self, key: str) -> bool:
+        raise StoreError("write in a read-only transaction")
+
+    def bucket(self, name: str) -> Tx:
+        return self._bucket.bucket(name)

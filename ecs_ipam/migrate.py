@@ -1,0 +1,342 @@
+"""Migration of the Go plugin's bolt database to LMDB, in place or into another file.
+
+The pairs of the bolt bucket ``IPAM`` are copied verbatim (value = msgpack string of the
+Go value) into the LMDB bucket of the same name, from where :mod:`ecs_ipam.legacy`
+moves them into their subnet's bucket once a configuration names the subnet.
+
+In place, the switch must be safe against everything that may run at the same time:
+
+* The Go plugin holds an exclusive ``flock`` on the bolt file for its whole run; the
+  migration takes the same lock, so it never reads a half-written file and no Go plugin
+  writes while it runs.  Concurrent ecs-ipam invocations queue on that lock too, and
+  find the migrated database once they get it.
+* Every crash leaves either the untouched bolt file at the path (the next invocation
+  migrates again, clearing the leftovers) or the complete LMDB database: the new
+  database and the backup are written and synced under temporary names, and the path
+  only changes by one ``rename``.
+* The backup ``<path>.bolt`` is a copy, not a second name of the bolt file.  A Go
+  plugin that opened the file before the switch still waits for its lock; once the
+  migration releases it, the plugin would record its lease in a file nobody reads any
+  more.  So the old file, reachable by no name after the switch, is made unreadable to
+  bolt before the lock is released, and that late Go plugin fails instead of
+  handing out an address twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+import stat
+import struct
+import time
+from typing import Callable
+
+import msgpack
+
+from .boltdb import BucketNotFoundError, read_libkv_bucket
+from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
+from .kv.base import Tx
+from .legacy import LEGACY_BUCKET, legacy_key_address
+
+BOLT_BUCKET = "IPAM"
+BACKUP_SUFFIX = ".bolt"
+TEMP_SUFFIX = ".migrating"
+BOLT_MAGIC = 0xED0CDAED
+# Both meta pages carry the magic right after their 16-byte page header.  bolt takes
+# the OS page size when it creates a file; page 1 is looked for there if page 0 is bad.
+_MAGIC_OFFSET = 16
+_META_PAGE_SIZE_OFFSET = _MAGIC_OFFSET + 8
+_DEFAULT_PAGE_SIZE = 4096
+
+Checkpoint = Callable[[str], None]
+
+
+def backup_path(path: str) -> str:
+    """Where an in-place migration keeps the bolt file it replaced."""
+    return path + BACKUP_SUFFIX
+
+
+def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None = None) -> dict[str, str] | None:
+    """Replace the bolt database at *path* by an LMDB database holding the same pairs.
+
+    Does nothing when *path* holds no bolt file, for instance because another process
+    migrated it while this one waited for the lock.
+
+    :param path: the database path (``IPAM_DB_PATH``).
+    :param timeout: seconds to wait for the bolt file's lock (held by a running Go
+        plugin, or by another process migrating it).
+    :param checkpoint: called with ``"locked"``, ``"written"``, ``"backed-up"`` and
+        ``"switched"`` as the migration passes those points; tests use it to crash it.
+    :return: the migrated pairs (key -> value, in key order), or None if there was
+        nothing to migrate.
+    :raises StoreTimeoutError: the lock stayed held for *timeout* seconds; nothing changed.
+    :raises CorruptDatabaseError: the bolt file is damaged; nothing changed.
+    :raises StoreError: the new database or the backup could not be written; the bolt
+        file is still in place.
+    """
+    fd = _open_bolt(path)
+    if fd is None:
+        return None
+    try:
+        _lock(fd, path, fcntl.LOCK_EX, timeout)
+        if not _still_at(fd, path):
+            return None
+        _step(checkpoint, "locked")
+        pairs = read_bolt_pairs(path)
+        temp, backup = path + TEMP_SUFFIX, backup_path(path)
+        partial_backup = backup + TEMP_SUFFIX
+        try:
+            _write_lmdb(temp, pairs, timeout)
+            _step(checkpoint, "written")
+            _copy_file(fd, partial_backup)
+            os.replace(partial_backup, backup)
+            _step(checkpoint, "backed-up")
+            os.replace(temp, path)
+        except BaseException:
+            _remove(temp, temp + "-lock", partial_backup)
+            raise
+        _fsync_directory(path)
+        _step(checkpoint, "switched")
+        _disable_orphan(fd)
+        return pairs
+    except ECSIPAMError:
+        raise
+    except OSError as e:
+        raise StoreError(f"cannot migrate {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_bolt_pairs(path: str) -> dict[str, str]:
+    """The Go plugin's pairs in the bolt file at *path* (empty if it has no IPAM bucket)."""
+    try:
+        return read_libkv_bucket(path, BOLT_BUCKET)
+    except BucketNotFoundError:
+        return {}
+
+
+def read_locked(path: str, timeout: float) -> dict[str, str]:
+    """Read the pairs of the bolt file at *path* under a shared lock (no Go plugin writing).
+
+    :raises NotADatabaseError: *path* holds no bolt file.
+    :raises StoreTimeoutError: a Go plugin held the file for *timeout* seconds.
+    """
+    fd = _open_bolt(path, writable=False)
+    if fd is None:
+        raise NotADatabaseError(f"{path} is not a bolt database of the Go plugin")
+    try:
+        _lock(fd, path, fcntl.LOCK_SH, timeout)
+        if not _still_at(fd, path):
+            raise NotADatabaseError(f"{path} was migrated by another process meanwhile")
+        return read_bolt_pairs(path)
+    finally:
+        os.close(fd)
+
+
+def copy_into(pairs: dict[str, str], dest: str, timeout: float) -> None:
+    """Add the legacy *pairs* to the LMDB database *dest* (created if missing), in one transaction.
+
+    Pairs already there with the same value are skipped, so copying twice is harmless.
+
+    :raises KeyExistsError: *dest* already records one of the keys differently (in the
+        legacy bucket, or as an address of a subnet bucket); nothing was copied.
+    :raises NotADatabaseError: *dest* is not an LMDB database.
+    """
+    from . import kv
+
+    with kv.open_store(dest, bucket=LEGACY_BUCKET, timeout=timeout) as store:
+        bucket_names = store.buckets()
+        with store.transaction() as tx:
+            clashes = conflicts(tx, bucket_names, pairs)
+            if clashes:
+                raise KeyExistsError(f"{dest} already records differently: {'; '.join(clashes)}; nothing was copied")
+            for key, value in pairs.items():
+                if tx.find(key) is None:
+                    tx.put(key, _encode(value))
+
+
+def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[str]:
+    """Where an existing ecs-ipam database disagrees with legacy *pairs*.
+
+    :param tx: a transaction of the database, on its legacy bucket.
+    :param bucket_names: the database's buckets (the subnet buckets are among them).
+    :return: one description per disagreement; empty when the pairs can be added.
+    """
+    import netaddr
+
+    from .allocator import decode, owner_of
+
+    subnets = []
+    for name in bucket_names:
+        try:
+            subnets.append((netaddr.IPNetwork(name), name))
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+    clashes = []
+    for key, value in pairs.items():
+        existing = tx.find(key)
+        if existing is not None and decode(existing.value) != value:
+            clashes.append(f"{key}={decode(existing.value)!r} in bucket {LEGACY_BUCKET}, not {value!r}")
+            continue
+        for version in (4, 6):
+            address = legacy_key_address(key, version)
+            if address is None:
+                continue
+            for subnet, name in subnets:
+                if subnet.version == version and address in subnet:
+                    record = tx.bucket(name).find(str(address))
+                    holder = None if record is None else owner_of(decode(record.value))
+                    if record is not None and holder != value and not _both_gateways(holder, value):
+                        clashes.append(f"{address} is held by {holder!r} in bucket {name}, not {value!r}")
+    return clashes
+
+
+def _both_gateways(holder: str | None, value: str) -> bool:
+    return holder in ("GateWay", "GateWayV6") and value in ("GateWay", "GateWayV6")
+
+
+# -- the steps --------------------------------------------------------------------------
+
+
+def _open_bolt(path: str, writable: bool = True) -> int | None:
+    """A descriptor of the bolt file at *path*, or None if there is none there.
+
+    Writable when possible, so that the file can be disabled after the switch.
+    """
+    fd = None
+    for mode in (os.O_RDWR, os.O_RDONLY) if writable else (os.O_RDONLY,):
+        try:
+            fd = os.open(path, mode | os.O_CLOEXEC)
+            break
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
+                return None
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or mode == os.O_RDONLY:
+                raise StoreError(f"cannot open {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or not _is_bolt(fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _is_bolt(fd: int) -> bool:
+    # The same test as the bolt reader's is_bolt_file, on the descriptor we hold.
+    for offset in (_MAGIC_OFFSET, _DEFAULT_PAGE_SIZE + _MAGIC_OFFSET):
+        head = os.pread(fd, 4, offset)
+        if len(head) == 4 and struct.unpack("<I", head)[0] == BOLT_MAGIC:
+            return True
+    return False
+
+
+def _lock(fd: int, path: str, operation: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreTimeoutError(
+                    f"bolt database {path} is locked by another process (a running Go plugin, "
+                    f"or a migration in progress); gave up after {timeout:g}s"
+                ) from None
+            # Jitter keeps a crowd of waiting plugins from polling in lockstep.
+            time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, 0.02)
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Whether *path* still names the (still bolt) file *fd* was opened on."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) and _is_bolt(fd)
+
+
+def _write_lmdb(temp: str, pairs: dict[str, str], timeout: float) -> None:
+    from . import kv
+
+    # Leftovers of a migration that crashed: never build on a half-written file.
+    _remove(temp, temp + "-lock")
+    with kv.open_store(temp, bucket=LEGACY_BUCKET, timeout=timeout) as store:
+        with store.transaction() as tx:
+            for key, value in pairs.items():
+                tx.put(key, _encode(value))
+    _fsync_path(temp)
+    # The lock file belongs to the temporary name; the database gets its own at the path.
+    _remove(temp + "-lock")
+
+
+def _copy_file(source_fd: int, target: str) -> None:
+    mode = stat.S_IMODE(os.fstat(source_fd).st_mode)
+    _remove(target)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        offset = 0
+        while True:
+            chunk = os.pread(source_fd, 1 << 20, offset)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view):]
+            offset += len(chunk)
+        os.fchmod(out, mode)
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _disable_orphan(fd: int) -> None:
+    """Make the replaced bolt file unopenable by bolt, if no name reaches it any more."""
+    if os.fstat(fd).st_nlink > 0:
+        return  # another name still reaches it (a link made by someone else): keep it intact
+    page_size = _DEFAULT_PAGE_SIZE
+    raw = os.pread(fd, 4, _META_PAGE_SIZE_OFFSET)
+    if len(raw) == 4:
+        page_size = struct.unpack("<I", raw)[0] or _DEFAULT_PAGE_SIZE
+    try:
+        for page_start in sorted({0, page_size, _DEFAULT_PAGE_SIZE}):
+            os.pwrite(fd, b"\0\0\0\0", page_start + _MAGIC_OFFSET)
+    except OSError:
+        pass  # opened read-only: a late Go plugin is not stopped; nothing else is lost
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _step(checkpoint: Checkpoint | None, name: str) -> None:
+    if checkpoint is not None:
+        checkpoint(name)
+
+
+def _encode(value: str) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
