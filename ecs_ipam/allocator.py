@@ -15,7 +15,7 @@ Bucket layout (one bucket per subnet, named by its CIDR)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 import netaddr
@@ -31,8 +31,7 @@ HASHED_ID_INDEX_PREFIX = "id#"
 INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
+class Owner(NamedTuple):
     """Who an address is handed to: the config's id, and the CNI attachment for GC."""
 
     id: str
