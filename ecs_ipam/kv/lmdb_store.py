@@ -478,6 +478,9 @@ class LMDBStore(Store):
         self.bucket_name = check_bucket_name(bucket)
         self.path = path
         self.timeout = timeout
+        # Kept here, not only in the environment: a read-only store may share the
+        # read-write environment this process already has open on the same file.
+        self.read_only = read_only
         if _env is None:
             _env = _acquire(path, read_only, create, map_size)
         else:
@@ -502,6 +505,8 @@ class LMDBStore(Store):
                 raise
             txn.commit()
             return
+        if self.read_only:
+            raise StoreError(f"database {self.path} is open read-only")
         with env.writer(self.timeout):
             txn = _WriteTxn(env)
             try:
@@ -513,7 +518,7 @@ class LMDBStore(Store):
 
     def bucket(self, name: str) -> "LMDBStore":
         env = self._environment()
-        return LMDBStore(self.path, name, self.timeout, _env=env)
+        return LMDBStore(self.path, name, self.timeout, read_only=self.read_only, _env=env)
 
     def buckets(self) -> list[str]:
         return self._environment().bucket_names()
