@@ -162,6 +162,45 @@ def test_missing_database_is_not_created_when_asked_not_to(tmp_path, path, optio
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda store: store.put("new", b"v"), id="put"),
+        pytest.param(lambda store: store.delete("k"), id="delete"),
+        pytest.param(lambda store: store.bucket("other").put("new", b"v"), id="other-bucket"),
+    ],
+)
+def test_read_only_store_reads_and_creates_nothing(tmp_path, path, write):
+    with LMDBStore(path, "test") as store:
+        store.put("k", b"v")
+    os.remove(path + "-lock")
+    content = Path(path).read_bytes()
+
+    with LMDBStore(path, "test", read_only=True) as store:
+        assert store.get("k").value == b"v"
+        assert store.buckets() == ["test"]
+        with pytest.raises(StoreError) as caught:
+            write(store)
+
+    assert str(caught.value) == f"database {path} is open read-only"
+    assert os.listdir(tmp_path) == ["kv.db"]
+    assert Path(path).read_bytes() == content
+
+
+def test_read_only_store_never_writes_through_a_read_write_opener(path):
+    with LMDBStore(path, "test") as writer, LMDBStore(path, "test", read_only=True) as reader:
+        writer.put("k", b"v")
+        assert reader.get("k").value == b"v"
+
+        for write in (lambda: reader.put("k", b"w"), lambda: reader.bucket("other").put("k", b"w")):
+            with pytest.raises(StoreError) as caught:
+                write()
+            assert str(caught.value) == f"database {path} is open read-only"
+
+        assert writer.get("k").value == b"v"
+        assert writer.buckets() == ["test"]
+
+
 def test_list_buckets_of_missing_database_creates_nothing(tmp_path, path):
     with pytest.raises(DatabaseNotFoundError):
         kv.list_buckets(path)
