@@ -22,14 +22,20 @@ from .errors import (
     ReservationMismatchError,
 )
 from .kv.base import Store, Tx
-from .legacy import adopt as adopt_legacy
 from .results import Allocation, format_result, result_addresses
+
+LEGACY_BUCKET = "IPAM"  # the Go plugin's bucket, migrated verbatim (ecs_ipam.legacy)
 
 
 def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:
-    # Leases migrated from the Go plugin wait in the legacy bucket until a config names
-    # their subnet; taking them first keeps them from being handed out a second time.
-    return PoolAllocator(pool, adopt_legacy(tx, pool, write))
+    # Leases migrated from the Go plugin wait in their bucket until a config names their
+    # subnet; taking them first keeps them from being handed out a second time.  Only a
+    # migrated host pays for importing the code that does it.
+    if tx.bucket(LEGACY_BUCKET).list(""):
+        from .legacy import adopt
+
+        return PoolAllocator(pool, adopt(tx, pool, write))
+    return PoolAllocator(pool, tx.bucket(pool.bucket))
 
 
 def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:

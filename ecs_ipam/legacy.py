@@ -23,7 +23,7 @@ never adopted and stays where it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import netaddr
 
@@ -85,8 +85,7 @@ def adopt(tx: Tx, pool: Pool, write: bool = True) -> Tx:
     return bucket
 
 
-@dataclass(frozen=True)
-class Adoption:
+class Adoption(NamedTuple):
     """What a pool takes from the legacy bucket, translated into the pool bucket's layout."""
 
     version: int

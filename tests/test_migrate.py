@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
@@ -398,3 +400,21 @@ def test_filling_the_slash20_never_hands_out_a_migrated_address(tmp_path):
     # The walk went round once from the migrated last-known address: ascending after the wrap.
     assert addresses[0] == "10.1.0.102"
     assert [netaddr.IPAddress(a) for a in addresses] == sorted(netaddr.IPAddress(a) for a in addresses)
+
+
+def test_a_host_that_never_ran_the_go_plugin_never_loads_the_migration_code(tmp_path):
+    probe = (
+        "import sys\n"
+        "from ecs_ipam import IPAM, ipam\n"
+        "with IPAM(sys.argv[1]) as plugin:\n"
+        "    plugin.add({'cniVersion': '0.3.0', 'ipam': {'id': 'a', 'ipv4-subnet': '10.0.0.0/24'}})\n"
+        "    plugin.delete({'cniVersion': '0.3.0', 'ipam': {'id': 'a', 'ipv4-subnet': '10.0.0.0/24'}})\n"
+        "print(sorted(m for m in sys.modules if m.endswith(('.legacy', '.migrate', '.boltdb'))))\n"
+        "from ecs_ipam import legacy\n"
+        "assert ipam.LEGACY_BUCKET == legacy.LEGACY_BUCKET\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "db")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "[]\n"
