@@ -88,7 +88,10 @@ def cni_version_of(data: object) -> str:
     """The cniVersion a configuration asks for (0.1.0 when absent, as libcni assumes)."""
     if not isinstance(data, dict):
         return SUPPORTED_VERSIONS[-1]
-    version = data.get("cniVersion", "0.1.0")
+    # libcni decodes into a Go string, so null and "" both mean absent.
+    version = data.get("cniVersion")
+    if version is None or version == "":
+        version = "0.1.0"
     if not isinstance(version, str):
         raise InvalidConfigError(f"cniVersion must be a string, got {_show(version)}")
     if version not in SUPPORTED_VERSIONS:
