@@ -280,9 +280,13 @@ def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Enviro
     with _environments_lock:
         env = _environments.get(key)
         if env is not None and env.pid != os.getpid():
-            # Inherited across fork: LMDB forbids using it here, and closing it would
-            # disturb the parent; forget it.
-            env = None
+            # Inherited across fork: LMDB forbids using it here, closing it would release
+            # the parent's reader slots, and py-lmdb refuses a second environment on the
+            # same file in what it still counts as the same process.
+            raise StoreError(
+                f"database {path} was open when this process was forked and cannot be "
+                "used in the child; open it after the fork, or start the child with spawn"
+            )
         if env is not None and env.read_only and not read_only:
             if env.refs:
                 raise StoreError(f"database {path} is already open read-only in this process")
