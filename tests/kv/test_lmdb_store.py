@@ -318,6 +318,46 @@ def test_application_keys_never_land_in_the_main_database(path):
     assert inside == {"other": [b"in-other"], "test": [b"also-in-test", b"in-test"]}
 
 
+def in_forked_child(path: str) -> str:
+    """Fork; the child opens *path* and writes a key; return what it reports."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                with LMDBStore(path, "test") as store:
+                    store.put("from-child", b"1")
+                report = "wrote"
+            except BaseException as e:
+                report = f"{type(e).__name__}: {e}"
+            os.write(write_end, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reports:
+        report = reports.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+def test_forked_child_must_open_the_database_itself(path):
+    with LMDBStore(path, "test") as store:
+        store.put("k", b"v")
+
+        report = in_forked_child(path)
+
+        assert report == (
+            f"StoreError: database {path} was open when this process was forked and cannot be "
+            "used in the child; open it after the fork, or start the child with spawn"
+        )
+        store.put("k", b"w")
+        assert store.get("k").value == b"w"
+
+    assert in_forked_child(path) == "wrote"
+    with LMDBStore(path, "test") as store:
+        assert store.get("from-child").value == b"1"
+
+
 # -- a map that must grow -------------------------------------------------------------------------
 
 SMALL_MAP = 64 * 1024
