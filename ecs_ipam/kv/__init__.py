@@ -64,9 +64,11 @@ def open_store(
 ) -> Store:
     """Open bucket *bucket* of the database at *path*.
 
-    :param path: an LMDB database file (created mode 0600 if missing and *create*).
+    :param path: an LMDB database file (created mode 0600 if missing and *create*), or
+        ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` for a database kept in etcd.
     :param bucket: the bucket to work on; others are reachable with ``store.bucket(name)``.
-    :param timeout: seconds a write may wait for another writer before StoreTimeoutError.
+    :param timeout: seconds a write may wait for another writer before StoreTimeoutError
+        (etcd: seconds an operation may take, retries included).
     :param read_only: never write, never create a file.
     :param create: create the database if it does not exist.
     :return: a :class:`Store`, also a context manager that closes it.
@@ -74,6 +76,11 @@ def open_store(
     :raises NotADatabaseError: *path* holds something else (it is left untouched).
     :raises StoreError: the database cannot be opened.
     """
+    if isinstance(path, str) and path.startswith("etcd://"):
+        # Imported here: the LMDB path must not pay for the etcd client.
+        from .etcd_store import EtcdStore
+
+        return EtcdStore(path, bucket, timeout, read_only=read_only, create=create)
     from .lmdb_store import LMDBStore
 
     return LMDBStore(path, bucket, timeout, read_only=read_only, create=create)
