@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import abc
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 from ..errors import (
     CallNotSupportedError,
@@ -34,8 +33,7 @@ T = TypeVar("T")
 MAX_KEY_BYTES = 511
 
 
-@dataclass(frozen=True, slots=True)
-class KVPair:
+class KVPair(NamedTuple):
     """One key/value pair as stored, with the index used for compare-and-swap.
 
     ``last_index`` grows on every write of the key and never goes back, across
