@@ -424,6 +424,7 @@ def test_map_grown_by_another_process_is_adopted(path, children, first):
         assert len(store.list("child")) == 1024
         store.put("mine", b"3")
         assert store.get("mine").value == b"3"
+        assert store._env.env.info()["map_size"] >= FIVE_MB  # the child's size, adopted
 
 
 # -- other writers, crashes ------------------------------------------------------------------------
