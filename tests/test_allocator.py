@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import msgpack
+import netaddr
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecs_ipam.allocator import Owner, PoolAllocator, id_index_key
 from ecs_ipam.config import Pool, parse_netconf
@@ -453,3 +456,113 @@ def test_used_and_reservations_leave_out_the_bookkeeping():
     reservations = in_pool(store, pool, lambda allocator: allocator.reservations())
     assert [(address, record["id"]) for address, record in reservations] == [("10.0.0.2", "a"), ("10.0.0.9", "b")]
     assert in_pool(store, pool, lambda allocator: allocator.used()) == 2
+
+
+# --- the walk against a model ---------------------------------------------------------------
+
+class WalkModel:
+    """The original plugin's rules, written as plainly as possible."""
+
+    def __init__(self, pool: Pool) -> None:
+        subnet = pool.subnet
+        last = subnet.last - 1 if pool.version == 4 else subnet.last
+        self.hosts = list(range(subnet.first + 1, last + 1))
+        self.gateway = pool.gateway.value
+        self.gateway_owner = "GateWay" if pool.version == 4 else "GateWayV6"
+        self.held: dict[int, str] = {}
+        self.pointer: int | None = None
+
+    def add(self, owner: str, fixed: int | None) -> int | type:
+        held = dict(self.held)
+        if held.get(self.gateway, self.gateway_owner) != self.gateway_owner:
+            return AddressInUseError
+        held[self.gateway] = self.gateway_owner
+        if owner in ("GateWay", "GateWayV6") or owner in held.values():
+            return IdAlreadyAllocatedError
+        if fixed is not None:
+            if fixed in held:
+                return AddressInUseError
+            address = fixed
+        else:
+            start = self.pointer if self.pointer in self.hosts else None
+            order = self.hosts if start is None else self.hosts[self.hosts.index(start) + 1:] + self.hosts
+            free = [candidate for candidate in order if candidate not in held]
+            if not free:
+                return PoolExhaustedError
+            address = free[0]
+        held[address] = owner
+        self.held, self.pointer = held, address
+        return address
+
+    def release(self, address: int) -> bool:
+        if address not in self.held or self.held[address] == self.gateway_owner:
+            return False
+        del self.held[address]
+        self.pointer = address
+        return True
+
+    def release_id(self, owner: str) -> int | None:
+        for address, holder in self.held.items():
+            if holder == owner and holder != self.gateway_owner:
+                self.release(address)
+                return address
+        return None
+
+
+def netaddr_text(value: int, version: int) -> str:
+    return str(netaddr.IPAddress(value, version))
+
+
+OWNERS = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "GateWay"])
+
+
+def operations(hosts: int):
+    offsets = st.integers(min_value=1, max_value=hosts)
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), OWNERS),
+            st.tuples(st.just("fixed"), OWNERS, offsets),
+            st.tuples(st.just("release"), offsets),
+            st.tuples(st.just("release_id"), OWNERS),
+        ),
+        max_size=40,
+    )
+
+
+@pytest.mark.parametrize("subnet, gateway", [("10.0.0.0/29", None), ("10.0.0.0/29", "10.0.0.5"), ("fd00::/125", None)])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_walk_matches_the_model(subnet, gateway, data):
+    pool = make_pool(subnet, gateway)
+    model, store = WalkModel(pool), MemoryStore()
+    version = pool.version
+    ops = data.draw(operations(len(model.hosts)))
+    for op in ops:
+        if op[0] in ("add", "fixed"):
+            fixed = None
+            if op[0] == "fixed":
+                fixed = pool.subnet.first + op[2]
+                if fixed == model.gateway:
+                    continue  # the config refuses it
+                fixed_pool = make_pool(subnet, gateway, f"{netaddr_text(fixed, version)}/{pool.subnet.prefixlen}")
+            expected = model.add(op[1], fixed)
+            try:
+                got = add(store, fixed_pool if fixed is not None else pool, op[1])
+            except (AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError) as error:
+                assert type(error) is expected, (op, error)
+            else:
+                assert got == f"{netaddr_text(expected, version)}/{pool.subnet.prefixlen}", op
+        elif op[0] == "release":
+            address = pool.subnet.first + op[1]
+            got = in_pool(store, pool, lambda allocator: allocator.release(netaddr_text(address, version)))
+            assert got == model.release(address), op
+        else:
+            expected = model.release_id(op[1])
+            got = in_pool(store, pool, lambda allocator: allocator.release_id(op[1]))
+            assert got == (None if expected is None else netaddr_text(expected, version)), op
+    held = {
+        key: record["id"]
+        for key, record in ((key, read(store, pool.bucket, key)) for key in store.db.buckets.get(pool.bucket, {}))
+        if isinstance(record, dict)
+    }
+    assert held == {netaddr_text(address, version): owner for address, owner in model.held.items()}
