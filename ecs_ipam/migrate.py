@@ -38,7 +38,7 @@ import msgpack
 from .boltdb import BucketNotFoundError, read_libkv_bucket
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
 from .kv.base import Tx
-from .legacy import LEGACY_BUCKET, legacy_key_address
+from .legacy import LEGACY_BUCKET, LEGACY_GATEWAY_OWNERS, legacy_key_address
 
 BOLT_BUCKET = "IPAM"
 BACKUP_SUFFIX = ".bolt"
@@ -194,7 +194,7 @@ def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[st
 
 
 def _both_gateways(holder: str | None, value: str) -> bool:
-    return holder in ("GateWay", "GateWayV6") and value in ("GateWay", "GateWayV6")
+    return holder in LEGACY_GATEWAY_OWNERS and value in LEGACY_GATEWAY_OWNERS
 
 
 # -- the steps --------------------------------------------------------------------------
