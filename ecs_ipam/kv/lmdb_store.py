@@ -19,12 +19,14 @@ Why the extra machinery around LMDB:
 
 from __future__ import annotations
 
+# _thread, not threading: the plugin needs only plain locks, and importing threading
+# would cost every container start half a millisecond.
+import _thread
 import errno
 import fcntl
 import os
 import random
 import struct
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -179,7 +181,7 @@ class _Environment:
         self.handles: dict[str, object] = {}
         # flock is per open file description, so threads of this process would all
         # "hold" it at once; they queue on this lock first.
-        self.thread_lock = threading.Lock()
+        self.thread_lock = _thread.allocate_lock()
 
     # -- opening transactions -------------------------------------------------------------
 
@@ -272,7 +274,7 @@ class _Environment:
 
 
 _environments: dict[str, _Environment] = {}
-_environments_lock = threading.Lock()
+_environments_lock = _thread.allocate_lock()
 
 
 def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Environment:
