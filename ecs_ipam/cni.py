@@ -130,7 +130,8 @@ def _error_object(version: str, code: int, msg: str, details: str = "") -> dict:
 
 
 def _write(stdout: IO[str], document: dict) -> None:
-    stdout.write(json.dumps(document) + "\n")
+    # Compact, as the Go plugin prints: some callers compare --capabilities as text.
+    stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
     stdout.flush()
 
 

@@ -82,8 +82,8 @@ def test_add(plugin):
     out = plugin.run("ADD", netconf(id="a", **SUBNET, **{"ipv4-routes": [{"dst": "169.254.170.2/32"}]}))
     assert out == (
         0,
-        '{"cniVersion": "0.3.0", "ips": [{"version": "4", "address": "10.0.0.2/24", "gateway": "10.0.0.1"}], '
-        '"routes": [{"dst": "169.254.170.2/32"}], "dns": {}}\n',
+        '{"cniVersion":"0.3.0","ips":[{"version":"4","address":"10.0.0.2/24","gateway":"10.0.0.1"}],'
+        '"routes":[{"dst":"169.254.170.2/32"}],"dns":{}}\n',
     )
 
 
@@ -151,7 +151,7 @@ def test_version_flag(plugin):
 
 
 def test_capabilities_flag(plugin):
-    assert plugin.run("", argv=["--capabilities"]) == (0, '{"capabilities": ["awsvpc-network-mode"]}\n')
+    assert plugin.run("", argv=["--capabilities"]) == (0, '{"capabilities":["awsvpc-network-mode"]}\n')
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version", "--capabilities"], ["ADD"]])
