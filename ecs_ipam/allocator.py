@@ -30,6 +30,10 @@ LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
 ID_INDEX_PREFIX = "id/"
 HASHED_ID_INDEX_PREFIX = "id#"
 INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
+# Where the Go plugin's pairs wait after a migration (ecs_ipam.legacy).  Not "IPAM", the
+# Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
+# keys there must never be taken for leases.
+LEGACY_BUCKET = "go-plugin-IPAM"
 
 
 class Owner(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Mapping
 
-from .allocator import Owner, PoolAllocator
+from .allocator import LEGACY_BUCKET, Owner, PoolAllocator
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseNotFoundError,
@@ -23,8 +23,6 @@ from .errors import (
 )
 from .kv.base import Store, Tx
 from .results import Allocation, format_result, result_addresses
-
-LEGACY_BUCKET = "IPAM"  # the Go plugin's bucket, migrated verbatim (ecs_ipam.legacy)
 
 
 def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:

@@ -2,8 +2,8 @@
 
 The Go plugin kept every address of every subnet in one bolt bucket, ``IPAM``, and never
 recorded the subnets themselves: only the network configurations name them.  So the
-migration (:mod:`ecs_ipam.migrate`) copies that bucket verbatim into a bucket of the
-same name, and the first transaction that touches a pool moves the legacy pairs lying in
+migration (:mod:`ecs_ipam.migrate`) copies that bucket verbatim into the bucket
+``go-plugin-IPAM``, and the first transaction that touches a pool moves the legacy pairs lying in
 the pool's subnet into the pool's bucket (:mod:`ecs_ipam.allocator` layout), in the
 caller's transaction.  Until then no command can reach those addresses except through
 :func:`adopt`, so none of them can be handed out twice, whichever subnet's config
@@ -30,6 +30,7 @@ import netaddr
 from .allocator import (
     GATEWAY_OWNER,
     LAST_KNOWN_KEY,
+    LEGACY_BUCKET,
     PoolAllocator,
     decode,
     encode,
@@ -40,7 +41,6 @@ from .config import Pool
 from .errors import StoreError
 from .kv.base import KVPair, Tx
 
-LEGACY_BUCKET = "IPAM"
 GO_IPV6_KEY_PREFIX = "6"
 LEGACY_GATEWAY_OWNERS = frozenset(GATEWAY_OWNER.values())
 

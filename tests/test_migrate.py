@@ -108,7 +108,7 @@ def test_migration_keeps_every_pair_verbatim(tmp_path, name):
     assert sniff(path) == "lmdb"
     assert kv.list_buckets(path) == [LEGACY_BUCKET]
     assert bucket_pairs(path, LEGACY_BUCKET) == expected(name)
-    with kv.open_store(path, read_only=True) as store:
+    with kv.open_store(path, LEGACY_BUCKET, read_only=True) as store:
         raw = {pair.key: pair.value for pair in store.list()}
     assert raw == {key: msgpack.packb(value) for key, value in expected(name).items()}
     assert Path(path + ".bolt").read_bytes() == fixture(name).read_bytes()

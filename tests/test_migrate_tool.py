@@ -59,7 +59,7 @@ def test_in_place_prints_every_pair_moved_and_keeps_the_bolt_file(tmp_path, caps
 
     out = capsys.readouterr().out.splitlines()
     assert out == pair_lines(entries(name)) + [
-        f"migrated 28 pairs into {path} (bucket IPAM); the bolt file is kept as {path}.bolt"
+        f"migrated 28 pairs into {path} (bucket go-plugin-IPAM); the bolt file is kept as {path}.bolt"
     ]
     assert legacy_pairs(path) == entries(name)
     assert Path(f"{path}.bolt").read_bytes() == (FIXTURES / f"{name}.db").read_bytes()
@@ -105,7 +105,7 @@ def test_into_another_database_leaves_the_source_as_it_is(tmp_path, capsys):
     assert migrate_tool.main([str(path), "--db", str(dest)]) == 0  # the same pairs again: harmless
 
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == f"migrated 32 pairs from {path} into {dest} (bucket IPAM); {path} is unchanged"
+    assert out[-1] == f"migrated 32 pairs from {path} into {dest} (bucket go-plugin-IPAM); {path} is unchanged"
     assert path.read_bytes() == (FIXTURES / "ecs-agent-classic-2019.db").read_bytes()
     assert legacy_pairs(dest) == entries("ecs-agent-classic-2019")
 
@@ -119,7 +119,7 @@ def test_a_destination_that_disagrees_gets_nothing(tmp_path, capsys):
     assert migrate_tool.main([str(path), "--db", str(dest)]) == 1
 
     err = capsys.readouterr().err
-    assert "169.254.172.5='somebody-else' in bucket IPAM, not '0a:00:00:00:00:03'" in err
+    assert "169.254.172.5='somebody-else' in bucket go-plugin-IPAM, not '0a:00:00:00:00:03'" in err
     assert "nothing was copied" in err
     assert legacy_pairs(dest) == {"169.254.172.5": "somebody-else"}
 
