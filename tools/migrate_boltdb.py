@@ -9,7 +9,7 @@ The plugin does the same by itself the first time it finds a bolt file at
 Without ``--db`` (or with DEST naming SRC itself) the migration is in place: SRC becomes
 the LMDB database and the bolt file is kept as ``SRC.bolt``.  With ``--db DEST`` the
 pairs are added to DEST (created if missing) and SRC is left as it is.  Either way the
-pairs land verbatim in bucket ``IPAM``; the plugin moves each into the bucket of its
+pairs land verbatim in bucket ``go-plugin-IPAM``; the plugin moves each into the bucket of its
 subnet when a configuration first names that subnet.
 
 Prints one ``key=<key> - value=<value>`` line per pair moved, then a summary.
