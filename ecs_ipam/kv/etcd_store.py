@@ -31,9 +31,17 @@ compare-and-swap with it after the commit fails safely; read the key again).  Th
 own ``atomic_put`` returns the pair with its real last_index.
 
 Every request is safe to send twice, which lets a commit whose connection broke (etcd
-restarting, a timeout) be re-sent to the same or another endpoint: its compares include
-"the commit key does not exist yet", and the answer to a failed compare includes that
-key, so an earlier copy that was applied reads as success, never as a duplicate.
+restarting, a member shutting down) be re-sent, to the same or another endpoint, until
+the timeout: its compares include "the commit key does not exist yet", and the answer to
+a failed compare includes that key, so an earlier copy that was applied reads as
+success, never as a duplicate.
+
+Limits: plain HTTP without etcd authentication (no TLS, no user); etcd 3.4 or later; at
+most 128 operations per transaction (etcd's --max-txn-ops: a write, a delete, a
+delete_tree and each written bucket count one); keys written by other etcd clients under
+the prefix are seen, but do not rewrite bucket markers, so transactions that had to fall
+back to markers do not see such writes.  When the timeout expires while a commit's answer
+is missing, the commit may or may not have been applied (StoreTimeoutError says so).
 """
 
 from __future__ import annotations
@@ -46,17 +54,19 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from itertools import groupby
 from typing import Callable, Iterator, TypeVar
 
 from ..errors import (
     DatabaseNotFoundError,
     InvalidArgumentError,
     KeyModifiedError,
+    KeyNotFoundError,
     StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from .base import KVPair, Store, Tx, check_bucket_name, check_prefix
+from .base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
 
 T = TypeVar("T")
 
@@ -208,19 +218,23 @@ class _Connection:
             self.sock.close()
             raise
         self.keep_alive = True
+        self.request_sent = False
 
-    def post(self, path: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
+    def post(self, path: str, payload: bytes, timeout: float, stream: bool = False) -> tuple[int, bytes | None]:
         """Send one POST and return ``(status, body)``.
 
+        :param stream: leave a successful chunked answer unread (body None), for :meth:`lines`.
         :raises OSError: the connection failed; it must not be used again.
         """
         self.sock.settimeout(timeout)
+        self.request_sent = False
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.authority}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         self.sock.sendall(head.encode("ascii") + payload)
-        return self._response()
+        self.request_sent = True
+        return self._response(stream)
 
     def _line(self) -> bytes:
         line = self.reader.readline(MAX_LINE)
@@ -234,7 +248,7 @@ class _Connection:
             raise _BrokenResponse("etcd closed the connection mid-response")
         return data
 
-    def _response(self) -> tuple[int, bytes]:
+    def _response(self, stream: bool) -> tuple[int, bytes | None]:
         parts = self._line().split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise _BrokenResponse("not an HTTP response")
@@ -244,7 +258,10 @@ class _Connection:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip().lower()
         if headers.get(b"transfer-encoding") == b"chunked":
-            body = self._chunked()
+            if stream and status == 200:
+                self.keep_alive = False  # the stream keeps the connection to its end
+                return status, None
+            body = b"".join(iter(self._chunk, None))
         elif b"content-length" in headers:
             length = headers[b"content-length"]
             if not length.isdigit():
@@ -257,20 +274,31 @@ class _Connection:
             self.keep_alive = False
         return status, body
 
-    def _chunked(self) -> bytes:
-        chunks = []
-        while True:
-            size_text = self._line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _BrokenResponse("bad chunk size") from None
-            if size == 0:
-                while self._line() not in (b"\r\n", b"\n"):
-                    pass  # trailers: the gateway sends its gRPC ones here
-                return b"".join(chunks)
-            chunks.append(self._exactly(size))
-            self._line()
+    def _chunk(self) -> bytes | None:
+        """The next chunk of a chunked body; None after the last."""
+        size_text = self._line().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _BrokenResponse("bad chunk size") from None
+        if size == 0:
+            while self._line() not in (b"\r\n", b"\n"):
+                pass  # trailers: the gateway sends its gRPC ones here
+            return None
+        chunk = self._exactly(size)
+        self._line()
+        return chunk
+
+    def lines(self) -> Iterator[bytes]:
+        """The lines of a streamed answer as they arrive, waiting as long as it takes.
+
+        :raises OSError: the connection broke.
+        """
+        self.sock.settimeout(None)
+        pending = b""
+        while (chunk := self._chunk()) is not None:
+            *complete, pending = (pending + chunk).split(b"\n")
+            yield from filter(None, complete)
 
     def close(self) -> None:
         try:
@@ -313,27 +341,45 @@ class _Client:
         """
         payload = json.dumps(body, separators=(",", ":")).encode("ascii")
         with self.lock:
-            return self._call(path, payload, deadline)
+            return self._call(path, payload, deadline, stream=False)
 
-    def _call(self, path: str, payload: bytes, deadline: float) -> dict:
+    def stream(self, path: str, body: dict, deadline: float) -> _Connection:
+        """POST *body* to *path* on a connection of its own, and return that connection,
+        whose :meth:`_Connection.lines` stream the answer (the caller closes it).
+
+        :raises StoreError: as :meth:`call`.
+        """
+        payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+        with self.lock:
+            return self._call(path, payload, deadline, stream=True)
+
+    def _call(self, path: str, payload: bytes, deadline: float, stream: bool):
         # Out of time before the first attempt (the transaction's body used it up) is a
         # timeout too.
         failure, timed_out, attempts, delay = "the operation ran out of time", True, 0, 0.02
+        # Whether a copy of the request may have reached etcd and been applied.
+        maybe_applied = False
         while (remaining := deadline - time.monotonic()) > 0:
             host, port = self.endpoints[self.current]
-            try:
-                if self.conn is not None and self.conn.pid != os.getpid():
-                    # Inherited across fork: the parent keeps using it.  Closing our copy
-                    # of the descriptor does not disturb it.
-                    self.disconnect()
-                if self.conn is None:
-                    spare = len(self.endpoints) > 1
-                    self.conn = _Connection(host, port, min(remaining, CONNECT_TIMEOUT) if spare else remaining)
-                status, data = self.conn.post(path, payload, remaining)
-                if not self.conn.keep_alive:
-                    self.disconnect()
-            except OSError as error:
+            if self.conn is not None and self.conn.pid != os.getpid():
+                # Inherited across fork: the parent keeps using it.  Closing our copy of
+                # the descriptor does not disturb it.
                 self.disconnect()
+            conn = None if stream else self.conn
+            try:
+                if conn is None:
+                    spare = len(self.endpoints) > 1
+                    conn = _Connection(host, port, min(remaining, CONNECT_TIMEOUT) if spare else remaining)
+                    if not stream:
+                        self.conn = conn
+                status, data = conn.post(path, payload, remaining, stream)
+                if data is None:
+                    return conn
+                if stream or not conn.keep_alive:
+                    self._drop(conn)
+            except OSError as error:
+                maybe_applied = maybe_applied or (conn is not None and conn.request_sent)
+                self._drop(conn)
                 failure, timed_out = f"{host}:{port}: {_describe(error)}", isinstance(error, TimeoutError)
                 self.current = (self.current + 1) % len(self.endpoints)
                 attempts += 1
@@ -349,9 +395,16 @@ class _Client:
             if status >= 500 or code in TRANSIENT_GRPC_CODES:
                 # No leader, leader changed, etcd shutting down, request timed out inside
                 # etcd: the request may still be applied, and sending it again is safe.
-                failure, timed_out = f"{host}:{port}: {message}", False
+                failure, timed_out, maybe_applied = f"{host}:{port}: {message}", False, True
+                if len(self.endpoints) > 1:
+                    self.disconnect()
+                    self.current = (self.current + 1) % len(self.endpoints)
                 delay = self._pause(deadline, delay)
                 continue
+            if status == 404:
+                raise StoreError(
+                    f"etcd at {host}:{port} does not serve {path}: the v3 JSON API needs etcd 3.4 or later"
+                )
             if "compacted" in message:
                 raise _Conflict(f"etcd compacted the revision this transaction read: {message}")
             if "too many operations" in message:
@@ -359,9 +412,14 @@ class _Client:
                     f"transaction too large for etcd ({message}); etcd's --max-txn-ops sets the limit"
                 )
             raise StoreError(f"etcd at {host}:{port} refused the request: {message}")
+        outcome = ""
+        if maybe_applied and path == "/v3/kv/txn":
+            outcome = "; the commit may or may not have been applied"
         if timed_out:
-            raise StoreTimeoutError(f"etcd at {self.where()} did not answer within {self.timeout:g}s ({failure})")
-        raise StoreUnavailableError(f"etcd at {self.where()} is unavailable ({failure})")
+            raise StoreTimeoutError(
+                f"etcd at {self.where()} did not answer within {self.timeout:g}s ({failure}){outcome}"
+            )
+        raise StoreUnavailableError(f"etcd at {self.where()} is unavailable ({failure}){outcome}")
 
     @staticmethod
     def _pause(deadline: float, delay: float) -> float:
@@ -370,9 +428,48 @@ class _Client:
         return min(delay * 2, 0.25)
 
     def disconnect(self) -> None:
-        conn, self.conn = self.conn, None
+        self._drop(self.conn)
+
+    def _drop(self, conn: _Connection | None) -> None:
         if conn is not None:
+            if conn is self.conn:
+                self.conn = None
             conn.close()
+
+    def watch(self, start: bytes, end: bytes | None, revision: int, timeout: float) -> Iterator[list[dict]]:
+        """Yield the events of every change to *start* (or the range up to *end*) after
+        *revision*, as etcd batches them; reconnect and resume when the stream breaks.
+
+        :raises _Conflict: etcd compacted history the watch still needed.
+        :raises StoreUnavailableError: etcd could not be reached again within *timeout*.
+        """
+        delay = 0.02
+        while True:
+            request = {"key": _b64(start), "start_revision": str(revision + 1)}
+            if end is not None:
+                request["range_end"] = _b64(end)
+            conn = self.stream("/v3/watch", {"create_request": request}, time.monotonic() + timeout)
+            try:
+                for line in conn.lines():
+                    message = json.loads(line)
+                    result = message.get("result")
+                    if result is None:
+                        break  # the gateway reports a broken watch as an error message
+                    if result.get("compact_revision"):
+                        raise _Conflict(f"etcd compacted revision {revision + 1}, which the watch needed")
+                    if result.get("canceled"):
+                        raise StoreError(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
+                    events = result.get("events")
+                    if events:
+                        revision = max(int(event["kv"]["mod_revision"]) for event in events)
+                        yield events
+                        delay = 0.02
+            except (OSError, ValueError):
+                pass  # reconnect below, from the last revision seen
+            finally:
+                conn.close()
+            # A member that keeps ending streams at once must not be hammered.
+            delay = self._pause(time.monotonic() + delay * 2, delay)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -437,9 +534,7 @@ class _TxState:
     # -- reads -------------------------------------------------------------------------------
 
     def _pair(self, bucket: bytes, kv: dict) -> tuple[bytes, KVPair]:
-        full = _unb64(kv["key"])
-        key = full[len(bucket):].decode("utf-8")
-        return full, KVPair(key, _unb64(kv.get("value")), int(kv["mod_revision"]))
+        return _decoded(bucket, [kv])[0]
 
     def _covered(self, start: bytes, end: bytes) -> bool:
         return any(s <= start and end <= e for _, s, e in self.ranges)
@@ -521,7 +616,9 @@ class _TxState:
         now = time.time()
         commit_key = self.layout.commit_key(now)
         compares = self._compares()
-        compares.append({"key": _b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
+        compares.append(
+            {"key": _b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        )
         swept_from, swept_to = self.layout.expired_commits(now)
         operations = self._operations()
         operations.append({"request_put": {"key": _b64(commit_key), "value": ""}})
@@ -632,6 +729,39 @@ class _EtcdTx(Tx):
         return _EtcdTx(self._state, check_bucket_name(name))
 
 
+def _follow(client: _Client, bucket: bytes, start: bytes, end: bytes | None, revision: int, kvs: list,
+            timeout: float) -> Iterator[dict[bytes, KVPair]]:
+    """Yield the content of a key or range (full key -> pair) as read at *revision*, then
+    after every revision that changed it (one transaction: one yield, however etcd
+    batched its events); read it whole again when etcd compacted the history the watch
+    needed."""
+    content = dict(_decoded(bucket, kvs))
+    yield content
+    while True:
+        try:
+            for events in client.watch(start, end, revision, timeout):
+                for revision, group in groupby(events, key=lambda event: int(event["kv"]["mod_revision"])):
+                    for event in group:
+                        full, pair = _decoded(bucket, [event["kv"]])[0]
+                        if event.get("type") == "DELETE":
+                            content.pop(full, None)
+                        else:
+                            content[full] = pair
+                    yield content
+        except _Conflict:
+            revision, kvs = client.range(start, end, None, time.monotonic() + timeout)
+            content = dict(_decoded(bucket, kvs))
+            yield content
+
+
+def _decoded(bucket: bytes, kvs: list[dict]) -> list[tuple[bytes, KVPair]]:
+    pairs = []
+    for kv in kvs:
+        full = _unb64(kv["key"])
+        pairs.append((full, KVPair(full[len(bucket):].decode("utf-8"), _unb64(kv.get("value")), int(kv["mod_revision"]))))
+    return pairs
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -739,6 +869,50 @@ class EtcdStore(Store):
         """See :meth:`Store.atomic_put`; the pair returned carries its real last_index."""
         pair, revision = self._run(lambda tx: tx.atomic_put(key, value, previous), True)
         return KVPair(pair.key, pair.value, revision)
+
+    def watch(self, key: str) -> Iterator[KVPair]:
+        """Yield the pair under *key* now, then again after every change to it; stop when
+        the key is deleted.
+
+        The iterator waits as long as it takes for the next change, on a connection of
+        its own; close it (or leave the loop over it) to stop watching.  When the
+        connection breaks it reconnects and resumes where it stopped.
+
+        :raises KeyNotFoundError: the key does not exist (raised by the call itself).
+        :raises StoreUnavailableError: etcd could not be reached again within the timeout.
+        """
+        client = self._live_client()
+        bucket = client.layout.data_prefix(self.bucket_name)
+        full = bucket + _utf8(check_key(key), "key")
+        revision, kvs = client.range(full, None, None, time.monotonic() + self.timeout)
+        if not kvs:
+            raise KeyNotFoundError(f"key not found: {key}")
+        return self._watch_key(client, bucket, full, revision, kvs)
+
+    def _watch_key(self, client: _Client, bucket: bytes, full: bytes, revision: int, kvs: list) -> Iterator[KVPair]:
+        for content in _follow(client, bucket, full, None, revision, kvs, self.timeout):
+            if full not in content:
+                return
+            yield content[full]
+
+    def watch_tree(self, prefix: str) -> Iterator[list[KVPair]]:
+        """Yield every pair whose key starts with *prefix* (sorted, as :meth:`list`) now,
+        then again after every transaction that changed any of them.
+
+        As :meth:`watch`, but the prefix need not match anything yet (the first list is
+        then empty), and it never stops by itself.
+        """
+        client = self._live_client()
+        bucket = client.layout.data_prefix(self.bucket_name)
+        start = bucket + _utf8(check_prefix(prefix), "prefix")
+        end = prefix_end(start)
+        revision, kvs = client.range(start, end, None, time.monotonic() + self.timeout)
+        return self._watch_range(client, bucket, start, end, revision, kvs)
+
+    def _watch_range(self, client: _Client, bucket: bytes, start: bytes, end: bytes, revision: int,
+                     kvs: list) -> Iterator[list[KVPair]]:
+        for content in _follow(client, bucket, start, end, revision, kvs, self.timeout):
+            yield [content[full] for full in sorted(content)]
 
     def bucket(self, name: str) -> "EtcdStore":
         client = self._live_client()

@@ -27,6 +27,7 @@ from ecs_ipam.errors import (
     InvalidArgumentError,
     KeyExistsError,
     KeyModifiedError,
+    KeyNotFoundError,
     StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -94,6 +95,8 @@ def counting_requests(store: EtcdStore) -> list[str]:
 
 @requires_etcd
 class TestEtcdStore(StoreContract):
+    supports_watch = True  # tested below
+
     # etcd numbers a write (its mod_revision) when the transaction commits, after the
     # transaction handed out the pair, and KVPair is immutable: a pair returned inside a
     # transaction keeps a provisional index.  These two contract tests compare such a
@@ -151,12 +154,18 @@ def test_url_names_endpoints_and_prefix(url, endpoints, prefix):
 @pytest.mark.parametrize(
     "url, message",
     [
-        ("http://127.0.0.1:2379", "not an etcd URL: 'http://127.0.0.1:2379' (expected etcd://HOST:PORT[/PREFIX])"),
+        (
+            "http://127.0.0.1:2379",
+            "not an etcd URL: 'http://127.0.0.1:2379' (expected etcd://HOST:PORT[/PREFIX])",
+        ),
         ("etcd://", "endpoint without a host in etcd://"),
         ("etcd://a:1,,b:2", "endpoint without a host in etcd://a:1,,b:2"),
         ("etcd://a:x", "bad port 'x' in etcd://a:x"),
         ("etcd://a:70000", "bad port '70000' in etcd://a:70000"),
-        ("etcd://::1:2379", "bad endpoint '::1:2379' in etcd://::1:2379: write an IPv6 host as [ADDRESS]:PORT"),
+        (
+            "etcd://::1:2379",
+            "bad endpoint '::1:2379' in etcd://::1:2379: write an IPv6 host as [ADDRESS]:PORT",
+        ),
         ("etcd://[::1", "bad endpoint '[::1' in etcd://[::1"),
     ],
 )
@@ -223,7 +232,9 @@ def test_lmdb_path_never_imports_the_etcd_backend(tmp_path):
         f"kv.open_store({str(tmp_path / 'kv.db')!r}).close()\n"
         "print('ecs_ipam.kv.etcd_store' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"
 
 
@@ -362,8 +373,9 @@ def test_a_compacted_snapshot_reruns_the_body(store, rival):
         runs.append(tx.get("a").value)
         if len(runs) == 1:
             rival.put("b", b"2")
-            revision = int(rival._client.call("/v3/kv/range", {"key": "AA=="}, time.monotonic() + 5)["header"]["revision"])
-            rival._client.call("/v3/kv/compaction", {"revision": str(revision), "physical": True}, time.monotonic() + 5)
+            client, deadline = rival._client, time.monotonic() + 5
+            revision = client.range(b"\x00", None, None, deadline)[0]
+            client.call("/v3/kv/compaction", {"revision": str(revision), "physical": True}, deadline)
         return tx.get("b").value
 
     assert store.transact(read_both, write=False) == b"2"
@@ -455,11 +467,121 @@ def test_pairs_written_inside_a_transaction_are_provisional(store):
     assert store.atomic_put("x", b"3", stored) == store.get("x")
 
 
+# -- watches -----------------------------------------------------------------------------------
+
+
+def next_within(watch, seconds: float = 10.0):
+    """next(watch), failing the test instead of hanging when no change arrives."""
+    outcome: list = []
+
+    def step() -> None:
+        try:
+            outcome.append(("value", next(watch)))
+        except BaseException as error:  # re-raised in the test's thread
+            outcome.append(("error", error))
+
+    waiter = threading.Thread(target=step, daemon=True)
+    waiter.start()
+    waiter.join(seconds)
+    assert outcome, f"no change arrived within {seconds:g}s"
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+@requires_etcd
+def test_watch_yields_the_pair_then_each_change_until_deleted(store):
+    store.put("k", b"1")
+    watch = store.watch("k")
+
+    assert next_within(watch) == store.get("k")
+    store.put("k", b"2")
+    assert next_within(watch) == store.get("k")
+    with store.bucket("other") as other:
+        other.put("k", b"elsewhere")
+    store.put("k2", b"next door")
+    store.put("k", b"3")
+    assert next_within(watch) == store.get("k")
+    store.delete("k")
+    with pytest.raises(StopIteration):
+        next_within(watch)
+
+
+@requires_etcd
+def test_watch_of_a_missing_key_raises_key_not_found(store):
+    with pytest.raises(KeyNotFoundError):
+        store.watch("absent")
+
+
+@requires_etcd
+def test_watch_tree_yields_the_whole_list_after_each_change(store):
+    store.put("a/1", b"1")
+    watch = store.watch_tree("a/")
+
+    assert next_within(watch) == store.list("a/")
+    with store.transaction() as tx:
+        tx.put("a/2", b"2")
+        tx.put("b", b"outside")
+        tx.bucket("other").put("a/3", b"other bucket")
+    assert next_within(watch) == store.list("a/")
+    store.delete("a/1")
+    assert [pair.key for pair in next_within(watch)] == ["a/2"]
+    store.delete_tree("a/")
+    assert next_within(watch) == []
+    watch.close()
+
+
+@requires_etcd
+def test_watch_tree_of_an_empty_prefix_starts_empty(store):
+    watch = store.watch_tree("x/")
+    assert next_within(watch) == []
+    store.put("x/1", b"v")
+    assert [pair.key for pair in next_within(watch)] == ["x/1"]
+    watch.close()
+
+
+@requires_etcd
+def test_a_watch_behind_compacted_history_reads_everything_again(store, rival):
+    store.put("a/1", b"1")
+    watch = store.watch_tree("a/")
+    assert [pair.value for pair in next_within(watch)] == [b"1"]
+    rival.put("a/1", b"2")
+    rival.put("a/2", b"2")
+    client, deadline = rival._client, time.monotonic() + 5
+    revision = client.range(b"\x00", None, None, deadline)[0]
+    client.call("/v3/kv/compaction", {"revision": str(revision), "physical": True}, deadline)
+
+    assert next_within(watch) == store.list("a/")
+    watch.close()
+
+
+@requires_etcd
+def test_a_watch_rides_out_an_etcd_restart(tmp_path):
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    try:
+        with EtcdStore(f"{server.url}/w", "test", timeout=20) as store:
+            store.put("k", b"1")
+            watch = store.watch("k")
+            assert next_within(watch).value == b"1"
+            store.put("k", b"2")
+            server.stop()
+            server.start()
+            store.put("k", b"3")
+
+            assert [next_within(watch).value for _ in range(2)] == [b"2", b"3"]
+            watch.close()
+    finally:
+        server.stop()
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
 def test_unreachable_etcd_is_code_11_within_the_timeout():
-    url = f"etcd://127.0.0.1:{free_port()}/p"
+    port = free_port()
+    url = f"etcd://127.0.0.1:{port}/p"
     started = time.monotonic()
     with EtcdStore(url, "test", timeout=0.5) as store:
         with pytest.raises(StoreUnavailableError) as caught:
@@ -468,7 +590,7 @@ def test_unreachable_etcd_is_code_11_within_the_timeout():
 
     assert caught.value.code == TRY_AGAIN_LATER
     assert 0.4 < elapsed < 1.5
-    assert str(caught.value).startswith(f"etcd at 127.0.0.1:{url.split(':')[2].split('/')[0]} is unavailable (")
+    assert str(caught.value) == f"etcd at 127.0.0.1:{port} is unavailable (127.0.0.1:{port}: Connection refused)"
 
 
 def test_unreachable_etcd_fails_open_for_readers_too():
@@ -476,18 +598,28 @@ def test_unreachable_etcd_fails_open_for_readers_too():
         kv.open_store(f"etcd://127.0.0.1:{free_port()}", timeout=0.3, read_only=True)
 
 
-def test_an_etcd_that_never_answers_is_a_timeout():
+@pytest.mark.parametrize(
+    "operation, outcome",
+    [
+        pytest.param(lambda store: store.get("k"), "", id="read"),
+        pytest.param(
+            lambda store: store.put("k", b"v"), "; the commit may or may not have been applied", id="commit"
+        ),
+    ],
+)
+def test_an_etcd_that_never_answers_is_a_timeout(operation, outcome):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        url = f"etcd://127.0.0.1:{silent.getsockname()[1]}"
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
-        with EtcdStore(url, "test", timeout=0.5) as store:
+        with EtcdStore(f"etcd://{endpoint}", "test", timeout=0.5) as store:
             with pytest.raises(StoreTimeoutError) as caught:
-                store.get("k")
+                operation(store)
 
     assert caught.value.code == TRY_AGAIN_LATER
     assert 0.4 < time.monotonic() - started < 1.5
+    assert str(caught.value) == f"etcd at {endpoint} did not answer within 0.5s ({endpoint}: timed out){outcome}"
 
 
 @requires_etcd
