@@ -119,6 +119,11 @@ class Tx(abc.ABC):
     def bucket(self, name: str) -> "Tx":
         """The view of bucket *name* within this same transaction."""
 
+    def _contains(self, key: str) -> bool:
+        """Whether *key* is stored.  A backend that can tell without decoding the value
+        overrides this: the allocator's walk asks it once per used address."""
+        return self._read(key) is not None
+
     # -- the libkv operations, identical for every backend -----------------------------
 
     def get(self, key: str) -> KVPair:
@@ -132,7 +137,7 @@ class Tx(abc.ABC):
         return self._read(check_key(key))
 
     def exists(self, key: str) -> bool:
-        return self._read(check_key(key)) is not None
+        return self._contains(check_key(key))
 
     def put(self, key: str, value: bytes) -> KVPair:
         return self._write(check_key(key), check_value(value))

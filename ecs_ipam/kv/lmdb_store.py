@@ -426,6 +426,9 @@ class _LMDBTx(Tx):
         value, last_index = decode_record(raw, key)
         return KVPair(key, value, last_index)
 
+    def _contains(self, key: str) -> bool:
+        return self._txn.get(self.bucket_name, key.encode("utf-8")) is not None
+
     def _write(self, key: str, value: bytes) -> KVPair:
         encoded_key = key.encode("utf-8")
         previous = self._txn.get(self.bucket_name, encoded_key)
