@@ -220,7 +220,9 @@ class _Connection:
         self.keep_alive = True
         self.request_sent = False
 
-    def post(self, path: str, payload: bytes, timeout: float, stream: bool = False) -> tuple[int, bytes | None]:
+    def post(
+        self, path: str, payload: bytes, timeout: float, stream: bool = False
+    ) -> tuple[int, bytes | None]:
         """Send one POST and return ``(status, body)``.
 
         :param stream: leave a successful chunked answer unread (body None), for :meth:`lines`.
@@ -436,7 +438,9 @@ class _Client:
                 self.conn = None
             conn.close()
 
-    def watch(self, start: bytes, end: bytes | None, revision: int, timeout: float) -> Iterator[list[dict]]:
+    def watch(
+        self, start: bytes, end: bytes | None, revision: int, timeout: float
+    ) -> Iterator[list[dict]]:
         """Yield the events of every change to *start* (or the range up to *end*) after
         *revision*, as etcd batches them; reconnect and resume when the stream breaks.
 
@@ -729,8 +733,9 @@ class _EtcdTx(Tx):
         return _EtcdTx(self._state, check_bucket_name(name))
 
 
-def _follow(client: _Client, bucket: bytes, start: bytes, end: bytes | None, revision: int, kvs: list,
-            timeout: float) -> Iterator[dict[bytes, KVPair]]:
+def _follow(
+    client: _Client, bucket: bytes, start: bytes, end: bytes | None, revision: int, kvs: list, timeout: float
+) -> Iterator[dict[bytes, KVPair]]:
     """Yield the content of a key or range (full key -> pair) as read at *revision*, then
     after every revision that changed it (one transaction: one yield, however etcd
     batched its events); read it whole again when etcd compacted the history the watch
@@ -740,7 +745,7 @@ def _follow(client: _Client, bucket: bytes, start: bytes, end: bytes | None, rev
     while True:
         try:
             for events in client.watch(start, end, revision, timeout):
-                for revision, group in groupby(events, key=lambda event: int(event["kv"]["mod_revision"])):
+                for _, group in groupby(events, key=lambda event: event["kv"]["mod_revision"]):
                     for event in group:
                         full, pair = _decoded(bucket, [event["kv"]])[0]
                         if event.get("type") == "DELETE":
@@ -755,10 +760,12 @@ def _follow(client: _Client, bucket: bytes, start: bytes, end: bytes | None, rev
 
 
 def _decoded(bucket: bytes, kvs: list[dict]) -> list[tuple[bytes, KVPair]]:
+    """``(full key, pair)`` of each key/value of an etcd answer, for keys of *bucket*."""
     pairs = []
     for kv in kvs:
         full = _unb64(kv["key"])
-        pairs.append((full, KVPair(full[len(bucket):].decode("utf-8"), _unb64(kv.get("value")), int(kv["mod_revision"]))))
+        key = full[len(bucket):].decode("utf-8")
+        pairs.append((full, KVPair(key, _unb64(kv.get("value")), int(kv["mod_revision"]))))
     return pairs
 
 
@@ -889,7 +896,9 @@ class EtcdStore(Store):
             raise KeyNotFoundError(f"key not found: {key}")
         return self._watch_key(client, bucket, full, revision, kvs)
 
-    def _watch_key(self, client: _Client, bucket: bytes, full: bytes, revision: int, kvs: list) -> Iterator[KVPair]:
+    def _watch_key(
+        self, client: _Client, bucket: bytes, full: bytes, revision: int, kvs: list
+    ) -> Iterator[KVPair]:
         for content in _follow(client, bucket, full, None, revision, kvs, self.timeout):
             if full not in content:
                 return
@@ -909,8 +918,9 @@ class EtcdStore(Store):
         revision, kvs = client.range(start, end, None, time.monotonic() + self.timeout)
         return self._watch_range(client, bucket, start, end, revision, kvs)
 
-    def _watch_range(self, client: _Client, bucket: bytes, start: bytes, end: bytes, revision: int,
-                     kvs: list) -> Iterator[list[KVPair]]:
+    def _watch_range(
+        self, client: _Client, bucket: bytes, start: bytes, end: bytes, revision: int, kvs: list
+    ) -> Iterator[list[KVPair]]:
         for content in _follow(client, bucket, start, end, revision, kvs, self.timeout):
             yield [content[full] for full in sorted(content)]
 

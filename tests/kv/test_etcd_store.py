@@ -60,6 +60,17 @@ def etcd(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory):
+    """An etcd of its own for the tests that stop and start it (each on a fresh prefix)."""
+    if ETCD is None:
+        pytest.skip(NOT_INSTALLED)
+    server = EtcdServer(tmp_path_factory.mktemp("restartable"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def url(etcd):
     """A database of its own for each test: a fresh prefix."""
@@ -557,23 +568,18 @@ def test_a_watch_behind_compacted_history_reads_everything_again(store, rival):
 
 
 @requires_etcd
-def test_a_watch_rides_out_an_etcd_restart(tmp_path):
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    try:
-        with EtcdStore(f"{server.url}/w", "test", timeout=20) as store:
-            store.put("k", b"1")
-            watch = store.watch("k")
-            assert next_within(watch).value == b"1"
-            store.put("k", b"2")
-            server.stop()
-            server.start()
-            store.put("k", b"3")
+def test_a_watch_rides_out_an_etcd_restart(restartable):
+    with EtcdStore(f"{restartable.url}/w-{uuid.uuid4().hex}", "test", timeout=20) as store:
+        store.put("k", b"1")
+        watch = store.watch("k")
+        assert next_within(watch).value == b"1"
+        store.put("k", b"2")
+        restartable.stop()
+        restartable.start()
+        store.put("k", b"3")
 
-            assert [next_within(watch).value for _ in range(2)] == [b"2", b"3"]
-            watch.close()
-    finally:
-        server.stop()
+        assert [next_within(watch).value for _ in range(2)] == [b"2", b"3"]
+        watch.close()
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -718,7 +724,7 @@ def storm_with_restarts(server: EtcdServer, sig: int, workers: int, per_worker: 
     """Run increments from *workers* threads, each retried until acknowledged (as a
     container runtime retries code 11), while etcd is stopped and started *restarts*
     times; then check that every acknowledged increment is there exactly once."""
-    url = f"{server.url}/storm"
+    url = f"{server.url}/storm-{uuid.uuid4().hex}"
     total = workers * per_worker
     with EtcdStore(url, "test") as store:
         store.put("counter", b"0")
@@ -753,7 +759,7 @@ def storm_with_restarts(server: EtcdServer, sig: int, workers: int, per_worker: 
                     time.sleep(0.01)
                 outages_mid_storm.append(not finished.is_set())
                 server.stop(sig)
-                time.sleep(0.3)
+                time.sleep(0.1)
                 server.start()
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(workers)]
@@ -778,22 +784,12 @@ def storm_with_restarts(server: EtcdServer, sig: int, workers: int, per_worker: 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "kill"])
 @requires_etcd
-def test_etcd_restart_in_a_storm_of_writes_loses_and_duplicates_nothing(tmp_path, sig):
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    try:
-        storm_with_restarts(server, sig, workers=4, per_worker=60, restarts=1)
-    finally:
-        server.stop()
+def test_etcd_restart_in_a_storm_of_writes_loses_and_duplicates_nothing(restartable, sig):
+    storm_with_restarts(restartable, sig, workers=4, per_worker=40, restarts=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "kill"])
 @requires_etcd
-def test_etcd_restarts_in_a_long_storm_of_writes(tmp_path, sig):
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    try:
-        storm_with_restarts(server, sig, workers=12, per_worker=150, restarts=4)
-    finally:
-        server.stop()
+def test_etcd_restarts_in_a_long_storm_of_writes(restartable, sig):
+    storm_with_restarts(restartable, sig, workers=12, per_worker=150, restarts=4)
