@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from ecs_ipam import kv
@@ -582,6 +583,48 @@ def test_a_watch_rides_out_an_etcd_restart(restartable):
         watch.close()
 
 
+# -- the plugin on etcd --------------------------------------------------------------------------
+
+
+@requires_etcd
+def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url):
+    from plugin import V4_SUBNET, V6_SUBNET, finish_all, netconf, result_ips, start_together
+
+    owners = [f"task-{n:02d}" for n in range(12)]
+    runs = [
+        ("ADD", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": f"c-{owner}"})
+        for owner in owners
+    ]
+    outcomes = finish_all(start_together(runs, url), timeout=60)
+
+    assigned = {}
+    for owner, (code, result, stderr) in zip(owners, outcomes):
+        assert (code, stderr) == (0, ""), (owner, result, stderr)
+        assigned[owner] = result_ips(result)
+    assert len({v4 for v4, _ in assigned.values()}) == len({v6 for _, v6 in assigned.values()}) == len(owners)
+    with kv.open_store(url, bucket=V4_SUBNET, read_only=True) as v4_store:
+        with v4_store.bucket(V6_SUBNET) as v6_store:
+            for owner, (v4, v6) in assigned.items():
+                assert msgpack.unpackb(v4_store.get(v4).value)["id"] == owner
+                assert msgpack.unpackb(v6_store.get(v6).value)["id"] == owner
+
+    runs = [("DEL", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": ""}) for owner in owners]
+    assert [code for code, _, _ in finish_all(start_together(runs, url), timeout=60)] == [0] * len(owners)
+    with kv.open_store(url, bucket=V4_SUBNET, read_only=True) as v4_store:
+        assert [pair.key for pair in v4_store.list()] == ["169.254.172.1", "lastKnownIP"]
+
+
+def test_plugin_with_unreachable_etcd_answers_code_11():
+    from plugin import netconf, run_plugin
+
+    url = f"etcd://127.0.0.1:{free_port()}/p"
+    code, result, _ = run_plugin("ADD", netconf("task-1"), {"IPAM_DB_CONNECTION_TIMEOUT": "300ms"}, url)
+
+    assert code == 1
+    assert result["code"] == TRY_AGAIN_LATER
+    assert "is unavailable" in result["msg"]
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
@@ -596,7 +639,8 @@ def test_unreachable_etcd_is_code_11_within_the_timeout():
 
     assert caught.value.code == TRY_AGAIN_LATER
     assert 0.4 < elapsed < 1.5
-    assert str(caught.value) == f"etcd at 127.0.0.1:{port} is unavailable (127.0.0.1:{port}: Connection refused)"
+    where = f"127.0.0.1:{port}"
+    assert str(caught.value) == f"etcd at {where} is unavailable ({where}: Connection refused)"
 
 
 def test_unreachable_etcd_fails_open_for_readers_too():
@@ -625,7 +669,8 @@ def test_an_etcd_that_never_answers_is_a_timeout(operation, outcome):
 
     assert caught.value.code == TRY_AGAIN_LATER
     assert 0.4 < time.monotonic() - started < 1.5
-    assert str(caught.value) == f"etcd at {endpoint} did not answer within 0.5s ({endpoint}: timed out){outcome}"
+    expected = f"etcd at {endpoint} did not answer within 0.5s ({endpoint}: timed out){outcome}"
+    assert str(caught.value) == expected
 
 
 @requires_etcd
