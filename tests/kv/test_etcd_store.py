@@ -358,7 +358,7 @@ def test_reads_of_one_transaction_see_one_snapshot(store, rival):
 
 @requires_etcd
 def test_endless_conflicts_end_in_a_timeout_that_wrote_nothing(url, rival):
-    with EtcdStore(url, "test", timeout=0.5) as store:
+    with EtcdStore(url, "test", timeout=0.3) as store:
         store.put("k", b"0")
 
         def always_overtaken(tx):
@@ -590,7 +590,7 @@ def test_a_watch_rides_out_an_etcd_restart(restartable):
 def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url):
     from plugin import V4_SUBNET, V6_SUBNET, finish_all, netconf, result_ips, start_together
 
-    owners = [f"task-{n:02d}" for n in range(12)]
+    owners = [f"task-{n:02d}" for n in range(8)]
     runs = [
         ("ADD", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": f"c-{owner}"})
         for owner in owners
@@ -632,13 +632,13 @@ def test_unreachable_etcd_is_code_11_within_the_timeout():
     port = free_port()
     url = f"etcd://127.0.0.1:{port}/p"
     started = time.monotonic()
-    with EtcdStore(url, "test", timeout=0.5) as store:
+    with EtcdStore(url, "test", timeout=0.3) as store:
         with pytest.raises(StoreUnavailableError) as caught:
             store.put("k", b"v")
     elapsed = time.monotonic() - started
 
     assert caught.value.code == TRY_AGAIN_LATER
-    assert 0.4 < elapsed < 1.5
+    assert 0.25 < elapsed < 1.3
     where = f"127.0.0.1:{port}"
     assert str(caught.value) == f"etcd at {where} is unavailable ({where}: Connection refused)"
 
@@ -663,13 +663,13 @@ def test_an_etcd_that_never_answers_is_a_timeout(operation, outcome):
         silent.listen(8)
         endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
-        with EtcdStore(f"etcd://{endpoint}", "test", timeout=0.5) as store:
+        with EtcdStore(f"etcd://{endpoint}", "test", timeout=0.3) as store:
             with pytest.raises(StoreTimeoutError) as caught:
                 operation(store)
 
     assert caught.value.code == TRY_AGAIN_LATER
-    assert 0.4 < time.monotonic() - started < 1.5
-    expected = f"etcd at {endpoint} did not answer within 0.5s ({endpoint}: timed out){outcome}"
+    assert 0.25 < time.monotonic() - started < 1.3
+    expected = f"etcd at {endpoint} did not answer within 0.3s ({endpoint}: timed out){outcome}"
     assert str(caught.value) == expected
 
 
