@@ -199,10 +199,10 @@ class PoolAllocator:
         # elsewhere (ARP caches, conntrack, the agent's own records) has time to age out.
         start = self.last_known()
         candidate = self.first if start is None or start >= self.last else start + 1
-        version = self.pool.version
+        version, exists = self.pool.version, self.tx.exists
         for _ in range(self.last - self.first + 1):
             text = address_text(candidate, version)
-            if self.tx.find(text) is None:
+            if not exists(text):
                 return text
             candidate = self.first if candidate >= self.last else candidate + 1
         raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
