@@ -1,0 +1,449 @@
+"""Benchmark the plugin as the container runtime sees it, and the allocator as the pool fills.
+
+Usage::
+
+    python tools/bench.py            # the full run (a few minutes on two cores)
+    python tools/bench.py --smoke    # tiny sizes, well under a minute: CI runs this
+    python tools/bench.py --check    # exit 2 when a target of issue #5 is missed
+
+Sections, each printed as a table:
+
+* process latency: an ADD+DEL pair of ``ecs-ipam`` processes, next to the floor (two bare
+  ``python -I -c "import lmdb, msgpack, netaddr, json"`` runs) and Debian's ``host-local``
+  plugin when it is installed; samples are interleaved so that load from elsewhere on the
+  machine hits every row alike; peak RSS of each ADD process;
+* a parallel ADD storm (and the DEL storm that undoes it) against one database;
+* filling a small pool through the CLI, and a /16 and many addresses of an IPv6 /64
+  through the embedded API: the last window of allocations against the first;
+* DEL by id in a nearly empty pool against a full one, and the worst walk: ADD in a full
+  /16 right after releasing one early address.
+
+Run it with the interpreter the plugin is installed for (a venv's python finds the venv's
+``ecs-ipam``).  In a source checkout without an installed console script it runs
+``python -m ecs_ipam`` from the checkout.  The children run without
+``PYTHONDONTWRITEBYTECODE``, so that, as in an installed plugin, they load cached bytecode
+instead of compiling the package at every start.
+
+Exit code: 0 when every section ran, 1 when the plugin failed where it must not (a
+sequential ADD or DEL), 2 with ``--check`` when a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST_LOCAL = "/usr/lib/cni/host-local"
+FLOOR_CODE = "import lmdb, msgpack, netaddr, json"
+
+# Targets of issue #5.
+MAX_LATENCY_RATIO = 1.2
+MAX_FILL_RATIO = 1.5
+MAX_DEL_RATIO = 1.5
+MAX_ADD_RSS_MB = 30.0
+
+FULL = {
+    "runs": 60, "storm": 64, "cli_subnet": "10.20.0.0/22", "api_subnet": "10.16.0.0/16",
+    "v6_subnet": "fd00:ec2:0:1::/64", "v6_count": 16382, "del_count": 200,
+}
+SMOKE = {
+    "runs": 3, "storm": 8, "cli_subnet": "10.20.0.0/28", "api_subnet": "10.16.0.0/24",
+    "v6_subnet": "fd00:ec2:0:1::/64", "v6_count": 100, "del_count": 20,
+}
+
+
+class BenchError(Exception):
+    """The plugin failed where the benchmark needs it to succeed."""
+
+
+# --- running processes ---------------------------------------------------------------------
+
+class Outcome:
+    """One finished process: exit code, stdout, stderr, wall seconds, peak RSS in MB."""
+
+    __slots__ = ("code", "out", "err", "seconds", "rss_mb")
+
+    def __init__(self, code: int, out: bytes, err: bytes, seconds: float, rss_mb: float) -> None:
+        self.code, self.out, self.err, self.seconds, self.rss_mb = code, out, err, seconds, rss_mb
+
+    def json(self) -> dict:
+        try:
+            return json.loads(self.out)
+        except ValueError:
+            return {}
+
+
+def start(argv: list[str], env: dict, stdin: bytes) -> tuple[subprocess.Popen, object, object, float]:
+    """Start *argv* reading *stdin* from a file (so no feeder thread is timed)."""
+    source = tempfile.TemporaryFile()
+    source.write(stdin)
+    source.seek(0)
+    errors = tempfile.TemporaryFile()
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=errors, env=env)
+    return proc, source, errors, began
+
+
+def finish(started: tuple[subprocess.Popen, object, object, float]) -> Outcome:
+    """Wait for a process from :func:`start`; its own rusage gives its peak RSS."""
+    proc, source, errors, began = started
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - began
+    # Reaped here, not by Popen: tell it, so that it does not wait for the pid again.
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
+    source.close()
+    errors.seek(0)
+    err = errors.read()
+    errors.close()
+    return Outcome(proc.returncode, out, err, seconds, usage.ru_maxrss / 1024)
+
+
+def run(argv: list[str], env: dict, stdin: bytes = b"") -> Outcome:
+    return finish(start(argv, env, stdin))
+
+
+def plugin_command(explicit: str | None) -> tuple[list[str], dict, str]:
+    """The ecs-ipam command line, extra environment, and a label for the table."""
+    if explicit:
+        return explicit.split(), {}, explicit
+    beside = os.path.join(os.path.dirname(sys.executable), "ecs-ipam")
+    for candidate in (beside, shutil.which("ecs-ipam")):
+        if candidate and os.access(candidate, os.X_OK):
+            return [candidate], {}, "ecs-ipam (console script)"
+    return [sys.executable, "-m", "ecs_ipam"], {"PYTHONPATH": REPO_ROOT}, "python -m ecs_ipam (checkout)"
+
+
+def child_environment(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
+
+
+class Plugin:
+    """ecs-ipam as a process, on one database."""
+
+    def __init__(self, argv: list[str], base_env: dict, workdir: str, name: str, subnet: str,
+                 label: str = "") -> None:
+        self.argv = argv
+        self.label = label
+        self.base_env = base_env
+        self.db_path = os.path.join(workdir, f"{name}.db")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.subnet = subnet
+
+    def conf(self, owner: str) -> bytes:
+        return json.dumps({
+            "cniVersion": "1.0.0", "name": "bench", "type": "ecs-ipam",
+            "ipam": {"type": "ecs-ipam", "id": owner, "ipv4-subnet": self.subnet,
+                     "ipv4-routes": [{"dst": "169.254.170.2/32"}]},
+        }).encode()
+
+    def env(self, command: str, owner: str) -> dict:
+        return dict(
+            self.base_env, CNI_COMMAND=command, CNI_CONTAINERID=f"container-{owner}",
+            CNI_NETNS=f"/var/run/netns/{owner}", CNI_IFNAME="eth0",
+            IPAM_DB_PATH=self.db_path, ECS_CNI_LOG_FILE=self.log_path,
+        )
+
+    def start(self, command: str, owner: str):
+        return start(self.argv, self.env(command, owner), self.conf(owner))
+
+    def call(self, command: str, owner: str) -> Outcome:
+        return finish(self.start(command, owner))
+
+
+class HostLocal(Plugin):
+    """Debian's host-local IPAM plugin, for comparison."""
+
+    def __init__(self, base_env: dict, workdir: str, name: str, subnet: str) -> None:
+        super().__init__([HOST_LOCAL], base_env, workdir, name, subnet, "host-local")
+        self.data_dir = os.path.join(workdir, f"{name}.d")
+
+    def conf(self, owner: str) -> bytes:
+        return json.dumps({
+            "cniVersion": "1.0.0", "name": "bench", "type": "host-local",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]], "dataDir": self.data_dir},
+        }).encode()
+
+    def env(self, command: str, owner: str) -> dict:
+        return dict(
+            self.base_env, CNI_COMMAND=command, CNI_CONTAINERID=f"container-{owner}",
+            CNI_NETNS=f"/var/run/netns/{owner}", CNI_IFNAME="eth0", CNI_PATH=os.path.dirname(HOST_LOCAL),
+        )
+
+
+def checked(outcome: Outcome, what: str) -> Outcome:
+    if outcome.code != 0:
+        raise BenchError(f"{what} failed with exit code {outcome.code}: {outcome.out[:300]!r} {outcome.err[:300]!r}")
+    return outcome
+
+
+# --- statistics and tables -------------------------------------------------------------------
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * share)) - 1]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [header] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n## {title}\n")
+    for n, row in enumerate(cells):
+        print("  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def latency(plugin: Plugin, host_local: HostLocal | None, floor_env: dict, runs: int, targets: dict) -> None:
+    floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
+    samples: dict[str, list[float]] = {"floor": [], "ecs": [], "host": []}
+    rss: dict[str, list[float]] = {"floor": [], "ecs": [], "host": []}
+    warmup = 3
+    for n in range(warmup + runs):
+        first, second = run(floor_argv, floor_env), run(floor_argv, floor_env)
+        checked(first, "the bare-import floor")
+        owner = f"latency-{n}"
+        add = checked(plugin.call("ADD", owner), "ecs-ipam ADD")
+        delete = checked(plugin.call("DEL", owner), "ecs-ipam DEL")
+        pairs = [("floor", first, second), ("ecs", add, delete)]
+        if host_local is not None:
+            pairs.append(("host", checked(host_local.call("ADD", owner), "host-local ADD"),
+                          checked(host_local.call("DEL", owner), "host-local DEL")))
+        if n < warmup:
+            continue  # bytecode caches, page cache, the database file itself
+        for key, one, two in pairs:
+            samples[key].append(one.seconds + two.seconds)
+            rss[key].append(one.rss_mb)
+    floor = median(samples["floor"])
+    rows = []
+    names = {"floor": f"floor: 2 x python -I -c '{FLOOR_CODE}'", "ecs": f"ecs-ipam ADD+DEL: {plugin.label}",
+             "host": "host-local ADD+DEL (Go)"}
+    for key in ("floor", "ecs", "host"):
+        if samples[key]:
+            values = [ms(s) for s in samples[key]]
+            rows.append([names[key], median(values), percentile(values, 0.9), max(values),
+                         median(samples[key]) / floor, max(rss[key])])
+    table(f"Process latency, {runs} interleaved samples (ms)",
+          ["pair", "median", "p90", "max", "/floor", "peak RSS MB (1st)"], rows)
+    targets["latency: ecs-ipam pair median / floor"] = (median(samples["ecs"]) / floor, MAX_LATENCY_RATIO)
+    targets["memory: peak RSS of one ADD (MB)"] = (max(rss["ecs"]), MAX_ADD_RSS_MB)
+
+
+def storm(plugin: Plugin, host_local: HostLocal | None, floor_env: dict, width: int, targets: dict) -> None:
+    began = time.perf_counter()
+    started = [start([sys.executable, "-I", "-c", FLOOR_CODE], floor_env, b"") for _ in range(width)]
+    outcomes = [finish(s) for s in started]
+    each = [ms(o.seconds) for o in outcomes]
+    rows = [[f"floor x{width}", ms(time.perf_counter() - began), median(each), max(each),
+             sum(o.code != 0 for o in outcomes), ""]]
+    for name, target in (("ecs-ipam", plugin), ("host-local", host_local)):
+        if target is None:
+            continue
+        for command in ("ADD", "DEL"):
+            began = time.perf_counter()
+            started = [target.start(command, f"storm-{i}") for i in range(width)]
+            outcomes = [finish(s) for s in started]
+            wall = time.perf_counter() - began
+            failures = sum(o.code != 0 for o in outcomes)
+            distinct = ""
+            if command == "ADD":
+                addresses = {ip.get("address") for o in outcomes if o.code == 0 for ip in o.json().get("ips", [])}
+                distinct = len(addresses)
+            each = [ms(o.seconds) for o in outcomes]
+            rows.append([f"{name} {command} x{width}", ms(wall), median(each), max(each), failures, distinct])
+            if name == "ecs-ipam":
+                targets[f"storm: failed {command}s"] = (failures, 0)
+    table(f"{width}-way parallel storm, one database (ms)",
+          ["storm", "wall", "median process", "max process", "failures", "distinct addresses"], rows)
+
+
+def window_ratio(seconds: list[float]) -> tuple[int, float, float, float, float]:
+    """Compare the last window of up to 1,000 allocations with the first.
+
+    :return: (window, first window's total ms, last window's total ms, ratio of the
+        totals, ratio of the medians: less sensitive to a burst of load elsewhere).
+    """
+    window = max(1, min(1000, len(seconds) // 4))
+    first, last = seconds[:window], seconds[-window:]
+    return window, ms(sum(first)), ms(sum(last)), sum(last) / sum(first), median(last) / median(first)
+
+
+def fill_cli(plugin: Plugin, rows: list) -> None:
+    seconds = []
+    n = 0
+    while True:
+        outcome = plugin.call("ADD", f"fill-{n}")
+        if outcome.code != 0:
+            if outcome.json().get("code") == 102:  # the pool is exhausted: filled
+                break
+            checked(outcome, "ecs-ipam ADD while filling")
+        seconds.append(outcome.seconds)
+        n += 1
+    window, first, last, ratio, median_ratio = window_ratio(seconds)
+    rows.append([f"CLI {plugin.subnet}", n, window, first, last, ratio, median_ratio, ms(median(seconds))])
+
+
+def api_conf(owner: str, family: str, subnet: str) -> dict:
+    return {"cniVersion": "1.0.0", "ipam": {"id": owner, family: subnet}}
+
+
+def fill_api(ipam, subnet: str, family: str, count: int | None, prefix: str = "fill") -> tuple[list[float], list[str]]:
+    """Allocate *count* addresses (None: until the pool is exhausted); return timings and ids."""
+    from ecs_ipam.errors import PoolExhaustedError
+
+    seconds, owners = [], []
+    while count is None or len(owners) < count:
+        owner = f"{prefix}-{len(owners)}"
+        began = time.perf_counter()
+        try:
+            ipam.add(api_conf(owner, family, subnet), f"container-{owner}", "eth0")
+        except PoolExhaustedError:
+            break
+        seconds.append(time.perf_counter() - began)
+        owners.append(owner)
+    return seconds, owners
+
+
+def timed_delete(ipam, owner: str, family: str, subnet: str) -> float:
+    began = time.perf_counter()
+    released = ipam.delete(api_conf(owner, family, subnet))
+    seconds = time.perf_counter() - began
+    if not released:
+        raise BenchError(f"DEL of {owner} in {subnet} released nothing")
+    return seconds
+
+
+def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> None:
+    from ecs_ipam import IPAM
+
+    del_rows = []
+    samples = params["del_count"]
+    for family, subnet, count in (("ipv4-subnet", params["api_subnet"], None),
+                                  ("ipv6-subnet", params["v6_subnet"], params["v6_count"])):
+        with IPAM(os.path.join(workdir, f"empty-{family}.db")) as small, \
+                IPAM(os.path.join(workdir, f"full-{family}.db")) as full:
+            _, small_owners = fill_api(small, subnet, family, samples)
+            seconds, owners = fill_api(full, subnet, family, count)
+            window, first, last, ratio, median_ratio = window_ratio(seconds)
+            fill_rows.append([f"API {subnet}", len(seconds), window, first, last, ratio, median_ratio,
+                              ms(median(seconds))])
+            targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
+            walk = ""
+            if count is None:
+                # The worst walk: DEL moves the pointer back to an early address, and the
+                # next ADD steps over every used address after it, round to that one.
+                timed_delete(full, owners[len(owners) // 100], family, subnet)
+                walk = ms(fill_api(full, subnet, family, 1, prefix="walk")[0][0])
+            # DEL by id, alternating between the two pools so that load from elsewhere
+            # on the machine falls on both alike.
+            spread = owners[:: max(1, len(owners) // samples)][:samples]
+            empty_seconds, full_seconds = [], []
+            for small_owner, full_owner in zip(small_owners, spread):
+                empty_seconds.append(timed_delete(small, small_owner, family, subnet))
+                full_seconds.append(timed_delete(full, full_owner, family, subnet))
+        del_ratio = median(full_seconds) / median(empty_seconds)
+        del_rows.append([f"API {subnet}: {samples} vs {len(owners)} in use", ms(median(empty_seconds)),
+                         ms(median(full_seconds)), del_ratio, walk])
+        targets[f"DEL by id: full/few in use {subnet}"] = (del_ratio, MAX_DEL_RATIO)
+    table("DEL by id (median ms) and the worst walk", ["pool", "few in use", "full", "full/few",
+                                                       "ADD after early release, full (ms)"], del_rows)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (well under a minute)")
+    parser.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
+    parser.add_argument("--runs", type=int, help="latency samples per row")
+    parser.add_argument("--storm", type=int, help="processes in the parallel storm")
+    parser.add_argument("--plugin", help="the plugin's command line (default: the ecs-ipam console script)")
+    parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the databases")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = dict(SMOKE if args.smoke else FULL)
+    if args.runs:
+        params["runs"] = args.runs
+    if args.storm:
+        params["storm"] = args.storm
+    try:
+        import ecs_ipam  # noqa: F401 - the API sections use the installed package if there is one
+    except ImportError:
+        sys.path.insert(0, REPO_ROOT)
+    argv_plugin, extra_env, label = plugin_command(args.plugin)
+    workdir = args.dir or tempfile.mkdtemp(prefix="ecs-ipam-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    base_env = child_environment(extra_env)
+    floor_env = child_environment({})
+    print(f"# ecs-ipam benchmark{' (smoke sizes)' if args.smoke else ''}")
+    print(f"python {sys.version.split()[0]} at {sys.executable}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}; databases in {workdir}")
+    targets: dict[str, tuple[float, float]] = {}
+    try:
+        plugin = Plugin(argv_plugin, base_env, workdir, "latency", "10.10.0.0/22", label)
+        has_host_local = os.access(HOST_LOCAL, os.X_OK)
+        host_local = HostLocal(base_env, workdir, "host-local", "10.30.0.0/22") if has_host_local else None
+        latency(plugin, host_local, floor_env, params["runs"], targets)
+        storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22")
+        storm_host = HostLocal(base_env, workdir, "host-local-storm", "10.31.0.0/22") if has_host_local else None
+        storm(storm_plugin, storm_host, floor_env, params["storm"], targets)
+        fill_rows: list = []
+        fill_cli(Plugin(argv_plugin, base_env, workdir, "fill-cli", params["cli_subnet"]), fill_rows)
+        api_sections(workdir, params, fill_rows, targets)
+        table("Filling a pool (ms per window of allocations)",
+              ["pool", "allocations", "window", "first window", "last window", "last/first",
+               "last/first medians", "median op"],
+              fill_rows)
+    except BenchError as error:
+        print(f"\nbench: FAILED: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep and not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    missed = 0
+    rows = []
+    for name, (value, limit) in targets.items():
+        met = value <= limit
+        missed += not met
+        rows.append([name, value, f"<= {limit:g}", "met" if met else "MISSED"])
+    table("Targets of issue #5" + (" (smoke sizes: indicative only)" if args.smoke else ""),
+          ["target", "measured", "limit", ""], rows)
+    return 2 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
