@@ -14,9 +14,11 @@ Sections, each printed as a table:
   machine hits every row alike; peak RSS of each ADD process;
 * a parallel ADD storm (and the DEL storm that undoes it) against one database;
 * filling a small pool through the CLI, and a /16 and many addresses of an IPv6 /64
-  through the embedded API: the last window of allocations against the first;
-* DEL by id in a nearly empty pool against a full one, and the worst walk: ADD in a full
-  /16 right after releasing one early address.
+  through the embedded API: the last window of (up to 1,000) allocations against the
+  first; the API rows time the two alternately, in a fresh pool and in one filled up to
+  the last window, so that a burst of load or fsync latency elsewhere hits both alike;
+* DEL by id in a pool with few addresses in use against a full one (alternately too),
+  and the worst walk: ADD in a full /16 right after releasing one early address.
 
 Run it with the interpreter the plugin is installed for (a venv's python finds the venv's
 ``ecs-ipam``).  In a source checkout without an installed console script it runs
@@ -49,6 +51,8 @@ MAX_LATENCY_RATIO = 1.2
 MAX_FILL_RATIO = 1.5
 MAX_DEL_RATIO = 1.5
 MAX_ADD_RSS_MB = 30.0
+
+SECTIONS = ("latency", "storm", "cli", "api")
 
 FULL = {
     "runs": 60, "storm": 64, "cli_subnet": "10.20.0.0/22", "api_subnet": "10.16.0.0/16",
@@ -317,19 +321,27 @@ def api_conf(owner: str, family: str, subnet: str) -> dict:
     return {"cniVersion": "1.0.0", "ipam": {"id": owner, family: subnet}}
 
 
-def fill_api(ipam, subnet: str, family: str, count: int | None, prefix: str = "fill") -> tuple[list[float], list[str]]:
-    """Allocate *count* addresses (None: until the pool is exhausted); return timings and ids."""
+def add_one(ipam, owner: str, family: str, subnet: str) -> float | None:
+    """Time one ADD of *owner* through the API; None when the pool is exhausted."""
     from ecs_ipam.errors import PoolExhaustedError
 
+    began = time.perf_counter()
+    try:
+        ipam.add(api_conf(owner, family, subnet), f"container-{owner}", "eth0")
+    except PoolExhaustedError:
+        return None
+    return time.perf_counter() - began
+
+
+def fill_api(ipam, subnet: str, family: str, count: int) -> tuple[list[float], list[str]]:
+    """Allocate *count* addresses (fewer if the pool runs out); return timings and ids."""
     seconds, owners = [], []
-    while count is None or len(owners) < count:
-        owner = f"{prefix}-{len(owners)}"
-        began = time.perf_counter()
-        try:
-            ipam.add(api_conf(owner, family, subnet), f"container-{owner}", "eth0")
-        except PoolExhaustedError:
+    while len(owners) < count:
+        owner = f"fill-{len(owners)}"
+        took = add_one(ipam, owner, family, subnet)
+        if took is None:
             break
-        seconds.append(time.perf_counter() - began)
+        seconds.append(took)
         owners.append(owner)
     return seconds, owners
 
@@ -343,6 +355,14 @@ def timed_delete(ipam, owner: str, family: str, subnet: str) -> float:
     return seconds
 
 
+def pool_capacity(subnet: str) -> int:
+    """How many addresses the plugin hands out in *subnet*: no network, broadcast, gateway."""
+    import netaddr
+
+    network = netaddr.IPNetwork(subnet)
+    return network.size - (3 if network.version == 4 else 2)
+
+
 def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> None:
     from ecs_ipam import IPAM
 
@@ -350,29 +370,42 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
     samples = params["del_count"]
     for family, subnet, count in (("ipv4-subnet", params["api_subnet"], None),
                                   ("ipv6-subnet", params["v6_subnet"], params["v6_count"])):
-        with IPAM(os.path.join(workdir, f"empty-{family}.db")) as small, \
+        total = pool_capacity(subnet) if count is None else count
+        window = max(samples, min(1000, total // 4))
+        with IPAM(os.path.join(workdir, f"few-{family}.db")) as few, \
                 IPAM(os.path.join(workdir, f"full-{family}.db")) as full:
-            _, small_owners = fill_api(small, subnet, family, samples)
-            seconds, owners = fill_api(full, subnet, family, count)
-            window, first, last, ratio, median_ratio = window_ratio(seconds)
-            fill_rows.append([f"API {subnet}", len(seconds), window, first, last, ratio, median_ratio,
-                              ms(median(seconds))])
+            seconds, owners = fill_api(full, subnet, family, total - window)
+            # The first allocations of a fill (in a fresh pool) and the last ones (in this
+            # nearly full pool) are timed alternately, so that a burst of load elsewhere on
+            # the machine, or of fsync latency, falls on both alike.
+            first, last, few_owners = [], [], []
+            for n in range(window):
+                few_owners.append(f"first-{n}")
+                owners.append(f"last-{n}")
+                first.append(add_one(few, few_owners[-1], family, subnet))
+                last.append(add_one(full, owners[-1], family, subnet))
+                if last[-1] is None or first[-1] is None:
+                    raise BenchError(f"{subnet} ran out of addresses before {total} allocations")
+            if count is None and add_one(full, "one-too-many", family, subnet) is not None:
+                raise BenchError(f"{subnet} still had room after {total} allocations")
+            ratio, median_ratio = sum(last) / sum(first), median(last) / median(first)
+            fill_rows.append([f"API {subnet}", total, window, ms(sum(first)), ms(sum(last)), ratio, median_ratio,
+                              ms(median(seconds + last))])
             targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
             walk = ""
             if count is None:
                 # The worst walk: DEL moves the pointer back to an early address, and the
                 # next ADD steps over every used address after it, round to that one.
                 timed_delete(full, owners[len(owners) // 100], family, subnet)
-                walk = ms(fill_api(full, subnet, family, 1, prefix="walk")[0][0])
-            # DEL by id, alternating between the two pools so that load from elsewhere
-            # on the machine falls on both alike.
+                walk = ms(add_one(full, "walk", family, subnet))
+            # DEL by id, alternating between the pools for the same reason.
             spread = owners[:: max(1, len(owners) // samples)][:samples]
-            empty_seconds, full_seconds = [], []
-            for small_owner, full_owner in zip(small_owners, spread):
-                empty_seconds.append(timed_delete(small, small_owner, family, subnet))
+            few_seconds, full_seconds = [], []
+            for few_owner, full_owner in zip(few_owners, spread):
+                few_seconds.append(timed_delete(few, few_owner, family, subnet))
                 full_seconds.append(timed_delete(full, full_owner, family, subnet))
-        del_ratio = median(full_seconds) / median(empty_seconds)
-        del_rows.append([f"API {subnet}: {samples} vs {len(owners)} in use", ms(median(empty_seconds)),
+        del_ratio = median(full_seconds) / median(few_seconds)
+        del_rows.append([f"API {subnet}: {window} vs {len(owners)} in use", ms(median(few_seconds)),
                          ms(median(full_seconds)), del_ratio, walk])
         targets[f"DEL by id: full/few in use {subnet}"] = (del_ratio, MAX_DEL_RATIO)
     table("DEL by id (median ms) and the worst walk", ["pool", "few in use", "full", "full/few",
@@ -390,12 +423,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plugin", help="the plugin's command line (default: the ecs-ipam console script)")
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = dict(SMOKE if args.smoke else FULL)
+    sections = SECTIONS if args.only is None else args.only.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        print(f"bench: unknown sections {', '.join(unknown)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
     if args.runs:
         params["runs"] = args.runs
     if args.storm:
@@ -414,20 +453,28 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f}; databases in {workdir}")
     targets: dict[str, tuple[float, float]] = {}
     try:
-        plugin = Plugin(argv_plugin, base_env, workdir, "latency", "10.10.0.0/22", label)
         has_host_local = os.access(HOST_LOCAL, os.X_OK)
-        host_local = HostLocal(base_env, workdir, "host-local", "10.30.0.0/22") if has_host_local else None
-        latency(plugin, host_local, floor_env, params["runs"], targets)
-        storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22")
-        storm_host = HostLocal(base_env, workdir, "host-local-storm", "10.31.0.0/22") if has_host_local else None
-        storm(storm_plugin, storm_host, floor_env, params["storm"], targets)
+        if "latency" in sections:
+            plugin = Plugin(argv_plugin, base_env, workdir, "latency", "10.10.0.0/22", label)
+            host_local = HostLocal(base_env, workdir, "host-local", "10.30.0.0/22") if has_host_local else None
+            latency(plugin, host_local, floor_env, params["runs"], targets)
+        if "storm" in sections:
+            storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22")
+            storm_host = HostLocal(base_env, workdir, "host-local-storm", "10.31.0.0/22") if has_host_local else None
+            storm(storm_plugin, storm_host, floor_env, params["storm"], targets)
         fill_rows: list = []
-        fill_cli(Plugin(argv_plugin, base_env, workdir, "fill-cli", params["cli_subnet"]), fill_rows)
-        api_sections(workdir, params, fill_rows, targets)
-        table("Filling a pool (ms per window of allocations)",
-              ["pool", "allocations", "window", "first window", "last window", "last/first",
-               "last/first medians", "median op"],
-              fill_rows)
+        if "cli" in sections:
+            fill_cli(Plugin(argv_plugin, base_env, workdir, "fill-cli", params["cli_subnet"]), fill_rows)
+        if "api" in sections:
+            # Write back what earlier sections left dirty, or the first commits here wait
+            # for it in their fsync and the first window of the fill looks slow.
+            os.sync()
+            api_sections(workdir, params, fill_rows, targets)
+        if fill_rows:
+            table("Filling a pool (ms per window of allocations)",
+                  ["pool", "allocations", "window", "first window", "last window", "last/first",
+                   "last/first medians", "median op"],
+                  fill_rows)
     except BenchError as error:
         print(f"\nbench: FAILED: {error}", file=sys.stderr)
         return 1
