@@ -62,6 +62,8 @@ MAX_READERS = 256
 # Grow before a write transaction when the data file fills this share of the map, so
 # that most transactions never hit MapFullError and need no replay.
 GROW_THRESHOLD = 0.75
+# How long a growing map waits for other threads' transactions to end.
+RESIZE_WAIT = 10.0
 
 
 def sniff(path: str) -> str:
@@ -182,19 +184,77 @@ class _Environment:
         # flock is per open file description, so threads of this process would all
         # "hold" it at once; they queue on this lock first.
         self.thread_lock = _thread.allocate_lock()
+        # LMDB allows set_mapsize only while this process has no transaction open, so
+        # transactions are counted per thread: a resize waits for other threads' to end,
+        # and new ones wait while it resizes.
+        self._resizing = _thread.allocate_lock()
+        self._counts_lock = _thread.allocate_lock()
+        self._open_txns: dict[int, int] = {}
 
     # -- opening transactions -------------------------------------------------------------
 
     def begin(self, write: bool) -> lmdb.Transaction:
+        """Begin a transaction; every one must be followed by :meth:`finished`."""
         for _ in range(3):
+            with self._resizing:
+                self._count(+1)
             try:
                 return self.env.begin(write=write)
             except lmdb.MapResizedError:
+                self._count(-1)
                 # Another process grew the map: adopt its size.
-                self.env.set_mapsize(0)
+                self.resize(0)
             except lmdb.Error as e:
+                self._count(-1)
                 raise StoreError(f"database {self.path}: {_describe(e)}") from None
         raise StoreError(f"database {self.path}: map size keeps changing")
+
+    def finished(self) -> None:
+        """A transaction of this thread ended (committed or aborted)."""
+        self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        me = _thread.get_ident()
+        with self._counts_lock:
+            count = self._open_txns.get(me, 0) + delta
+            if count:
+                self._open_txns[me] = count
+            else:
+                self._open_txns.pop(me, None)
+
+    def resize(self, size: int, required: bool = True) -> bool:
+        """Set the map size (0: adopt the file's) once no other thread has a transaction open.
+
+        :param required: when false, give up at once rather than wait (a growth ahead
+            of need can wait for the next transaction).
+        :return: whether the map was resized.
+        :raises StoreError: this thread has a transaction open, or others kept theirs
+            open for longer than RESIZE_WAIT seconds.
+        """
+        me = _thread.get_ident()
+        with self._resizing:
+            deadline = time.monotonic() + RESIZE_WAIT
+            while True:
+                with self._counts_lock:
+                    mine = self._open_txns.get(me, 0)
+                    others = len(self._open_txns) - (1 if mine else 0)
+                if not mine and not others:
+                    break
+                if not required:
+                    return False
+                if mine:
+                    raise StoreError(
+                        f"database {self.path} must grow, which this thread's open "
+                        "transaction prevents; do not nest transactions"
+                    )
+                if time.monotonic() > deadline:
+                    raise StoreTimeoutError(
+                        f"database {self.path} must grow, but other threads kept "
+                        f"transactions open for {RESIZE_WAIT:g}s"
+                    )
+                time.sleep(0.0005)
+            self.env.set_mapsize(size)
+            return True
 
     @contextmanager
     def writer(self, timeout: float) -> Iterator[None]:
@@ -234,10 +294,10 @@ class _Environment:
         info = self.env.info()
         used = (info["last_pgno"] + 1) * self.env.stat()["psize"]
         if used > info["map_size"] * GROW_THRESHOLD:
-            self.grow()
+            self.resize(info["map_size"] * 2, required=False)
 
     def grow(self) -> None:
-        self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self.resize(self.env.info()["map_size"] * 2)
 
     # -- named databases ------------------------------------------------------------------
 
@@ -266,6 +326,7 @@ class _Environment:
             return [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
         finally:
             txn.abort()
+            self.finished()
 
     def close(self) -> None:
         if self.lock_fd is not None:
@@ -325,6 +386,7 @@ class _WriteTxn:
         self.opened: dict[str, object] = {}
         self.log: list[tuple[str, str, bytes, bytes | None]] = []
         self.txn = env.begin(write=True)
+        self.live = True
 
     def handle(self, name: str, create: bool):
         return self.env.handle(self.txn, name, create, self.opened)
@@ -365,6 +427,7 @@ class _WriteTxn:
         self.env.grow()
         self.opened = {}
         self.txn = self.env.begin(write=True)
+        self.live = True
         for op in self.log:
             try:
                 self._run(op)
@@ -379,11 +442,18 @@ class _WriteTxn:
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
             except lmdb.Error as e:
+                self.abort()
                 raise StoreError(f"commit to {self.env.path} failed: {_describe(e)}") from None
+        self.live = False
+        self.env.finished()
         self.env.handles.update(self.opened)
 
     def abort(self) -> None:
-        self.txn.abort()
+        # Idempotent: a failed replay or commit has already ended the transaction.
+        if self.live:
+            self.live = False
+            self.txn.abort()
+            self.env.finished()
 
 
 class _ReadTxn:
@@ -408,10 +478,11 @@ class _ReadTxn:
     def commit(self) -> None:
         # Handles opened by a read transaction die with it (LMDB keeps only those of
         # committed write transactions), so they are not shared.
-        self.txn.abort()
+        self.abort()
 
     def abort(self) -> None:
         self.txn.abort()
+        self.env.finished()
 
 
 class _LMDBTx(Tx):
