@@ -335,6 +335,9 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
         else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
     )
     db_path = environ.get("IPAM_DB_PATH") or ""
+    if not _is_text(db_path):
+        # LMDB takes its path as UTF-8 text; such a path cannot even be opened.
+        raise InvalidEnvironmentError(f"IPAM_DB_PATH {_show(db_path)} is not valid unicode text")
     return Environment(
         command=command,
         container_id=environ.get("CNI_CONTAINERID", ""),
