@@ -277,7 +277,10 @@ def _show(value: object, limit: int = 64) -> str:
 
 # --- environment --------------------------------------------------------------------------
 
-_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]*)(ns|us|µs|μs|ms|s|m|h)")
+# The fraction is one optional group so that a long run of digits without a unit fails
+# in linear time: "[0-9]*\.?[0-9]*" can split the run in every way, which is quadratic,
+# and a variable may be 128 KiB long.
+_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
