@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecs_ipam.allocator import Owner, PoolAllocator, id_index_key
+from ecs_ipam.allocator import Owner, PoolAllocator, address_text, id_index_key
 from ecs_ipam.config import Pool, parse_netconf
 from ecs_ipam.errors import (
     ADDRESS_IN_USE,
@@ -566,3 +566,17 @@ def test_walk_matches_the_model(subnet, gateway, data):
         if isinstance(record, dict)
     }
     assert held == {netaddr_text(address, version): owner for address, owner in model.held.items()}
+
+
+@settings(max_examples=300)
+@given(st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.just(4)),
+    st.tuples(st.integers(0, 2**128 - 1), st.just(6)),
+    # IPv4-mapped and -compatible IPv6 addresses are where text forms differ most.
+    st.tuples(st.integers(0, 2**32 - 1).map(lambda v: (0xFFFF << 32) | v), st.just(6)),
+    st.tuples(st.integers(0, 2**32 - 1), st.just(6)),
+))
+def test_address_text_is_netaddrs_text(value_and_version):
+    # Keys must be the text everything else (config, migration, dump) produces.
+    value, version = value_and_version
+    assert address_text(value, version) == str(netaddr.IPAddress(value, version))

@@ -117,8 +117,8 @@ def version_output(stdin: str) -> tuple[int, str]:
 def test_version_without_stdin(stdin):
     assert version_output(stdin) == (
         0,
-        '{"cniVersion": "1.1.0", "supportedVersions": '
-        '["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}\n',
+        '{"cniVersion":"1.1.0","supportedVersions":'
+        '["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n',
     )
 
 
