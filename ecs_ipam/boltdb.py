@@ -97,20 +97,25 @@ def is_bolt_file(path: str | os.PathLike) -> bool:
         size) carries the bolt magic; False for anything else, including a missing,
         unreadable, empty or short file.
     """
-    offset = _PAGE_HEADER.size
     try:
         fd = _open_readonly(path)
     except (OSError, ValueError):
         return False
     try:
+        return has_bolt_magic(fd)
+    finally:
+        os.close(fd)
+
+
+def has_bolt_magic(fd: int) -> bool:
+    """:func:`is_bolt_file` on a descriptor already open (never raises)."""
+    try:
         for base in (0, _FALLBACK_PAGE_SIZE):
-            head = os.pread(fd, 4, base + offset)
+            head = os.pread(fd, 4, base + _PAGE_HEADER.size)
             if len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC:
                 return True
     except OSError:
         return False
-    finally:
-        os.close(fd)
     return False
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import random
 import stat
 import struct
 import time
@@ -35,7 +34,8 @@ from typing import Callable
 
 import msgpack
 
-from .boltdb import BucketNotFoundError, read_libkv_bucket
+from .boltdb import BucketNotFoundError, has_bolt_magic, read_libkv_bucket
+from .filelock import flock_before
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
 from .kv.base import Tx
 from .legacy import LEGACY_BUCKET, LEGACY_GATEWAY_OWNERS, legacy_key_address
@@ -43,7 +43,6 @@ from .legacy import LEGACY_BUCKET, LEGACY_GATEWAY_OWNERS, legacy_key_address
 BOLT_BUCKET = "IPAM"
 BACKUP_SUFFIX = ".bolt"
 TEMP_SUFFIX = ".migrating"
-BOLT_MAGIC = 0xED0CDAED
 # Both meta pages carry the magic right after their 16-byte page header.  bolt takes
 # the OS page size when it creates a file; page 1 is looked for there if page 0 is bad.
 _MAGIC_OFFSET = 16
@@ -215,38 +214,22 @@ def _open_bolt(path: str, writable: bool = True) -> int | None:
                 return None
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or mode == os.O_RDONLY:
                 raise StoreError(f"cannot open {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode) or not _is_bolt(fd):
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or not has_bolt_magic(fd):
         os.close(fd)
         return None
     return fd
 
 
-def _is_bolt(fd: int) -> bool:
-    # The same test as the bolt reader's is_bolt_file, on the descriptor we hold.
-    for offset in (_MAGIC_OFFSET, _DEFAULT_PAGE_SIZE + _MAGIC_OFFSET):
-        head = os.pread(fd, 4, offset)
-        if len(head) == 4 and struct.unpack("<I", head)[0] == BOLT_MAGIC:
-            return True
-    return False
-
-
 def _lock(fd: int, path: str, operation: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StoreTimeoutError(
-                    f"bolt database {path} is locked by another process (a running Go plugin, "
-                    f"or a migration in progress); gave up after {timeout:g}s"
-                ) from None
-            # Jitter keeps a crowd of waiting plugins from polling in lockstep.
-            time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
-            delay = min(delay * 2, 0.02)
+    flock_before(
+        fd,
+        operation,
+        time.monotonic() + timeout,
+        lambda: StoreTimeoutError(
+            f"bolt database {path} is locked by another process (a running Go plugin, "
+            f"or a migration in progress); gave up after {timeout:g}s"
+        ),
+    )
 
 
 def _still_at(fd: int, path: str) -> bool:
@@ -256,7 +239,7 @@ def _still_at(fd: int, path: str) -> bool:
     except FileNotFoundError:
         return False
     held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) and _is_bolt(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) and has_bolt_magic(fd)
 
 
 def _write_lmdb(temp: str, pairs: dict[str, str], timeout: float) -> None:

@@ -25,7 +25,6 @@ import _thread
 import errno
 import fcntl
 import os
-import random
 import struct
 import time
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Iterator
 
 import lmdb
 
+from ..filelock import flock_before
 from ..errors import (
     CorruptDatabaseError,
     DatabaseNotFoundError,
@@ -265,18 +265,7 @@ class _Environment:
         if not self.thread_lock.acquire(timeout=max(timeout, 0)):
             raise self._busy(timeout)
         try:
-            delay = 0.0005
-            while True:
-                try:
-                    fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._busy(timeout) from None
-                    # Jitter keeps a crowd of waiting plugins from polling in lockstep.
-                    time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
-                    delay = min(delay * 2, 0.01)
+            flock_before(self.lock_fd, fcntl.LOCK_EX, deadline, lambda: self._busy(timeout))
             try:
                 self._grow_if_nearly_full()
                 yield
