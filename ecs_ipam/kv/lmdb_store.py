@@ -367,6 +367,14 @@ def _describe(e: lmdb.Error) -> str:
     return text
 
 
+def _failure(path: str, e: lmdb.Error) -> StoreError:
+    """The store error for an LMDB error met inside a transaction (which was aborted)."""
+    if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)):
+        # The meta pages were sound (they are checked before opening), a data page is not.
+        return CorruptDatabaseError(f"{path} is a damaged LMDB database ({_describe(e)}); it was left unchanged")
+    return StoreError(f"database {path}: {_describe(e)}")
+
+
 class _WriteTxn:
     """An LMDB write transaction that can be replayed into a larger map."""
 
@@ -569,6 +577,9 @@ class LMDBStore(Store):
             txn = _ReadTxn(env)
             try:
                 yield _LMDBTx(txn, self.bucket_name)
+            except lmdb.Error as e:
+                txn.abort()
+                raise _failure(self.path, e) from None
             except BaseException:
                 txn.abort()
                 raise
@@ -580,6 +591,9 @@ class LMDBStore(Store):
             txn = _WriteTxn(env)
             try:
                 yield _LMDBTx(txn, self.bucket_name)
+            except lmdb.Error as e:
+                txn.abort()
+                raise _failure(self.path, e) from None
             except BaseException:
                 txn.abort()
                 raise
