@@ -29,10 +29,11 @@ def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:
     # Leases migrated from the Go plugin wait in their bucket until a config names their
     # subnet; taking them first keeps them from being handed out a second time.  Only a
     # migrated host pays for importing the code that does it.
-    if tx.bucket(LEGACY_BUCKET).list(""):
+    waiting = tx.bucket(LEGACY_BUCKET).list("")
+    if waiting:
         from .legacy import adopt
 
-        return PoolAllocator(pool, adopt(tx, pool, write))
+        return PoolAllocator(pool, adopt(tx, pool, write, waiting))
     return PoolAllocator(pool, tx.bucket(pool.bucket))
 
 

@@ -45,7 +45,7 @@ GO_IPV6_KEY_PREFIX = "6"
 LEGACY_GATEWAY_OWNERS = frozenset(GATEWAY_OWNER.values())
 
 
-def adopt(tx: Tx, pool: Pool, write: bool = True) -> Tx:
+def adopt(tx: Tx, pool: Pool, write: bool = True, pairs: list[KVPair] | None = None) -> Tx:
     """Move the legacy pairs of *pool*'s subnet into its bucket; return the pool's bucket.
 
     Cheap when there is nothing to adopt: one scan of the (absent or empty) legacy bucket.
@@ -57,11 +57,13 @@ def adopt(tx: Tx, pool: Pool, write: bool = True) -> Tx:
     :param write: whether *tx* may write.  A read transaction cannot move anything, so
         it gets a read-only view of the pool's bucket with the adoptable pairs merged
         in: CHECK finds a migrated lease, STATUS counts it.
+    :param pairs: the legacy bucket's pairs, when the caller has already listed them.
     :return: the view of the pool's bucket the allocator should use.
     """
     bucket = tx.bucket(pool.bucket)
     legacy = tx.bucket(LEGACY_BUCKET)
-    pairs = legacy.list("")
+    if pairs is None:
+        pairs = legacy.list("")
     if not pairs:
         return bucket
     adoption = Adoption.of(pairs, pool)
