@@ -49,7 +49,7 @@ def main(
         env = parse_environment(environ)
         data = _decode(_read(stdin), allow_empty=env.command == "VERSION")
         reply_version = cni_version_of(data) if data is not None else reply_version
-        result = _run(env, data, log)
+        result = _run(env, data, log, environ)
     except ECSIPAMError as error:
         log.error(f"{command} failed: code={error.code} {error.msg}")
         _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
@@ -65,7 +65,7 @@ def main(
     return 0
 
 
-def _run(env, data: object, log: Log) -> dict | None:
+def _run(env, data: object, log: Log, environ: Mapping[str, str]) -> dict | None:
     if env.command == "VERSION":
         version = cni_version_of(data) if data is not None else SUPPORTED_VERSIONS[-1]
         return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
@@ -75,7 +75,7 @@ def _run(env, data: object, log: Log) -> dict | None:
 
     from .ipam import IPAM
 
-    with IPAM(env.db_path, env.timeout) as ipam:
+    with IPAM(env.db_path, env.timeout, environ=environ) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))

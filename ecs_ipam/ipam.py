@@ -165,13 +165,19 @@ class IPAM:
 
     :param db_path: the database: an LMDB file path (created on first ADD).  A bolt file
         of the Go plugin found there is migrated on first use (:mod:`ecs_ipam.migrate`).
+        Or an ``etcd://`` / ``etcds://`` URL (see :func:`ecs_ipam.kv.open_store`).
     :param timeout: seconds to wait for another writer before StoreTimeoutError.
+    :param environ: where an etcd URL's ``IPAM_ETCD_*`` settings are read (default:
+        the process environment).
     """
 
-    def __init__(self, db_path: str, timeout: float = 5.0, *, clock=time.time) -> None:
+    def __init__(
+        self, db_path: str, timeout: float = 5.0, *, clock=time.time, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.db_path = db_path
         self.timeout = timeout
         self._clock = clock
+        self._environ = environ
         self._store: Store | None = None
 
     def __enter__(self) -> "IPAM":
@@ -193,7 +199,9 @@ class IPAM:
 
             try:
                 try:
-                    self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
+                    self._store = kv.open_store(
+                        self.db_path, timeout=self.timeout, create=create, environ=self._environ
+                    )
                 except NotADatabaseError:
                     # Maybe the Go plugin's bolt file: migrate it (a no-op for anything
                     # else, or if another process just did), then open what is there now.

@@ -33,10 +33,12 @@ FORBIDDEN = (
     "subprocess",
     "ecs_ipam.boltdb",
     "ecs_ipam.migrate",
-    "ecs_ipam.kv.etcd_store",
+    "ecs_ipam.kv.etcd",
+    "ecs_ipam.kv.etcd.store",
+    "ssl",
 )
 # Our own optional parts: never loaded by an ADD or DEL, whatever the floor does.
-NEVER = ("ecs_ipam.boltdb", "ecs_ipam.migrate", "ecs_ipam.kv.etcd_store")
+NEVER = ("ecs_ipam.boltdb", "ecs_ipam.migrate", "ecs_ipam.kv.etcd", "ecs_ipam.kv.etcd.store", "ssl")
 
 FLOOR = "import json, sys; import lmdb, msgpack, netaddr; print(json.dumps(sorted(sys.modules)))"
 

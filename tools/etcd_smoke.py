@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Check that an etcd serves as an ecs-ipam database, and time what the plugin pays for it.
 
-    python tools/etcd_smoke.py etcd://HOST:PORT[,HOST:PORT...][/PREFIX] [--rounds N]
+    python tools/etcd_smoke.py etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX] [--rounds N]
+
+TLS files and the etcd user come from IPAM_ETCD_CACERT, IPAM_ETCD_CERT, IPAM_ETCD_KEY,
+IPAM_ETCD_USER and IPAM_ETCD_PASSWORD, as for the plugin.
 
 Works under a scratch prefix of its own below PREFIX (``PREFIX/smoke-<random>``), which
 no bucket of the database can reach, and removes every key it wrote there at the end.
@@ -40,22 +43,23 @@ def median_time(rounds: int, step) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="etcd_smoke.py", description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+    parser.add_argument("url", help="etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX]")
     parser.add_argument("--rounds", type=int, default=50, help="repetitions of each warm step (default 50)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per operation (default 5)")
     args = parser.parse_args(argv)
-    if not args.url.startswith("etcd://"):
-        parser.error("the URL must start with etcd://")
+    if not args.url.startswith(("etcd://", "etcds://")):
+        parser.error("the URL must start with etcd:// or etcds://")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
     started = time.perf_counter()
     from ecs_ipam import kv
-    from ecs_ipam.kv.etcd_store import prefix_end
+    from ecs_ipam.kv.etcd import prefix_end
 
     imported = time.perf_counter()
-    base, _, prefix = args.url.partition("//")[2].partition("/")
-    scratch = f"etcd://{base}/{prefix.strip('/') or 'ecs-ipam'}/smoke-{uuid.uuid4().hex[:12]}"
+    scheme, _, rest = args.url.partition("//")
+    base, _, prefix = rest.partition("/")
+    scratch = f"{scheme}//{base}/{prefix.strip('/') or 'ecs-ipam'}/smoke-{uuid.uuid4().hex[:12]}"
     try:
         store = kv.open_store(scratch, bucket="smoke", timeout=args.timeout)
     except kv.StoreError as error:

@@ -19,6 +19,8 @@ operations and the errors they raise.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from ..errors import (
     CallNotSupportedError,
     CorruptDatabaseError,
@@ -61,35 +63,54 @@ def open_store(
     *,
     read_only: bool = False,
     create: bool = True,
+    cacert: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Store:
     """Open bucket *bucket* of the database at *path*.
 
     :param path: an LMDB database file (created mode 0600 if missing and *create*), or
-        ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` for a database kept in etcd.
+        ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` for a database kept in etcd
+        (``etcds://`` for TLS).
     :param bucket: the bucket to work on; others are reachable with ``store.bucket(name)``.
     :param timeout: seconds a write may wait for another writer before StoreTimeoutError
         (etcd: seconds an operation may take, retries included).
     :param read_only: never write, never create a file.
     :param create: create the database if it does not exist.
+    :param cacert, cert, key, user, password: etcd only: the CA bundle that verifies the
+        server, the client certificate and key (PEM files), the etcd user and password.
+        Each one not given is read from *environ*: ``IPAM_ETCD_CACERT``,
+        ``IPAM_ETCD_CERT``, ``IPAM_ETCD_KEY``, ``IPAM_ETCD_USER``, ``IPAM_ETCD_PASSWORD``.
+    :param environ: where those variables are read (default: the process environment).
     :return: a :class:`Store`, also a context manager that closes it.
     :raises DatabaseNotFoundError: no database at *path* and none may be created.
     :raises NotADatabaseError: *path* holds something else (it is left untouched).
-    :raises StoreError: the database cannot be opened.
+    :raises InvalidEnvironmentError: etcd: a certificate or key file cannot be read or
+        used, or the settings do not go together (the message names the variable).
+    :raises StoreError: the database cannot be opened (etcd: it refused the user or the
+        TLS handshake, or the server is not trusted).
     """
-    if isinstance(path, str) and path.startswith("etcd://"):
+    if isinstance(path, str) and path.startswith(("etcd://", "etcds://")):
         # Imported here: the LMDB path must not pay for the etcd client.
-        from .etcd_store import EtcdStore
+        from .etcd import EtcdStore
 
-        return EtcdStore(path, bucket, timeout, read_only=read_only, create=create)
+        return EtcdStore(
+            path, bucket, timeout, read_only=read_only, create=create, cacert=cacert, cert=cert,
+            key=key, user=user, password=password, environ=environ,
+        )
     from .lmdb_store import LMDBStore
 
     return LMDBStore(path, bucket, timeout, read_only=read_only, create=create)
 
 
-def list_buckets(path: str) -> list[str]:
+def list_buckets(path: str, **etcd_options: str | None) -> list[str]:
     """Return the sorted names of the buckets in the database at *path* (read-only).
 
+    :param etcd_options: as :func:`open_store`'s ``cacert``... ``password``.
     :raises DatabaseNotFoundError: no database at *path*.
     """
-    with open_store(path, read_only=True) as store:
+    with open_store(path, read_only=True, **etcd_options) as store:  # type: ignore[arg-type]
         return store.buckets()

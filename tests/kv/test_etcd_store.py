@@ -33,7 +33,7 @@ from ecs_ipam.errors import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from ecs_ipam.kv.etcd_store import (
+from ecs_ipam.kv.etcd import (
     MAX_TXN_OPS,
     READ_AHEAD_AFTER,
     EtcdStore,
@@ -168,7 +168,7 @@ def test_url_names_endpoints_and_prefix(url, endpoints, prefix):
     [
         (
             "http://127.0.0.1:2379",
-            "not an etcd URL: 'http://127.0.0.1:2379' (expected etcd://HOST:PORT[/PREFIX])",
+            "not an etcd URL: 'http://127.0.0.1:2379' (expected etcd:// or etcds:// then HOST:PORT[/PREFIX])",
         ),
         ("etcd://", "endpoint without a host in etcd://"),
         ("etcd://a:1,,b:2", "endpoint without a host in etcd://a:1,,b:2"),
@@ -242,18 +242,18 @@ def test_lmdb_path_never_imports_the_etcd_backend(tmp_path):
         "import sys\n"
         "from ecs_ipam import kv\n"
         f"kv.open_store({str(tmp_path / 'kv.db')!r}).close()\n"
-        "print('ecs_ipam.kv.etcd_store' in sys.modules)\n"
+        "print([m for m in sys.modules if m.startswith('ecs_ipam.kv.etcd')])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_backend_imports_no_http_or_tls_stack():
     code = (
         "import sys\n"
-        "import ecs_ipam.kv.etcd_store\n"
+        "import ecs_ipam.kv.etcd\n"
         "print([m for m in ('http.client', 'ssl', 'email.parser', 'urllib.request') if m in sys.modules])\n"
     )
     result = subprocess.run(

@@ -1,0 +1,341 @@
+"""The etcd gateway client: endpoints, TLS, authentication, retries.
+
+It speaks etcd's JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``, ``/v3/watch``,
+``/v3/auth/authenticate``) over one keep-alive connection (:mod:`.http`, :mod:`.tls`).
+Several endpoints: the next one is tried when a connection fails.
+
+Every request it is given is safe to send twice, which lets a request whose connection
+broke (etcd restarting, a member shutting down) be re-sent, to the same or another
+endpoint, until the deadline.
+
+With a user, it gets a token from ``/v3/auth/authenticate`` before the first request
+and sends it with every request; when etcd no longer accepts the token (it expired, the
+member restarted, the user's password or roles changed), it authenticates again and
+re-sends the request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
+from .http import Connection, describe
+from .layout import Layout, b64
+from .settings import VARIABLES, Security, parse_url
+
+if TYPE_CHECKING:
+    import ssl
+
+# A JSON object of the gateway.
+Json = dict[str, Any]
+
+# Connection attempts are capped when there is another endpoint to try, so that one
+# black-holed member cannot eat the whole timeout.
+CONNECT_TIMEOUT = 1.0
+# gRPC codes of errors that pass: CANCELLED (etcd shutting down), DEADLINE_EXCEEDED,
+# RESOURCE_EXHAUSTED (too many requests), ABORTED, UNAVAILABLE (no leader).
+TRANSIENT_GRPC_CODES = {1, 4, 8, 10, 14}
+# etcd's answers to a token it no longer accepts; a fresh token cures them.
+STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "auth revision is old")
+# How many fresh tokens one request may need (a token revoked again at once is refused).
+TOKEN_ATTEMPTS = 3
+
+
+class Conflict(KeyModifiedError):
+    """A transaction's reads are no longer current: its body must be re-run."""
+
+
+class RefusedError(StoreError):
+    """etcd answered the request with an error that sending it again will not change."""
+
+    def __init__(self, msg: str, reason: str = "") -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+class _StaleToken(Exception):
+    """etcd no longer accepts the token: authenticate again."""
+
+
+class Client:
+    """The connection, security and key layout shared by every store opened on one URL.
+
+    :raises InvalidArgumentError: the URL is not usable.
+    :raises InvalidEnvironmentError: a certificate or key file cannot be used.
+    """
+
+    def __init__(self, url: str, timeout: float, security: Security) -> None:
+        self.endpoints, self.prefix = parse_url(url)
+        self.layout = Layout(self.prefix)
+        self.timeout = timeout
+        self.user = security.user
+        self._password = security.password
+        self._token: str | None = None
+        self._context: ssl.SSLContext | None = None
+        if security.tls:
+            # Imported here: a plain URL must not pay for ssl.
+            from .tls import context_for
+
+            self._context = context_for(security)
+        self.refs = 1
+        self.refs_lock = threading.Lock()
+        # One request at a time on the one connection.
+        self.lock = threading.Lock()
+        self.current = 0
+        self.conn: Connection | None = None
+
+    def where(self) -> str:
+        return ",".join(f"{host}:{port}" for host, port in self.endpoints)
+
+    def call(self, path: str, body: Json, deadline: float) -> Json:
+        """POST *body* to *path*, retrying on broken connections until *deadline*.
+
+        Callers only send requests that are safe to apply twice.
+
+        :raises StoreUnavailableError: no endpoint answered before the deadline.
+        :raises StoreTimeoutError: the last attempt timed out at the deadline.
+        :raises StoreError: etcd refused the request, the user or the TLS handshake.
+        """
+        payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+        with self.lock:
+            answer = self._authenticated(path, payload, deadline, stream=False)
+        assert isinstance(answer, dict)
+        return answer
+
+    def stream(self, path: str, body: Json, deadline: float) -> Connection:
+        """POST *body* to *path* on a connection of its own, and return that connection,
+        whose :meth:`Connection.lines` stream the answer (the caller closes it).
+
+        :raises StoreError: as :meth:`call`.
+        """
+        payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+        with self.lock:
+            answer = self._authenticated(path, payload, deadline, stream=True)
+        assert isinstance(answer, Connection)
+        return answer
+
+    def forget_token(self) -> None:
+        """Authenticate again before the next request (etcd refused the token)."""
+        self._token = None
+
+    # -- authentication ------------------------------------------------------------------
+
+    def _authenticated(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
+        for _ in range(TOKEN_ATTEMPTS):
+            if self.user is not None and self._token is None:
+                self._token = self._authenticate(deadline)
+            try:
+                return self._call(path, payload, deadline, stream)
+            except _StaleToken:
+                self._token = None
+        raise StoreError(f"etcd at {self.where()} kept refusing fresh tokens of user {self.user!r}")
+
+    def _authenticate(self, deadline: float) -> str:
+        # The body is built here and never kept: the password is in no message or log.
+        payload = json.dumps({"name": self.user, "password": self._password}).encode("utf-8")
+        try:
+            answer = self._call("/v3/auth/authenticate", payload, deadline, stream=False)
+        except (RefusedError, _StaleToken) as error:
+            reason = getattr(error, "reason", "") or str(error)
+            raise StoreError(
+                f"etcd at {self.where()} refused user {self.user!r} ({reason}); "
+                f"check {VARIABLES['user']} and {VARIABLES['password']}"
+            ) from None
+        assert isinstance(answer, dict)
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise StoreError(f"etcd at {self.where()} authenticated user {self.user!r} but sent no token")
+        return token
+
+    # -- one request, retried ------------------------------------------------------------
+
+    def _connect(self, host: str, port: int, timeout: float) -> Connection:
+        if self._context is not None:
+            from .tls import TLSConnection
+
+            return TLSConnection(host, port, timeout, self._context)
+        return Connection(host, port, timeout)
+
+    def _call(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
+        # Out of time before the first attempt (the transaction's body used it up) is a
+        # timeout too.
+        failure, timed_out, attempts, delay = "the operation ran out of time", True, 0, 0.02
+        # Whether a copy of the request may have reached etcd and been applied.
+        maybe_applied = False
+        token = None if path == "/v3/auth/authenticate" else self._token
+        while (remaining := deadline - time.monotonic()) > 0:
+            host, port = self.endpoints[self.current]
+            if self.conn is not None and self.conn.pid != os.getpid():
+                # Inherited across fork: the parent keeps using it.  Closing our copy of
+                # the descriptor does not disturb it.
+                self.disconnect()
+            conn = None if stream else self.conn
+            try:
+                if conn is None:
+                    spare = len(self.endpoints) > 1
+                    conn = self._connect(host, port, min(remaining, CONNECT_TIMEOUT) if spare else remaining)
+                    if not stream:
+                        self.conn = conn
+                status, data = conn.post(path, payload, remaining, stream, token)
+                if data is None:
+                    return conn
+                if stream or not conn.keep_alive:
+                    self._drop(conn)
+            except OSError as error:
+                maybe_applied = maybe_applied or (conn is not None and conn.request_sent)
+                self._drop(conn)
+                failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TimeoutError)
+                self.current = (self.current + 1) % len(self.endpoints)
+                attempts += 1
+                if attempts % len(self.endpoints) == 0:
+                    delay = self._pause(deadline, delay)
+                continue
+            except StoreError:
+                self._drop(conn)
+                raise
+            if status == 200:
+                try:
+                    answer = json.loads(data)
+                except ValueError:
+                    raise StoreError(f"etcd at {host}:{port} sent a response that is not JSON") from None
+                if not isinstance(answer, dict):
+                    raise StoreError(f"etcd at {host}:{port} sent a response that is not a JSON object")
+                return answer
+            message, code = _error_of(data, status)
+            if token is not None and any(stale in message for stale in STALE_TOKEN):
+                raise _StaleToken(message)
+            if status >= 500 or code in TRANSIENT_GRPC_CODES:
+                # No leader, leader changed, etcd shutting down, request timed out inside
+                # etcd: the request may still be applied, and sending it again is safe.
+                failure, timed_out, maybe_applied = f"{host}:{port}: {message}", False, True
+                if len(self.endpoints) > 1:
+                    self.disconnect()
+                    self.current = (self.current + 1) % len(self.endpoints)
+                delay = self._pause(deadline, delay)
+                continue
+            self._refuse(host, port, path, message, status, data)
+        outcome = ""
+        if maybe_applied and path == "/v3/kv/txn":
+            outcome = "; the commit may or may not have been applied"
+        if timed_out:
+            raise StoreTimeoutError(
+                f"etcd at {self.where()} did not answer within {self.timeout:g}s ({failure}){outcome}"
+            )
+        raise StoreUnavailableError(f"etcd at {self.where()} is unavailable ({failure}){outcome}")
+
+    def _refuse(self, host: str, port: int, path: str, message: str, status: int, data: bytes | None) -> None:
+        """Raise the error for an answer that sending the request again will not change."""
+        if status == 404:
+            raise StoreError(
+                f"etcd at {host}:{port} does not serve {path}: the v3 JSON API needs etcd 3.4 or later"
+            )
+        if status == 400 and data is not None and b"HTTPS" in data and b"HTTP request" in data:
+            raise RefusedError(f"etcd at {host}:{port} speaks TLS: use etcds://", message)
+        if "compacted" in message:
+            raise Conflict(f"etcd compacted the revision this transaction read: {message}")
+        if "too many operations" in message:
+            raise StoreError(f"transaction too large for etcd ({message}); etcd's --max-txn-ops sets the limit")
+        if self.user is None and "user name is empty" in message:
+            raise RefusedError(
+                f"etcd at {host}:{port} requires a user ({message}): "
+                f"set {VARIABLES['user']} and {VARIABLES['password']}",
+                message,
+            )
+        if "permission denied" in message:
+            raise RefusedError(
+                f"etcd at {host}:{port} refused user {self.user!r} access to prefix {self.prefix!r} ({message})",
+                message,
+            )
+        raise RefusedError(f"etcd at {host}:{port} refused the request: {message}", message)
+
+    @staticmethod
+    def _pause(deadline: float, delay: float) -> float:
+        # Jitter keeps a crowd of plugins that lost the same etcd from retrying in step.
+        time.sleep(max(0.0, min(deadline - time.monotonic(), delay * random.uniform(0.5, 1.5))))
+        return min(delay * 2, 0.25)
+
+    def disconnect(self) -> None:
+        self._drop(self.conn)
+
+    def _drop(self, conn: Connection | None) -> None:
+        if conn is not None:
+            if conn is self.conn:
+                self.conn = None
+            conn.close()
+
+    def watch(self, start: bytes, end: bytes | None, revision: int, timeout: float) -> Iterator[list[Json]]:
+        """Yield the events of every change to *start* (or the range up to *end*) after
+        *revision*, as etcd batches them; reconnect and resume when the stream breaks.
+
+        :raises Conflict: etcd compacted history the watch still needed.
+        :raises StoreUnavailableError: etcd could not be reached again within *timeout*.
+        """
+        delay = 0.02
+        while True:
+            request = {"key": b64(start), "start_revision": str(revision + 1)}
+            if end is not None:
+                request["range_end"] = b64(end)
+            conn = self.stream("/v3/watch", {"create_request": request}, time.monotonic() + timeout)
+            try:
+                for line in conn.lines():
+                    message = json.loads(line)
+                    result = message.get("result")
+                    if result is None:
+                        # The gateway reports a broken watch as an error message; one
+                        # about the token needs a fresh token to reconnect with.
+                        error = message.get("error") or {}
+                        if any(stale in str(error) for stale in STALE_TOKEN):
+                            self.forget_token()
+                        break
+                    if result.get("compact_revision"):
+                        raise Conflict(f"etcd compacted revision {revision + 1}, which the watch needed")
+                    if result.get("canceled"):
+                        raise StoreError(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
+                    events = result.get("events")
+                    if events:
+                        revision = max(int(event["kv"]["mod_revision"]) for event in events)
+                        yield events
+                        delay = 0.02
+            except (OSError, ValueError):
+                pass  # reconnect below, from the last revision seen
+            finally:
+                conn.close()
+            # A member that keeps ending streams at once must not be hammered.
+            delay = self._pause(time.monotonic() + delay * 2, delay)
+
+    def range(
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int | None,
+        deadline: float,
+        keys_only: bool = False,
+        limit: int = 0,
+    ) -> tuple[int, list[Json]]:
+        """Return ``(header revision, kvs)`` of a range (one key when *end* is None)."""
+        body: Json = {"key": b64(start)}
+        if end is not None:
+            body["range_end"] = b64(end)
+        if revision is not None:
+            body["revision"] = str(revision)
+        if keys_only:
+            body["keys_only"] = True
+        if limit:
+            body["limit"] = str(limit)
+        answer = self.call("/v3/kv/range", body, deadline)
+        return int(answer["header"]["revision"]), list(answer.get("kvs", []))
+
+
+def _error_of(data: bytes | None, status: int) -> tuple[str, int | None]:
+    """The message and gRPC status code of an error answer from the gateway."""
+    try:
+        answer = json.loads(data or b"")
+        code = answer.get("code")
+        return str(answer.get("message") or answer.get("error")), code if isinstance(code, int) else None
+    except (ValueError, AttributeError):
+        return f"HTTP status {status}", None

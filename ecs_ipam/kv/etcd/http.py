@@ -1,0 +1,146 @@
+"""One keep-alive HTTP/1.1 connection to one etcd endpoint, written on :mod:`socket`.
+
+Importing it costs a few milliseconds, where ``http.client`` (which pulls in ``email``
+and ``ssl``) costs about fifteen, and start-up time is the plugin's latency.  TLS is
+added by :mod:`.tls`, which subclasses :class:`Connection`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Iterator
+
+MAX_LINE = 65536
+
+
+class BrokenResponse(ConnectionError):
+    """The connection ended or carried something that is not an HTTP response."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to one etcd endpoint.
+
+    :raises OSError: the connection could not be made.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.pid = os.getpid()
+        raw = socket.create_connection((host, port), timeout=timeout)
+        try:
+            # Requests go out in one send; without this the reply to a small request
+            # can wait on the peer's delayed ACK.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = self._secure(raw, host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            self.reader = self.sock.makefile("rb")
+        except BaseException:
+            self.sock.close()
+            raise
+        self.keep_alive = True
+        self.request_sent = False
+
+    def _secure(self, raw: socket.socket, host: str) -> socket.socket:
+        """The socket requests go over: *raw* itself for plain HTTP."""
+        return raw
+
+    def post(
+        self, path: str, payload: bytes, timeout: float, stream: bool = False, token: str | None = None
+    ) -> tuple[int, bytes | None]:
+        """Send one POST and return ``(status, body)``.
+
+        :param stream: leave a successful chunked answer unread (body None), for :meth:`lines`.
+        :param token: the etcd auth token, sent in the ``Authorization`` header.
+        :raises OSError: the connection failed; it must not be used again.
+        """
+        self.sock.settimeout(timeout)
+        self.request_sent = False
+        auth = f"Authorization: {token}\r\n" if token else ""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.authority}\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode("ascii") + payload)
+        self.request_sent = True
+        return self._response(stream)
+
+    def _line(self) -> bytes:
+        line = self.reader.readline(MAX_LINE)
+        if not line.endswith(b"\n"):
+            raise BrokenResponse("etcd closed the connection" if not line else "response line too long")
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        data = self.reader.read(size)
+        if len(data) != size:
+            raise BrokenResponse("etcd closed the connection mid-response")
+        return data
+
+    def _response(self, stream: bool) -> tuple[int, bytes | None]:
+        parts = self._line().split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise BrokenResponse("not an HTTP response")
+        status = int(parts[1])
+        headers = {}
+        while (line := self._line()) not in (b"\r\n", b"\n"):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if headers.get(b"transfer-encoding") == b"chunked":
+            if stream and status == 200:
+                self.keep_alive = False  # the stream keeps the connection to its end
+                return status, None
+            body = b"".join(iter(self._chunk, None))
+        elif b"content-length" in headers:
+            length = headers[b"content-length"]
+            if not length.isdigit():
+                raise BrokenResponse("bad Content-Length")
+            body = self._exactly(int(length))
+        else:
+            body = self.reader.read()
+            self.keep_alive = False
+        if headers.get(b"connection") == b"close":
+            self.keep_alive = False
+        return status, body
+
+    def _chunk(self) -> bytes | None:
+        """The next chunk of a chunked body; None after the last."""
+        size_text = self._line().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BrokenResponse("bad chunk size") from None
+        if size == 0:
+            while self._line() not in (b"\r\n", b"\n"):
+                pass  # trailers: the gateway sends its gRPC ones here
+            return None
+        chunk = self._exactly(size)
+        self._line()
+        return chunk
+
+    def lines(self) -> Iterator[bytes]:
+        """The lines of a streamed answer as they arrive, waiting as long as it takes.
+
+        :raises OSError: the connection broke.
+        """
+        self.sock.settimeout(None)
+        pending = b""
+        while (chunk := self._chunk()) is not None:
+            *complete, pending = (pending + chunk).split(b"\n")
+            yield from filter(None, complete)
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+        finally:
+            self.sock.close()
+
+
+def describe(error: BaseException) -> str:
+    """A short reason for a failed connection, for error messages."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__

@@ -1,0 +1,138 @@
+"""TLS for ``etcds://``: the context built from the settings, and connections that use it.
+
+Only an ``etcds://`` URL imports this module, and with it ``ssl`` (several milliseconds
+of start-up that a plain URL or an LMDB file never pays).  Hostname and IP address
+verification stay on: the server's certificate must name the host of the URL.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from ...errors import InvalidEnvironmentError, StoreError
+from .http import Connection, describe
+from .settings import VARIABLES, Security
+
+# OpenSSL reasons of a handshake the server ended, and what each means for the operator.
+_CLIENT_CERTIFICATE_REFUSED = (
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+    "ALERT_CERTIFICATE_EXPIRED",
+    "ALERT_CERTIFICATE_REVOKED",
+    "ALERT_ACCESS_DENIED",
+    "ALERT_DECRYPT_ERROR",
+)
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
+
+
+class TLSRefusedError(StoreError):
+    """A TLS handshake failed for a reason that trying again will not change."""
+
+
+def _readable(name: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise InvalidEnvironmentError(f"{VARIABLES[name]} {path!r} cannot be read: {describe(error)}") from None
+
+
+def _refuse_passphrase() -> bytes:
+    # An encrypted key would otherwise make OpenSSL ask on the terminal.
+    raise InvalidEnvironmentError(
+        f"{VARIABLES['key']} is encrypted; give the key without a passphrase (file mode 0600)"
+    )
+
+
+def context_for(security: Security) -> ssl.SSLContext:
+    """The client context: the CA bundle (or the system's), the client certificate if any.
+
+    :raises InvalidEnvironmentError: a file cannot be read or holds no usable PEM data
+        (the message names its variable).
+    """
+    if security.cacert:
+        _readable("cacert", security.cacert)
+    try:
+        context = ssl.create_default_context(cafile=security.cacert)
+    except (ssl.SSLError, ValueError) as error:
+        raise InvalidEnvironmentError(
+            f"{VARIABLES['cacert']} {security.cacert!r} holds no usable PEM certificate ({_reason(error)})"
+        ) from None
+    if security.cert and security.key:
+        _readable("cert", security.cert)
+        _readable("key", security.key)
+        try:
+            context.load_cert_chain(security.cert, security.key, password=_refuse_passphrase)
+        except ssl.SSLError as error:
+            raise InvalidEnvironmentError(
+                f"{VARIABLES['cert']} {security.cert!r} and {VARIABLES['key']} {security.key!r} are not a "
+                f"usable PEM certificate and matching key ({_reason(error)})"
+            ) from None
+    return context
+
+
+def _reason(error: BaseException) -> str:
+    return str(getattr(error, "reason", None) or error)
+
+
+def refusal(error: ssl.SSLError, authority: str) -> TLSRefusedError | None:
+    """What a TLS failure means, when it is one that retrying will not cure; else None
+    (the connection merely broke: an etcd restarting, a network hiccup)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return TLSRefusedError(
+            f"etcd at {authority} is not trusted: its certificate failed verification "
+            f"({error.verify_message}); check {VARIABLES['cacert']} and the host name in the URL"
+        )
+    reason = str(error.reason or "").upper()
+    if "CERTIFICATE_REQUIRED" in reason:
+        return TLSRefusedError(
+            f"etcd at {authority} requires a client certificate: set {VARIABLES['cert']} and {VARIABLES['key']}"
+        )
+    if any(name in reason for name in _CLIENT_CERTIFICATE_REFUSED):
+        return TLSRefusedError(
+            f"etcd at {authority} rejected the client certificate ({_reason(error).lower()}); "
+            f"check {VARIABLES['cert']} against the CA etcd trusts"
+        )
+    if any(name in reason for name in _NOT_TLS):
+        return TLSRefusedError(f"etcd at {authority} does not speak TLS ({_reason(error).lower()}); use etcd://")
+    if "ALERT" in reason:
+        return TLSRefusedError(f"etcd at {authority} refused the TLS handshake ({_reason(error).lower()})")
+    return None
+
+
+class TLSConnection(Connection):
+    """A :class:`Connection` over TLS.
+
+    :raises TLSRefusedError: the handshake failed for good (untrusted server, client
+        certificate refused or missing, not a TLS server).
+    :raises OSError: the connection could not be made or broke.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(host, port, timeout)
+
+    def _secure(self, raw: socket.socket, host: str) -> socket.socket:
+        try:
+            return self.context.wrap_socket(raw, server_hostname=host.strip("[]"))
+        except ssl.SSLError as error:
+            refused = refusal(error, self.authority)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    def post(
+        self, path: str, payload: bytes, timeout: float, stream: bool = False, token: str | None = None
+    ) -> tuple[int, bytes | None]:
+        try:
+            return super().post(path, payload, timeout, stream, token)
+        except ssl.SSLError as error:
+            # With TLS 1.3 the server judges the client certificate after the client
+            # has finished its handshake: the verdict arrives with the first answer.
+            refused = refusal(error, self.authority)
+            if refused is not None:
+                raise refused from None
+            raise

@@ -1,0 +1,279 @@
+"""Optimistic transactions over etcd: reads recorded at one snapshot, writes buffered,
+one etcd txn at commit.
+
+Reads go to etcd at one snapshot revision (the first read's) and record what they saw;
+writes are buffered (and visible to later reads of the same transaction).  The commit
+is one etcd transaction that compares every key read against the revision it had,
+checks that no scanned range gained or changed a key, and applies the writes.  A failed
+compare raises :class:`Conflict`; the store re-runs the body instead, until the timeout.
+When more keys were read than etcd accepts compares (128), a bucket's reads are checked
+through its marker instead: coarser (any write to the bucket conflicts) but complete,
+as every writer of this package rewrites it.
+
+etcd numbers a write when it commits, after the transaction handed out the pair: a pair
+returned by a write inside a transaction carries a provisional last_index, above every
+real revision and growing within the transaction, that no stored pair will ever have (a
+compare-and-swap with it after the commit fails safely; read the key again).
+
+Every commit is safe to send twice: its compares include "the commit key does not exist
+yet", and the answer to a failed compare includes that key, so an earlier copy that was
+applied reads as success, never as a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ...errors import StoreError
+from ..base import KVPair, Tx, check_bucket_name, check_prefix
+from .client import Client, Conflict, Json
+from .layout import b64, prefix_end, unb64, utf8
+
+# etcd's default --max-txn-ops: the most compares, and the most operations, in one txn.
+MAX_TXN_OPS = 128
+# After this many point reads of one bucket that missed the cache, a transaction (the
+# allocator walking a crowded pool) fetches the whole bucket in one range instead.
+READ_AHEAD_AFTER = 16
+# Provisional last_index of a pair written inside a transaction, before the commit.
+PROVISIONAL_INDEX = 1 << 62
+
+
+def compare_mod(key: bytes, revision: int, result: str = "EQUAL", end: bytes | None = None) -> Json:
+    """An etcd compare of *key*'s (or the range's) mod_revision."""
+    # An absent key compares as mod_revision 0, so EQUAL 0 means "still absent".
+    compare = {"key": b64(key), "target": "MOD", "result": result, "mod_revision": str(revision)}
+    if end is not None:
+        compare["range_end"] = b64(end)
+    return compare
+
+
+def decoded(bucket: bytes, kvs: list[Json]) -> list[tuple[bytes, KVPair]]:
+    """``(full key, pair)`` of each key/value of an etcd answer, for keys of *bucket*."""
+    pairs = []
+    for kv in kvs:
+        full = unb64(kv["key"])
+        key = full[len(bucket):].decode("utf-8")
+        pairs.append((full, KVPair(key, unb64(kv.get("value")), int(kv["mod_revision"]))))
+    return pairs
+
+
+class TxState:
+    """What one transaction read (to be checked at commit) and wrote (to be applied)."""
+
+    def __init__(self, client: Client, writable: bool, deadline: float) -> None:
+        self.client = client
+        self.layout = client.layout
+        self.writable = writable
+        self.deadline = deadline
+        self.revision: int | None = None
+        # The snapshot as far as it was read: full key -> pair, or None for absent.
+        self.known: dict[bytes, KVPair | None] = {}
+        # Keys to compare at commit: full key -> (bucket data prefix, mod_revision or 0).
+        self.checked: dict[bytes, tuple[bytes, int]] = {}
+        # Scanned ranges, whose every key is in `known`: (bucket, start, end).
+        self.ranges: list[tuple[bytes, bytes, bytes]] = []
+        self.misses: dict[bytes, int] = {}
+        self.writes: dict[bytes, KVPair | None] = {}
+        self.tree_deletes: list[tuple[bytes, bytes]] = []
+        self.written_buckets: set[bytes] = set()
+        self.sequence = 0
+        self.committed_revision: int | None = None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _pair(self, bucket: bytes, kv: Json) -> tuple[bytes, KVPair]:
+        return decoded(bucket, [kv])[0]
+
+    def _covered(self, start: bytes, end: bytes) -> bool:
+        return any(s <= start and end <= e for _, s, e in self.ranges)
+
+    def _fetch(self, bucket: bytes, start: bytes, end: bytes | None) -> list[Json]:
+        revision, kvs = self.client.range(start, end, self.revision, self.deadline)
+        if self.revision is None:
+            self.revision = revision
+        return kvs
+
+    def _fetch_range(self, bucket: bytes, start: bytes, end: bytes) -> None:
+        for kv in self._fetch(bucket, start, end):
+            full, pair = self._pair(bucket, kv)
+            self.known[full] = pair
+            self.checked[full] = (bucket, pair.last_index)
+        self.ranges.append((bucket, start, end))
+
+    def read(self, bucket: bytes, full: bytes) -> KVPair | None:
+        if full in self.writes:
+            return self.writes[full]
+        if full in self.known:
+            return self.known[full]
+        if self._covered(full, full + b"\x00"):
+            return None
+        self.misses[bucket] = self.misses.get(bucket, 0) + 1
+        if self.misses[bucket] > READ_AHEAD_AFTER:
+            self._fetch_range(bucket, bucket, prefix_end(bucket))
+            return self.known.get(full)
+        kvs = self._fetch(bucket, full, None)
+        pair = self._pair(bucket, kvs[0])[1] if kvs else None
+        self.known[full] = pair
+        self.checked[full] = (bucket, pair.last_index if pair else 0)
+        return pair
+
+    def scan(self, bucket: bytes, prefix: bytes) -> list[KVPair]:
+        start, end = bucket + prefix, prefix_end(bucket + prefix)
+        if not self._covered(start, end):
+            self._fetch_range(bucket, start, end)
+        found = {full: pair for full, pair in self.known.items() if pair is not None and start <= full < end}
+        for full, pair in self.writes.items():
+            if start <= full < end:
+                if pair is None:
+                    found.pop(full, None)
+                else:
+                    found[full] = pair
+        return [found[full] for full in sorted(found)]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if not self.writable:
+            raise StoreError("write in a read-only transaction")
+
+    def write(self, bucket: bytes, full: bytes, key: str, value: bytes) -> KVPair:
+        self.check_writable()
+        self.sequence += 1
+        pair = KVPair(key, value, PROVISIONAL_INDEX + self.sequence)
+        self.writes[full] = pair
+        self.written_buckets.add(bucket)
+        return pair
+
+    def remove(self, bucket: bytes, full: bytes) -> bool:
+        self.check_writable()
+        if self.read(bucket, full) is None:
+            return False
+        self.writes[full] = None
+        self.written_buckets.add(bucket)
+        return True
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Apply the buffered writes if everything read is still current.
+
+        :raises Conflict: something read has changed since (the body must be re-run).
+        """
+        if not self.writes:
+            return  # nothing to apply; the reads came from one snapshot
+        now = time.time()
+        commit_key = self.layout.commit_key(now)
+        compares = self._compares()
+        compares.append(
+            {"key": b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        )
+        swept_from, swept_to = self.layout.expired_commits(now)
+        operations = self._operations()
+        operations.append({"request_put": {"key": b64(commit_key), "value": ""}})
+        operations.append({"request_delete_range": {"key": b64(swept_from), "range_end": b64(swept_to)}})
+        answer = self.client.call(
+            "/v3/kv/txn",
+            {
+                "compare": compares,
+                "success": operations,
+                "failure": [{"request_range": {"key": b64(commit_key)}}],
+            },
+            self.deadline,
+        )
+        revision = int(answer["header"]["revision"])
+        if not answer.get("succeeded"):
+            ours = answer["responses"][0]["response_range"].get("kvs")
+            if not ours:
+                raise Conflict("key was modified by a concurrent transaction")
+            # A copy of this request, sent before the connection broke, was applied.
+            revision = int(ours[0]["mod_revision"])
+        self.committed_revision = revision
+
+    def _compares(self) -> list[Json]:
+        per_bucket: dict[bytes, list[Json]] = {}
+        for full, (bucket, mod) in self.checked.items():
+            if mod == 0 and self._covered(full, full + b"\x00"):
+                continue  # the range's own compare sees it appear
+            per_bucket.setdefault(bucket, []).append(compare_mod(full, mod))
+        for bucket, start, end in self.ranges:
+            # The fetch that recorded the range fixed the snapshot.
+            assert self.revision is not None
+            # A key deleted from the range is caught by its own compare above; one that
+            # appeared or changed has a mod_revision above the snapshot.
+            per_bucket.setdefault(bucket, []).append(compare_mod(start, self.revision + 1, "LESS", end))
+        budget = MAX_TXN_OPS - 1  # the commit key takes one
+        total = sum(len(compares) for compares in per_bucket.values())
+        coarse = []
+        for bucket in sorted(per_bucket, key=lambda b: len(per_bucket[b]), reverse=True):
+            if total <= budget:
+                break
+            total -= len(per_bucket[bucket]) - 1
+            coarse.append(bucket)
+        if coarse:
+            markers = self._markers_at_snapshot()
+            for bucket in coarse:
+                marker = self.layout.marker_of(bucket)
+                per_bucket[bucket] = [compare_mod(marker, markers.get(marker, 0))]
+        return [compare for compares in per_bucket.values() for compare in compares]
+
+    def _markers_at_snapshot(self) -> dict[bytes, int]:
+        start = self.layout.markers
+        _, kvs = self.client.range(start, prefix_end(start), self.revision, self.deadline, keys_only=True)
+        return {unb64(kv["key"]): int(kv["mod_revision"]) for kv in kvs}
+
+    def _operations(self) -> list[Json]:
+        puts = [(full, pair) for full, pair in self.writes.items() if pair is not None]
+        # etcd refuses a put inside a range deleted by the same transaction; such a range
+        # is applied as the single deletes delete_tree buffered anyway.
+        ranges = [(s, e) for s, e in self.tree_deletes if not any(s <= full < e for full, _ in puts)]
+        operations = [{"request_put": {"key": b64(full), "value": b64(pair.value)}} for full, pair in puts]
+        operations += [{"request_delete_range": {"key": b64(s), "range_end": b64(e)}} for s, e in ranges]
+        operations += [
+            {"request_delete_range": {"key": b64(full)}}
+            for full, pair in self.writes.items()
+            if pair is None and not any(s <= full < e for s, e in ranges)
+        ]
+        operations += [
+            {"request_put": {"key": b64(self.layout.marker_of(bucket)), "value": ""}}
+            for bucket in sorted(self.written_buckets)
+        ]
+        return operations
+
+
+class EtcdTx(Tx):
+    def __init__(self, state: TxState, bucket_name: str) -> None:
+        self._state = state
+        self.bucket_name = bucket_name
+        self._prefix = state.layout.data_prefix(bucket_name)
+
+    def _full(self, key: str) -> bytes:
+        return self._prefix + utf8(key, "key")
+
+    def _read(self, key: str) -> KVPair | None:
+        return self._state.read(self._prefix, self._full(key))
+
+    def _write(self, key: str, value: bytes) -> KVPair:
+        return self._state.write(self._prefix, self._full(key), key, value)
+
+    def _remove(self, key: str) -> bool:
+        return self._state.remove(self._prefix, self._full(key))
+
+    def _scan(self, prefix: str) -> list[KVPair]:
+        return self._state.scan(self._prefix, utf8(prefix, "prefix"))
+
+    def delete_tree(self, prefix: str = "") -> None:
+        # The same result as the base class's, sent to etcd as one range delete instead
+        # of one delete per key (a transaction may hold only 128 operations).
+        check_prefix(prefix)
+        self._state.check_writable()
+        pairs = self._scan(prefix)
+        for pair in pairs:
+            self._remove(pair.key)
+        if pairs:
+            start = self._prefix + utf8(prefix, "prefix")
+            self._state.tree_deletes.append((start, prefix_end(start)))
+
+    def bucket(self, name: str) -> Tx:
+        return EtcdTx(self._state, check_bucket_name(name))
+
+
