@@ -6,11 +6,9 @@ error names the offending field and value.
 
 from __future__ import annotations
 
-import re
 from typing import Mapping, NamedTuple
 
-import netaddr
-
+from .addr import WIDTH, Address, Network, parse_address
 from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -43,9 +41,9 @@ class Pool(NamedTuple):
     """One address family of the configuration: where addresses come from."""
 
     version: int
-    subnet: netaddr.IPNetwork
-    gateway: netaddr.IPAddress
-    fixed_address: netaddr.IPNetwork | None
+    subnet: Network
+    gateway: Address
+    fixed_address: Network | None
     routes: tuple[Route, ...]
 
     @property
@@ -156,7 +154,7 @@ def _parse_pool(ipam: dict, version: int) -> Pool | None:
     gateway_field = f"ipam.{family}-gateway"
     raw_gateway = ipam.get(f"{family}-gateway")
     if raw_gateway in (None, ""):
-        gateway = netaddr.IPAddress(subnet.first + 1, version)
+        gateway = Address(subnet.first + 1, version)
     else:
         gateway = parse_ip(raw_gateway, gateway_field, version)
         _check_host_address(gateway, subnet, gateway_field)
@@ -174,7 +172,7 @@ def _parse_pool(ipam: dict, version: int) -> Pool | None:
     return Pool(version, subnet, gateway, fixed, routes)
 
 
-def _check_host_address(ip: netaddr.IPAddress, subnet: netaddr.IPNetwork, field: str) -> None:
+def _check_host_address(ip: Address, subnet: Network, field: str) -> None:
     if ip not in subnet:
         raise InvalidConfigError(f"{field} {ip} is not in subnet {subnet}")
     if ip.value == subnet.first:
@@ -229,29 +227,40 @@ def _parse_attachments(data: dict) -> tuple[Attachment, ...] | None:
 
 # --- addresses ----------------------------------------------------------------------------
 
-def parse_ip(raw: object, field: str, version: int | None = None) -> netaddr.IPAddress:
+def parse_ip(raw: object, field: str, version: int | None = None) -> Address:
     """Parse a plain address strictly (no shorthand forms such as ``10.1``)."""
     if not isinstance(raw, str):
         raise InvalidConfigError(f"{field} must be a string, got {_show(raw)}")
-    try:
-        ip = netaddr.IPAddress(raw, flags=netaddr.INET_PTON)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise InvalidConfigError(f"{field} {_show(raw)} is not a valid IP address") from None
+    # The fast path reads what netaddr reads (tests/test_addr.py); what it refuses,
+    # netaddr judges, so that netaddr stays the library of record.
+    ip = parse_address(raw)
+    if ip is None:
+        ip = _parse_ip_with_netaddr(raw, field)
     _check_version(ip.version, version, field, raw)
     return ip
 
 
-def parse_cidr(raw: object, field: str, version: int | None = None) -> netaddr.IPNetwork:
+def _parse_ip_with_netaddr(raw: str, field: str) -> Address:
+    import netaddr
+
+    try:
+        ip = netaddr.IPAddress(raw, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise InvalidConfigError(f"{field} {_show(raw)} is not a valid IP address") from None
+    return Address(ip.value, ip.version)
+
+
+def parse_cidr(raw: object, field: str, version: int | None = None) -> Network:
     """Parse ``address/prefix`` strictly; the prefix is required."""
     if not isinstance(raw, str):
         raise InvalidConfigError(f"{field} must be a string in CIDR notation, got {_show(raw)}")
     address, slash, prefix = raw.partition("/")
-    if not slash or not re.fullmatch(r"[0-9]{1,3}", prefix):
+    if not slash or not (0 < len(prefix) <= 3 and prefix.isascii() and prefix.isdigit()):
         raise InvalidConfigError(f"{field} {_show(raw)} is not in CIDR notation (address/prefix)")
     ip = parse_ip(address, field, version)
-    if int(prefix) > (32 if ip.version == 4 else 128):
+    if int(prefix) > WIDTH[ip.version]:
         raise InvalidConfigError(f"{field} {_show(raw)} has an invalid prefix length")
-    return netaddr.IPNetwork(f"{ip}/{int(prefix)}")
+    return Network(ip, int(prefix))
 
 
 def _check_version(actual: int, expected: int | None, field: str, raw: str) -> None:
@@ -280,7 +289,8 @@ def _show(value: object, limit: int = 64) -> str:
 # The fraction is one optional group so that a long run of digits without a unit fails
 # in linear time: "[0-9]*\.?[0-9]*" can split the run in every way, which is quadratic,
 # and a variable may be 128 KiB long.
-_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+# Compiled on first use: only a configured timeout needs it.
+_DURATION_PART = r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -288,9 +298,12 @@ def parse_go_duration(text: str, name: str) -> float:
     """Seconds in a Go duration string such as ``5s``, ``250ms`` or ``1m30s``."""
     if text == "0":
         return 0.0
+    import re
+
+    part = re.compile(_DURATION_PART)
     position, total = 0, 0.0
     while position < len(text):
-        match = _DURATION_PART.match(text, position)
+        match = part.match(text, position)
         if not match or match.group(1) in ("", "."):
             raise InvalidEnvironmentError(
                 f"{name} {text!r} is not a duration such as 5s, 500ms or 1m30s"

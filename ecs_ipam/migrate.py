@@ -184,7 +184,7 @@ def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[st
             if address is None:
                 continue
             for subnet, name in subnets:
-                if subnet.version == version and address in subnet:
+                if subnet.version == version and subnet.first <= address.value <= subnet.last:
                     record = tx.bucket(name).find(str(address))
                     holder = None if record is None else owner_of(decode(record.value))
                     if record is not None and holder != value and not _both_gateways(holder, value):

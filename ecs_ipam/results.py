@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-import netaddr
-
+from .addr import Address, Network, parse_network
 from .config import Pool
 
-Allocation = tuple[Pool, netaddr.IPNetwork]
+Allocation = tuple[Pool, Network]
 
 
 def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
@@ -34,7 +33,7 @@ def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
     return {"cniVersion": cni_version, "ips": ips, "routes": routes, "dns": {}}
 
 
-def result_addresses(result: Mapping) -> list[netaddr.IPAddress]:
+def result_addresses(result: Mapping) -> list[Address]:
     """The addresses a previous result (of any version's shape) handed out."""
     texts = []
     ips = result.get("ips")
@@ -46,9 +45,22 @@ def result_addresses(result: Mapping) -> list[netaddr.IPAddress]:
             texts.append(legacy.get("ip"))
     addresses = []
     for text in texts:
-        if isinstance(text, str):
-            try:
-                addresses.append(netaddr.IPNetwork(text).ip)
-            except (netaddr.AddrFormatError, ValueError, TypeError):
-                continue
+        network = parse_network(text)
+        if network is not None:
+            addresses.append(network.ip)
+        elif isinstance(text, str):
+            # Forms the fast path leaves to netaddr (an address without a prefix...).
+            address = _parse_with_netaddr(text)
+            if address is not None:
+                addresses.append(address)
     return addresses
+
+
+def _parse_with_netaddr(text: str) -> Address | None:
+    import netaddr
+
+    try:
+        ip = netaddr.IPNetwork(text).ip
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+    return Address(ip.value, ip.version)
