@@ -158,3 +158,8 @@ class NotADatabaseError(StoreError):
 
 class CorruptDatabaseError(StoreError):
     """The database file is damaged or truncated."""
+
+
+class DatabaseAliasError(NotADatabaseError):
+    """The database file is reached by a second name (a hard link, a file mounted on its own)
+    that LMDB would give a lock file of its own; it was left untouched."""

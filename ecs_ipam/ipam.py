@@ -14,6 +14,7 @@ from typing import Mapping
 from .allocator import LEGACY_BUCKET, Owner, PoolAllocator
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
+    DatabaseAliasError,
     DatabaseNotFoundError,
     IncompatibleVersionError,
     InvalidConfigError,
@@ -202,6 +203,8 @@ class IPAM:
                     self._store = kv.open_store(
                         self.db_path, timeout=self.timeout, create=create, environ=self._environ
                     )
+                except DatabaseAliasError:
+                    raise
                 except NotADatabaseError:
                     # Maybe the Go plugin's bolt file: migrate it (a no-op for anything
                     # else, or if another process just did), then open what is there now.

@@ -14,6 +14,10 @@ In place, the switch must be safe against everything that may run at the same ti
   migrates again, clearing the leftovers) or the complete LMDB database: the new
   database and the backup are written and synced under temporary names, and the path
   only changes by one ``rename``.
+* Everything happens beside the real file, whatever symlink names it: the path is
+  resolved first, so the symlink still names the database afterwards.  A bolt file with
+  a second hard link or mounted on its own is not migrated (the other name would keep
+  the bolt file, and a Go plugin or another migration would use it as a second database).
 * The backup ``<path>.bolt`` is a copy, not a second name of the bolt file.  A Go
   plugin that opened the file before the switch still waits for its lock; once the
   migration releases it, the plugin would record its lease in a file nobody reads any
@@ -38,6 +42,7 @@ from .boltdb import BucketNotFoundError, has_bolt_magic, read_libkv_bucket
 from .filelock import flock_before
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
 from .kv.base import Tx
+from .kv.dbfile import check_single_name, resolve
 from .legacy import LEGACY_BUCKET, LEGACY_GATEWAY_OWNERS, legacy_key_address
 
 BOLT_BUCKET = "IPAM"
@@ -53,8 +58,8 @@ Checkpoint = Callable[[str], None]
 
 
 def backup_path(path: str) -> str:
-    """Where an in-place migration keeps the bolt file it replaced."""
-    return path + BACKUP_SUFFIX
+    """Where an in-place migration keeps the bolt file it replaced: beside the real file."""
+    return resolve(path) + BACKUP_SUFFIX
 
 
 def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None = None) -> dict[str, str] | None:
@@ -74,11 +79,15 @@ def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None
     :raises CorruptDatabaseError: the bolt file is damaged; nothing changed.
     :raises StoreError: the new database or the backup could not be written; the bolt
         file is still in place.
+    :raises DatabaseAliasError: the bolt file has another hard link or is mounted on its
+        own; nothing changed.
     """
+    given, path = path, resolve(path)
     fd = _open_bolt(path)
     if fd is None:
         return None
     try:
+        check_single_name(fd, path, given)
         _lock(fd, path, fcntl.LOCK_EX, timeout)
         if not _still_at(fd, path):
             return None
@@ -122,7 +131,7 @@ def read_locked(path: str, timeout: float) -> dict[str, str]:
     :raises NotADatabaseError: *path* holds no bolt file.
     :raises StoreTimeoutError: a Go plugin held the file for *timeout* seconds.
     """
-    fd = _open_bolt(path, writable=False)
+    fd = _open_bolt(resolve(path), writable=False)
     if fd is None:
         raise NotADatabaseError(f"{path} is not a bolt database of the Go plugin")
     try:

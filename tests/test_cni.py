@@ -242,7 +242,7 @@ def test_database_path_that_is_a_directory(plugin, tmp_path):
 
 def test_database_busy_beyond_the_timeout(plugin):
     plugin.ok("ADD", netconf(id="a", **SUBNET))
-    with open(plugin.db + "-lock", "rb") as lock:
+    with open(plugin.db, "rb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         started = time.monotonic()
         error = plugin.error("ADD", netconf(id="b", **SUBNET), IPAM_DB_CONNECTION_TIMEOUT="300ms")

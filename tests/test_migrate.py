@@ -19,6 +19,7 @@ from ecs_ipam.config import parse_netconf
 from ecs_ipam.errors import (
     AddressInUseError,
     CorruptDatabaseError,
+    DatabaseAliasError,
     NotADatabaseError,
     NotAvailableError,
     PoolExhaustedError,
@@ -171,13 +172,17 @@ def test_a_go_plugin_waiting_on_the_replaced_file_cannot_use_it(tmp_path):
     assert Path(path + ".bolt").read_bytes() == fixture("ecs-agent-classic-2019").read_bytes()
 
 
-def test_a_bolt_file_with_another_name_is_not_disabled(tmp_path):
+def test_a_bolt_file_with_another_name_is_not_migrated(tmp_path):
+    # The other name would keep the bolt file: a Go plugin, or a migration through that
+    # name, would use it as a second database (tests/test_one_database_file.py).
     path = bolt_copy(tmp_path, "ecs-agent-classic-2019")
     os.link(path, tmp_path / "operator-copy.db")
 
-    migrate_in_place(path, timeout=5)
+    with pytest.raises(DatabaseAliasError, match="operator-copy.db"):
+        migrate_in_place(path, timeout=5)
 
-    assert (tmp_path / "operator-copy.db").read_bytes() == fixture("ecs-agent-classic-2019").read_bytes()
+    assert Path(path).read_bytes() == fixture("ecs-agent-classic-2019").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["eni-ipam.db", "operator-copy.db"]
 
 
 # --- adoption by the plugin ------------------------------------------------------------------

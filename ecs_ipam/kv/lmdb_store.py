@@ -6,9 +6,13 @@ its last_index by :mod:`ecs_ipam.kv.codec`.
 
 Why the extra machinery around LMDB:
 
-* LMDB's writer mutex has no timeout.  Writers first take an ``flock`` on ``<path>-lock``
-  (independent of LMDB's own fcntl locks on that file), polling until a deadline, so a
-  stuck writer elsewhere turns into ``StoreTimeoutError`` instead of a hang.
+* LMDB's writer mutex has no timeout.  Writers first take an ``flock`` on the data file
+  itself, as the Go plugin's bolt does (LMDB locks only ``<path>-lock``, with fcntl),
+  polling until a deadline, so a stuck writer elsewhere turns into ``StoreTimeoutError``
+  instead of a hang.  flock belongs to the file, not the name: a Go plugin still running
+  on the path, or a migration of it, excludes writers and is excluded by them.
+* The path is resolved before LMDB sees it, and a file reachable under a second lock
+  file is refused (:mod:`ecs_ipam.kv.dbfile`).
 * ``last_index`` is LMDB's transaction id, but never less than the key's previous index
   plus one: transaction ids are persistent and monotonic, except after a compacting copy,
   which restarts them.
@@ -33,6 +37,7 @@ from typing import Iterator
 import lmdb
 
 from ..filelock import flock_before
+from .dbfile import check_single_name, resolve
 from ..errors import (
     CorruptDatabaseError,
     DatabaseNotFoundError,
@@ -138,6 +143,7 @@ class _Environment:
     """The one LMDB environment of this process for one file, shared by its stores."""
 
     def __init__(self, path: str, read_only: bool, create: bool, map_size: int) -> None:
+        real = resolve(path)
         kind = sniff(path)
         if kind == "missing" and (read_only or not create):
             raise DatabaseNotFoundError(f"no database at {path}")
@@ -146,14 +152,17 @@ class _Environment:
         if kind == "empty" and read_only:
             raise DatabaseNotFoundError(f"database {path} is an empty file")
         self.path = path
+        self.real_path = real
         self.read_only = read_only
-        lock_path = path + "-lock"
+        # Checked before LMDB opens the file, so that a refused name gets no -lock file.
+        data_fd = None if kind == "missing" else _open_single_name(real, path)
+        lock_path = real + "-lock"
         # A read-only opener must not create the lock file; without one nobody is
         # writing under LMDB's locking, so reading without it is safe.
         use_lock = not read_only or os.path.exists(lock_path)
         try:
             self.env = lmdb.open(
-                path,
+                real,
                 subdir=False,
                 readonly=read_only,
                 lock=use_lock,
@@ -164,18 +173,31 @@ class _Environment:
                 mode=0o600,
             )
         except lmdb.InvalidError:
+            _close(data_fd)
             raise _not_ours(path, "unknown") from None
         except lmdb.VersionMismatchError:
+            _close(data_fd)
             raise NotADatabaseError(f"{path} was written by an incompatible LMDB version") from None
         except lmdb.Error as e:
+            _close(data_fd)
             raise StoreError(f"cannot open database {path}: {_describe(e)}") from None
+        except BaseException:
+            _close(data_fd)
+            raise
         try:
             if use_lock:
                 # Slots left by readers that were killed would otherwise pin old pages
                 # (and the file's size) forever.
                 self.env.reader_check()
-            self.lock_fd = None if read_only else os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+            if read_only:
+                _close(data_fd)
+                data_fd = None
+            elif data_fd is None:
+                data_fd = _open_single_name(real, path)
+            # Writers take their flock on the data file: every name of it shares that.
+            self.lock_fd = data_fd
         except BaseException:
+            _close(data_fd)
             self.env.close()
             raise
         self.pid = os.getpid()
@@ -323,12 +345,31 @@ class _Environment:
         self.env.close()
 
 
+def _open_single_name(real: str, given: str) -> int:
+    """A descriptor of the database file, once it is known to be reachable by one lock file."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise StoreError(f"cannot open database {given}: {e.strerror or e}") from None
+    try:
+        check_single_name(fd, real, given)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 _environments: dict[str, _Environment] = {}
 _environments_lock = _thread.allocate_lock()
 
 
 def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Environment:
-    key = os.path.realpath(path)
+    key = resolve(path)
     with _environments_lock:
         env = _environments.get(key)
         if env is not None and env.pid != os.getpid():
@@ -355,7 +396,7 @@ def _release(env: _Environment) -> None:
     with _environments_lock:
         env.refs -= 1
         if env.refs == 0:
-            _environments.pop(os.path.realpath(env.path), None)
+            _environments.pop(env.real_path, None)
             env.close()
 
 
