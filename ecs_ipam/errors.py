@@ -8,7 +8,41 @@ and are listed in the README.
 Leaves also inherit the matching builtin where one exists (``ValueError``,
 ``TimeoutError``...), so embedding code can catch them idiomatically.  ``KeyError`` is
 deliberately avoided: its ``str()`` adds quotes, and these messages end up in JSON.
+
+The names in ``__all__`` are the public API, stable within a major version.  The codes
+are reachable as each class's ``code``.
 """
+
+from __future__ import annotations
+
+__all__ = [
+    "ECSIPAMError",
+    # request errors
+    "IncompatibleVersionError",
+    "UnsupportedFieldError",
+    "InvalidEnvironmentError",
+    "DecodeError",
+    "InvalidConfigError",
+    # allocation outcomes
+    "AllocationError",
+    "AddressInUseError",
+    "IdAlreadyAllocatedError",
+    "PoolExhaustedError",
+    "ReservationMismatchError",
+    "NotAvailableError",
+    # store errors
+    "StoreError",
+    "KeyNotFoundError",
+    "KeyExistsError",
+    "KeyModifiedError",
+    "CallNotSupportedError",
+    "InvalidArgumentError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
+    "DatabaseNotFoundError",
+    "NotADatabaseError",
+    "CorruptDatabaseError",
+]
 
 # CNI well-known error codes (spec 1.1.0, "Error" section).
 INCOMPATIBLE_VERSION = 1
@@ -35,9 +69,21 @@ class ECSIPAMError(Exception):
     code = INTERNAL_ERROR
 
     def __init__(self, msg: str = "", details: str = "") -> None:
-        super().__init__(msg or self.__doc__.splitlines()[0])
+        super().__init__(msg or self._default_message())
         self.msg = str(self.args[0])
         self.details = details
+
+    @classmethod
+    def _default_message(cls) -> str:
+        # __doc__ is not inherited (an embedder's subclass may have none), and ``python
+        # -OO`` strips every docstring of ours but not the builtins': take the nearest of
+        # ours, else the class name.
+        for klass in cls.__mro__:
+            if klass.__doc__:
+                return klass.__doc__.splitlines()[0]
+            if klass is ECSIPAMError:
+                break
+        return cls.__name__
 
 
 # --- request errors: the caller sent something we cannot serve -------------------------

@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,24 @@ def test_lmdb_major_version_is_pinned():
 
 def test_runtime_dependencies_are_exactly_the_three():
     assert requirements() == {"lmdb": ">=2,<3", "msgpack": ">=1,<2", "netaddr": ">=1,<2"}
+
+
+def test_lint_tools_are_pinned_below_their_next_breaking_release():
+    lines = setup_cfg()["options.extras_require"]["lint"].split("\n")
+    pins = [line.strip() for line in lines if line.strip()]
+    assert {pin.split(">")[0] for pin in pins} >= {"mypy", "ruff"}
+    assert all(">=" in pin and ",<" in pin for pin in pins), pins
+
+
+def test_pyproject_holds_tool_settings_only():
+    # setup.cfg and setup.py are the packaging: no [build-system], no [project].
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(settings) == {"tool"}
+
+
+def test_the_package_is_marked_as_typed():
+    assert (ROOT / "ecs_ipam" / "py.typed").is_file()
+    assert setup_cfg()["options.package_data"]["ecs_ipam"].split() == ["py.typed"]
 
 
 def test_console_script_is_the_cni_entry_point():
@@ -132,6 +152,24 @@ def copy_source_tree(destination: Path) -> Path:
         ".git", ".venv", "__pycache__", "*.pyc", "build", "dist", "*.egg-info", ".pytest_cache", ".hypothesis"
     )
     return Path(shutil.copytree(ROOT, destination / "src", ignore=ignore))
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_typed_marker_and_only_the_package(tmp_path):
+    source = copy_source_tree(tmp_path)
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = dist.glob("ecs_ipam-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "ecs_ipam/py.typed" in names
+    assert {"ecs_ipam/__init__.py", "ecs_ipam/kv/__init__.py", "ecs_ipam/errors.py"} <= set(names)
+    assert [name for name in names if name.startswith(("tests/", "tools/"))] == []
 
 
 @pytest.mark.slow

@@ -15,8 +15,7 @@ same contract suite.
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
-from typing import Callable, Iterator, NamedTuple, TypeVar
+from collections import namedtuple
 
 from ..errors import (
     CallNotSupportedError,
@@ -26,23 +25,37 @@ from ..errors import (
     KeyNotFoundError,
 )
 
-T = TypeVar("T")
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
+    from typing import NamedTuple, Self, TypeVar
+
+    T = TypeVar("T")
 
 # LMDB refuses longer keys; every backend enforces the same limit so that code written
 # against one backend keeps working on another.
 MAX_KEY_BYTES = 511
 
 
-class KVPair(NamedTuple):
-    """One key/value pair as stored, with the index used for compare-and-swap.
+if TYPE_CHECKING:
 
-    ``last_index`` grows on every write of the key and never goes back, across
-    processes and reopenings.
-    """
+    class KVPair(NamedTuple):
+        key: str
+        value: bytes
+        last_index: int
 
-    key: str
-    value: bytes
-    last_index: int
+else:
+    # The same tuple as typing.NamedTuple would make, without importing typing.
+    KVPair = namedtuple("KVPair", ["key", "value", "last_index"])
+
+KVPair.__doc__ = """One key/value pair as stored, with the index used for compare-and-swap.
+
+``last_index`` grows on every write of the key and never goes back, across processes
+and reopenings.
+"""
 
 
 def check_key(key: object, what: str = "key") -> str:
@@ -62,7 +75,7 @@ def check_key(key: object, what: str = "key") -> str:
 
 def check_bucket_name(name: object) -> str:
     """Return *name* if it is a usable bucket name, else raise InvalidArgumentError."""
-    check_key(name, "bucket name")
+    name = check_key(name, "bucket name")
     if "\0" in name:
         # LMDB takes database names as C strings: "a\0b" would silently open bucket "a".
         raise InvalidArgumentError("bucket name must not contain NUL")
@@ -116,7 +129,7 @@ class Tx(abc.ABC):
         """Every pair whose key starts with *prefix*, sorted by key."""
 
     @abc.abstractmethod
-    def bucket(self, name: str) -> "Tx":
+    def bucket(self, name: str) -> Tx:
         """The view of bucket *name* within this same transaction."""
 
     def _contains(self, key: str) -> bool:
@@ -199,7 +212,7 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def bucket(self, name: str) -> "Store":
+    def bucket(self, name: str) -> Store:
         """A store for bucket *name* of the same database, sharing this connection."""
 
     @abc.abstractmethod
@@ -271,7 +284,8 @@ class Store(abc.ABC):
         """Not supported by this backend (as libkv's bolt backend)."""
         raise CallNotSupportedError(f"watch is not supported by {type(self).__name__}")
 
-    def watch_tree(self, prefix: str) -> Iterator[list[KVPair]]:
+    # builtins.list: in this class, "list" is the method above.
+    def watch_tree(self, prefix: str) -> Iterator[builtins.list[KVPair]]:
         """Not supported by this backend (as libkv's bolt backend)."""
         raise CallNotSupportedError(f"watch_tree is not supported by {type(self).__name__}")
 
@@ -279,7 +293,7 @@ class Store(abc.ABC):
         """Not supported by this backend (as libkv's bolt backend)."""
         raise CallNotSupportedError(f"new_lock is not supported by {type(self).__name__}")
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

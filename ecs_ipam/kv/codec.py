@@ -12,8 +12,10 @@ def encode_record(value: bytes, last_index: int) -> bytes:
     return msgpack.packb((last_index, value), use_bin_type=True)
 
 
-def decode_record(raw: bytes, key: str = "?") -> tuple[bytes, int]:
+def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
     """Return ``(value, last_index)`` of a stored record.
+
+    :param raw: the record, as stored (a memoryview when read without a copy).
 
     :raises CorruptDatabaseError: the record was not written by this codec.
     """

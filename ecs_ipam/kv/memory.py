@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
 
 from ..errors import StoreError
 from .base import KVPair, Store, Tx, check_bucket_name
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    # Puts a bucket or pair back as it was when a transaction aborts.
+    Undo = list[Callable[[], object]]
 
 
 class MemoryDatabase:
@@ -24,7 +30,7 @@ class MemoryDatabase:
 
 
 class _MemoryTx(Tx):
-    def __init__(self, db: MemoryDatabase, bucket_name: str, undo: list, write: bool) -> None:
+    def __init__(self, db: MemoryDatabase, bucket_name: str, undo: Undo, write: bool) -> None:
         self._db = db
         self.bucket_name = bucket_name
         self._undo = undo
@@ -99,7 +105,7 @@ class MemoryStore(Store):
     def transaction(self, write: bool = True) -> Iterator[Tx]:
         self._check_open()
         with self.db.lock:
-            undo: list = []
+            undo: Undo = []
             try:
                 yield _MemoryTx(self.db, self.bucket_name, undo, write)
             except BaseException:
@@ -107,7 +113,7 @@ class MemoryStore(Store):
                     restore()
                 raise
 
-    def bucket(self, name: str) -> "MemoryStore":
+    def bucket(self, name: str) -> MemoryStore:
         self._check_open()
         return MemoryStore(name, self.db)
 
