@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import CorruptDatabaseError, DatabaseNotFoundError, KeyNotFoundError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    StrPath = str | os.PathLike[str]
 
 __all__ = ["BoltFile", "BucketNotFoundError", "is_bolt_file", "read_libkv_bucket"]
 
@@ -82,12 +87,12 @@ def _parse_meta(page: bytes) -> tuple[_Meta | None, str]:
     return _Meta(page_size, root, high_water, txid), ""
 
 
-def _open_readonly(path: str | os.PathLike) -> int:
+def _open_readonly(path: StrPath) -> int:
     # O_NONBLOCK: opening a FIFO that sits at the path must not wait for a writer.
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
 
 
-def is_bolt_file(path: str | os.PathLike) -> bool:
+def is_bolt_file(path: StrPath) -> bool:
     """Tell whether a file looks like a bolt database, by the magic of its meta pages.
 
     This is a cheap sniff, not a validation: a damaged bolt file can still say True.
@@ -127,7 +132,7 @@ class BoltFile:
     with SIGBUS instead of raising an error.  Use it as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: StrPath) -> None:
         """Open the file read-only and select its current meta page.
 
         :param path: the bolt file.
@@ -208,7 +213,8 @@ class BoltFile:
         page_size = meta0.page_size if meta0 else _FALLBACK_PAGE_SIZE
         meta1, why1 = _parse_meta(os.pread(self._fd, length, page_size))
         if meta1 and meta1.page_size != page_size:
-            meta1, why1 = None, f"page size {meta1.page_size} differs from page 0's"
+            why1 = f"page size {meta1.page_size} differs from the {page_size} bytes it was found at"
+            meta1 = None
         valid = [m for m in (meta0, meta1) if m]
         if not valid:
             raise self._corrupt(f"no valid meta page (page 0: {why0}; page 1: {why1})")
@@ -314,7 +320,7 @@ class BoltFile:
             yield flags, data[key_at:value_at], data[value_at:value_at + vsize]
 
 
-def read_libkv_bucket(path: str | os.PathLike, bucket: str = "IPAM") -> dict[str, str]:
+def read_libkv_bucket(path: StrPath, bucket: str = "IPAM") -> dict[str, str]:
     """Read a bucket written through libkv's bolt store as text.
 
     libkv prefixes every stored value with its 8-byte little-endian modification index;
