@@ -16,10 +16,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def git_state() -> tuple[bool, str]:
     # Loaded by path: importing the package would need its dependencies at build time.
-    spec = importlib.util.spec_from_file_location("build_info", os.path.join(HERE, "ecs_ipam", "build_info.py"))
+    path = os.path.join(HERE, "ecs_ipam", "build_info.py")
+    spec = importlib.util.spec_from_file_location("build_info", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
     build_info = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_info)
-    return build_info.read_git_state(HERE)
+    state: tuple[bool, str] = build_info.read_git_state(HERE)
+    return state
 
 
 class BuildPyWithGitState(build_py):

@@ -13,9 +13,10 @@ import subprocess
 def git_state() -> tuple[bool, str]:
     """Return ``(dirty, short_hash)``; ``(False, "")`` when unknown."""
     try:
-        from ._build import DIRTY, GIT_SHORT_HASH
+        # Written by setup.py into the built package only: a checkout never has it.
+        from ._build import DIRTY, GIT_SHORT_HASH  # type: ignore[import-not-found]
 
-        return DIRTY, GIT_SHORT_HASH
+        return bool(DIRTY), str(GIT_SHORT_HASH)
     except ImportError:
         pass
     return read_git_state(os.path.dirname(os.path.abspath(__file__)))

@@ -22,6 +22,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ecs_ipam.kv import Tx
+    from ecs_ipam.kv.etcd import EtcdStore
 
 if __name__ == "__main__" and not __package__:
     # Run as a script from a checkout: use the package of the same tree, installed or not.
@@ -32,7 +39,7 @@ def milliseconds(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-def median_time(rounds: int, step) -> float:
+def median_time(rounds: int, step: Callable[[int], object]) -> float:
     times = []
     for n in range(rounds):
         started = time.perf_counter()
@@ -42,7 +49,7 @@ def median_time(rounds: int, step) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="etcd_smoke.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="etcd_smoke.py", description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("url", help="etcd[s]://HOST:PORT[,HOST:PORT...][/PREFIX]")
     parser.add_argument("--rounds", type=int, default=50, help="repetitions of each warm step (default 50)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per operation (default 5)")
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     from ecs_ipam import kv
-    from ecs_ipam.kv.etcd import prefix_end
+    from ecs_ipam.kv.etcd import EtcdStore, prefix_end
 
     imported = time.perf_counter()
     scheme, _, rest = args.url.partition("//")
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = f"{scheme}//{base}/{prefix.strip('/') or 'ecs-ipam'}/smoke-{uuid.uuid4().hex[:12]}"
     try:
         store = kv.open_store(scratch, bucket="smoke", timeout=args.timeout)
+        assert isinstance(store, EtcdStore)
     except kv.StoreError as error:
         print(f"etcd_smoke.py: {error}", file=sys.stderr)
         return 1
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"import kv + etcd backend   {milliseconds(imported - started)}")
         print(f"first open + put + get     {milliseconds(done - first)}")
 
-        def increment(tx):
+        def increment(tx: Tx) -> None:
             value = int(tx.get("counter").value) + 1
             tx.put("counter", str(value).encode())
 
@@ -100,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _remove_scratch(store, prefix_end) -> None:
+def _remove_scratch(store: EtcdStore, prefix_end: Callable[[bytes], bytes]) -> None:
     # The scratch prefix also holds bucket markers and commit keys, which no Store
     # method deletes: remove the whole range below it.
     import base64
 
-    client = store._client
+    client = store._live_client()
     root = client.layout.root
     client.call(
         "/v3/kv/deleterange",

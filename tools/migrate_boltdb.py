@@ -28,10 +28,10 @@ if __name__ == "__main__" and not __package__:
     # Run as a script from a checkout: use the package of the same tree, installed or not.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ecs_ipam.allocator import LEGACY_BUCKET
 from ecs_ipam.config import DEFAULT_DB_PATH, DEFAULT_TIMEOUT
 from ecs_ipam.errors import ECSIPAMError
 from ecs_ipam.kv.lmdb_store import sniff
-from ecs_ipam.legacy import LEGACY_BUCKET
 from ecs_ipam.migrate import backup_path, conflicts, copy_into, migrate_in_place, read_locked
 
 PROG = "migrate_boltdb.py"
@@ -65,9 +65,8 @@ def dry_run(src: str, dest: str, timeout: float) -> None:
     if not in_place(src, dest) and sniff(dest) == "lmdb":
         from ecs_ipam import kv
 
-        with kv.open_store(dest, bucket=LEGACY_BUCKET, read_only=True) as store:
-            with store.transaction(write=False) as tx:
-                clashes = conflicts(tx, store.buckets(), pairs)
+        with kv.open_store(dest, bucket=LEGACY_BUCKET, read_only=True) as store, store.transaction(write=False) as tx:
+            clashes = conflicts(tx, store.buckets(), pairs)
         if clashes:
             raise MigrateError(f"{dest} already records differently: {'; '.join(clashes)}")
     print_pairs(pairs)
@@ -81,7 +80,10 @@ def migrate(src: str, dest: str, timeout: float) -> None:
         if pairs is None:
             raise MigrateError(f"{src} holds no bolt database of the Go plugin")
         print_pairs(pairs)
-        print(f"migrated {plural(len(pairs))} into {src} (bucket {LEGACY_BUCKET}); the bolt file is kept as {backup_path(src)}")
+        print(
+            f"migrated {plural(len(pairs))} into {src} (bucket {LEGACY_BUCKET}); "
+            f"the bolt file is kept as {backup_path(src)}"
+        )
         return
     pairs = read_locked(src, timeout)
     copy_into(pairs, dest, timeout)
