@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import lmdb
 import pytest
@@ -275,7 +275,7 @@ def crash_waves(db_path, waves: int, per_wave: int, seed: int) -> Ledger:
         for delay, victim in kills:
             time.sleep(max(0.0, released_at + delay - time.monotonic()))
             victim.kill()
-        for (command, owner), outcome in zip(plan, finish_all(plugins, timeout=60)):
+        for (command, owner), outcome in zip(plan, finish_all(plugins, timeout=60), strict=True):
             ledger.record(command, owner, *outcome)
         ledger.check(db_path)
     return ledger
@@ -285,7 +285,8 @@ def finish_after_crashes(db_path, ledger: Ledger) -> None:
     """The next ADD works, and releasing every id leaves an empty pool."""
     add_ok(db_path, "task-after-the-crashes", ipv6_subnet=V6_SUBNET)
     for owner in sorted(set(ledger.held) | ledger.in_doubt | {"task-after-the-crashes"}):
-        code, result, stderr = run_plugin("DEL", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": ""}, db_path)
+        conf = netconf(owner, ipv6_subnet=V6_SUBNET)
+        code, result, stderr = run_plugin("DEL", conf, {"CNI_CONTAINERID": ""}, db_path)
         assert (code, result, stderr) == (0, None, ""), owner
     assert check_records(db_path) == {V4_SUBNET: {}, V6_SUBNET: {}}
 

@@ -29,7 +29,7 @@ def test_readers_in_other_threads_survive_the_map_growing(tmp_path):
                     time.sleep(0.0002)
                     assert tx.get("seed").value == b"x"
                 reads[0] += 1
-            except BaseException as error:  # collected and asserted below
+            except BaseException as error:  # noqa: BLE001  (collected and asserted below)
                 errors.append(error)
 
     threads = [threading.Thread(target=reader) for _ in range(3)]

@@ -50,7 +50,7 @@ class Model:
         self.generations: dict[tuple[str, str], int] = {}
         self.written: set[str] = set()
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         other = Model()
         other.values = {name: dict(pairs) for name, pairs in self.values.items()}
         other.generations = dict(self.generations)
