@@ -96,7 +96,7 @@ def test_errors_without_a_message_work_when_docstrings_are_stripped():
 
 def test_the_public_modules_do_not_import_typing():
     # Annotations are free at run time: the plugin imports these on every start.
-    modules = "ecs_ipam, ecs_ipam.errors, ecs_ipam.kv.base, ecs_ipam.kv.codec"
+    modules = "ecs_ipam, ecs_ipam.errors, ecs_ipam.kv, ecs_ipam.kv.base, ecs_ipam.kv.codec"
     done = python("-c", f"import sys, {modules}; print('typing' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -19,8 +19,6 @@ operations and the errors they raise.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from ..errors import (
     CallNotSupportedError,
     CorruptDatabaseError,
@@ -35,6 +33,11 @@ from ..errors import (
     StoreUnavailableError,
 )
 from .base import KVPair, Store, Tx
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "KVPair",
