@@ -41,6 +41,7 @@ __all__ = [
     "StoreUnavailableError",
     "DatabaseNotFoundError",
     "NotADatabaseError",
+    "DatabaseAliasError",
     "CorruptDatabaseError",
 ]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from ..errors import (
     CallNotSupportedError,
     CorruptDatabaseError,
+    DatabaseAliasError,
     DatabaseNotFoundError,
     InvalidArgumentError,
     KeyExistsError,
@@ -55,6 +56,7 @@ __all__ = [
     "StoreUnavailableError",
     "DatabaseNotFoundError",
     "NotADatabaseError",
+    "DatabaseAliasError",
     "CorruptDatabaseError",
 ]
 
