@@ -36,7 +36,11 @@ LEGACY_BUCKET = "go-plugin-IPAM"
 
 
 class Owner(NamedTuple):
-    """Who an address is handed to: the config's id, and the CNI attachment for GC."""
+    """Who an address is handed to: the config's id, and the CNI attachment for GC.
+
+    An empty id is an anonymous owner, as in the original plugin: any number of them
+    coexist, none has an id-index entry, and only a DEL naming the address releases one.
+    """
 
     id: str
     container_id: str | None = None
@@ -169,7 +173,7 @@ class PoolAllocator:
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
             raise IdAlreadyAllocatedError(f"id already exists: {owner.id!r} is the gateway's")
-        held = self.held_by(owner.id)
+        held = self.held_by(owner.id) if owner.id else None
         if held is not None:
             raise IdAlreadyAllocatedError(
                 f"id already exists: {owner.id!r} holds {held} in {self.pool.subnet}"
@@ -213,7 +217,8 @@ class PoolAllocator:
                 }
             ),
         )
-        self.tx.put(id_index_key(owner.id), encode(address))
+        if owner.id:
+            self.tx.put(id_index_key(owner.id), encode(address))
         self.tx.put(self.last_known_key, encode(address))
 
     def release(self, address: str, owner_id: str | None = None) -> bool:
@@ -230,7 +235,7 @@ class PoolAllocator:
         if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
             return False
         self.tx.delete(address)
-        if holder is not None:
+        if holder:
             index = self.tx.find(id_index_key(holder))
             if index is not None and decode(index.value) == address:
                 self.tx.delete(index.key)

@@ -137,7 +137,11 @@ def parse_netconf(data: object) -> NetConf:
 def _parse_pool(ipam: dict, version: int) -> Pool | None:
     family = FAMILY_KEYS[version]
     subnet_field = f"{family}-subnet"
-    if ipam.get(subnet_field) in (None, ""):
+    if ipam.get(subnet_field) is None:
+        # As the original: a blanked address is an error, never "no fixed address", so
+        # that it cannot silently become a different address; a blank gateway is the default.
+        if ipam.get(f"{family}-address") == "":
+            parse_cidr("", f"ipam.{family}-address", version)
         for field in ("address", "gateway", "routes"):
             if ipam.get(f"{family}-{field}") not in (None, "", []):
                 raise InvalidConfigError(
@@ -162,7 +166,7 @@ def _parse_pool(ipam: dict, version: int) -> Pool | None:
     fixed = None
     address_field = f"ipam.{family}-address"
     raw_address = ipam.get(f"{family}-address")
-    if raw_address not in (None, ""):
+    if raw_address is not None:
         fixed = parse_cidr(raw_address, address_field, version)
         _check_host_address(fixed.ip, subnet, address_field)
         if fixed.ip == gateway:

@@ -83,9 +83,13 @@ def delete(store: Store, conf: NetConf) -> list[str]:
 def check(store: Store, conf: NetConf) -> None:
     """Verify that the config's id still holds, in every pool, what prevResult says.
 
+    Without an id, every prevResult address of each pool must still be held anonymously.
     :raises ReservationMismatchError: a reservation is missing or differs.
     """
     previous = result_addresses(conf.prev_result) if conf.prev_result else []
+    if conf.owner_id is None:
+        _check_anonymous(store, conf, previous)
+        return
 
     def body(tx: Tx) -> None:
         for pool in conf.pools:
@@ -100,6 +104,25 @@ def check(store: Store, conf: NetConf) -> None:
                     f"id {conf.owner_id!r} holds {held} in {pool.subnet}, "
                     f"prevResult says {', '.join(expected)}"
                 )
+
+    store.transact(body, write=False)
+
+
+def _check_anonymous(store: Store, conf: NetConf, previous: list) -> None:
+    def body(tx: Tx) -> None:
+        for pool in conf.pools:
+            expected = [str(ip) for ip in previous if ip in pool.subnet]
+            if not expected:
+                raise ReservationMismatchError(
+                    f"no id and no prevResult address in {pool.subnet}: nothing to check"
+                )
+            allocator = _allocator(tx, pool, write=False)
+            for address in expected:
+                record = allocator.record(address)
+                if record is None or record.get("id") != "":
+                    raise ReservationMismatchError(
+                        f"{address} in {pool.subnet} is not held anonymously any more"
+                    )
 
     store.transact(body, write=False)
 
@@ -149,12 +172,6 @@ def _require_version(conf: NetConf, command: str, minimum: str) -> None:
         raise IncompatibleVersionError(
             f"{command} needs cniVersion {minimum} or later, got {conf.cni_version}"
         )
-
-
-def _require_id(conf: NetConf, command: str) -> str:
-    if conf.owner_id is None:
-        raise InvalidConfigError(f"ipam.id is required for {command}")
-    return conf.owner_id
 
 
 class IPAM:
@@ -221,12 +238,15 @@ class IPAM:
     def add(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> dict:
         """Allocate the addresses of *netconf* and return the CNI result the plugin prints.
 
+        Without an id (absent or ``""``) the lease is anonymous: a DEL by address releases it.
+
         :raises IdAlreadyAllocatedError: the id already holds an address in a pool.
         :raises AddressInUseError: the fixed address or the gateway is held by someone else.
         :raises PoolExhaustedError: a pool has no free address.
         """
         conf = _parsed(netconf)
-        owner = Owner(_require_id(conf, "ADD"), container_id, ifname)
+        # Without an id the lease is anonymous, as in the original plugin.
+        owner = Owner(conf.owner_id or "", container_id, ifname)
         allocations = add(self._open(create=True), conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
@@ -250,7 +270,6 @@ class IPAM:
         """
         conf = _parsed(netconf)
         _require_version(conf, "CHECK", "0.4.0")
-        _require_id(conf, "CHECK")
         store = self._open(create=False)
         if store is None:
             raise ReservationMismatchError(f"no database at {self.db_path}: nothing is reserved")

@@ -64,8 +64,6 @@ def test_both_families_are_parsed_ipv4_first():
         # The bucket is the canonical CIDR, whatever host bits the config carries.
         ({"ipv4_subnet": "10.0.0.77/24"}, 4, "10.0.0.0/24"),
         ({"ipv6_subnet": "FD00:0:0:0::5/64"}, 6, "fd00::/64"),
-        # An empty string is the same as an absent family.
-        ({"ipv4_subnet": "", "ipv6_subnet": "fd00::/64"}, 6, "fd00::/64"),
         ({"ipv4_subnet": None, "ipv6_subnet": "fd00::/64"}, 6, "fd00::/64"),
     ],
 )
@@ -74,10 +72,41 @@ def test_single_family(ipam, version, bucket):
     assert [(pool.version, pool.bucket) for pool in conf.pools] == [(version, bucket)]
 
 
-@pytest.mark.parametrize("ipam", [{}, {"ipv4_subnet": ""}, {"ipv4_subnet": None, "ipv6_subnet": None}])
+@pytest.mark.parametrize("ipam", [{}, {"ipv4_subnet": None, "ipv6_subnet": None}])
 def test_a_subnet_is_required(ipam):
     error = rejected(netconf(id="x", **ipam))
     assert error.msg == "ipam.ipv4-subnet or ipam.ipv6-subnet is required"
+
+
+# Checked against the Go plugin (2026.01): each of these is "invalid CIDR address: ".
+@pytest.mark.parametrize(
+    "ipam, field",
+    [
+        ({"ipv4_subnet": ""}, "ipv4-subnet"),
+        ({"ipv4_subnet": "", "ipv6_subnet": "fd00::/64"}, "ipv4-subnet"),
+        ({"ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": ""}, "ipv6-subnet"),
+        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": ""}, "ipv4-address"),
+        ({"ipv6_subnet": "fd00::/64", "ipv6_address": ""}, "ipv6-address"),
+        # Also when the family has no subnet at all.
+        ({"ipv6_subnet": "fd00::/64", "ipv4_address": ""}, "ipv4-address"),
+        ({"ipv4_subnet": "10.0.0.0/24", "ipv6_address": ""}, "ipv6-address"),
+    ],
+)
+@pytest.mark.parametrize("owner", [{"id": "x"}, {}])
+def test_an_empty_subnet_or_address_is_an_error(ipam, field, owner):
+    error = rejected(netconf(**owner, **ipam))
+    assert error.msg == f"ipam.{field} '' is not in CIDR notation (address/prefix)"
+
+
+@pytest.mark.parametrize("ipam", [{"ipv4_gateway": ""}, {"ipv6_gateway": ""}, {"ipv6_gateway": "", "ipv6_subnet": "fd00::/64"}])
+def test_an_empty_gateway_is_the_default(ipam):
+    conf = parse_netconf(netconf(ipv4_subnet="10.0.0.0/24", **ipam))
+    assert [str(pool.gateway) for pool in conf.pools][0] == "10.0.0.1"
+
+
+@pytest.mark.parametrize("owner", [{}, {"id": ""}, {"id": None}])
+def test_no_id_is_anonymous(owner):
+    assert parse_netconf(netconf(ipv4_subnet="10.0.0.0/24", **owner)).owner_id is None
 
 
 @pytest.mark.parametrize(

@@ -234,13 +234,6 @@ def test_state_survives_reopening(db_path):
     assert os.stat(db_path).st_mode & 0o777 == 0o600
 
 
-def test_add_needs_an_id(db_path):
-    with pytest.raises(InvalidConfigError) as caught:
-        IPAM(db_path).add(netconf(ipv4_subnet="10.0.0.0/24"))
-    assert (caught.value.code, caught.value.msg) == (7, "ipam.id is required for ADD")
-    assert not os.path.exists(db_path)
-
-
 @pytest.mark.parametrize(
     "second, error",
     [
@@ -359,11 +352,6 @@ def test_check_on_a_missing_database_is_code_103(tmp_path, db_path):
     with pytest.raises(ReservationMismatchError):
         IPAM(db_path).check(netconf("0.4.0", id="a", ipv4_subnet="10.0.0.0/24"))
     assert os.listdir(tmp_path) == []
-
-
-def test_check_needs_an_id(checked):
-    with pytest.raises(InvalidConfigError, match="^ipam.id is required for CHECK$"):
-        IPAM(checked).check(netconf("0.4.0", ipv4_subnet="10.0.0.0/24"))
 
 
 # GC
