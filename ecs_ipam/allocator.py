@@ -166,18 +166,14 @@ class PoolAllocator:
         """Claim the pool's fixed address, or the next free one after the last-known address.
 
         :return: the claimed address with its prefix length (the fixed address keeps its own).
-        :raises IdAlreadyAllocatedError: *owner* already holds an address in this pool.
         :raises AddressInUseError: the fixed address is taken.
         :raises PoolExhaustedError: no address is free.
+        :raises IdAlreadyAllocatedError: *owner* already holds an address in this pool
+            (checked after the two above, as the original plugin does).
         """
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
             raise IdAlreadyAllocatedError(f"id already exists: {owner.id!r} is the gateway's")
-        held = self.held_by(owner.id) if owner.id else None
-        if held is not None:
-            raise IdAlreadyAllocatedError(
-                f"id already exists: {owner.id!r} holds {held} in {self.pool.subnet}"
-            )
         fixed = self.pool.fixed_address
         if fixed is not None:
             address = str(fixed.ip)
@@ -188,6 +184,13 @@ class PoolAllocator:
         else:
             address = self._next_free()
             prefixlen = self.pool.subnet.prefixlen
+        # After the address, as in the original: a taken address or a full pool is what
+        # the caller hears about first, also when the id holds an address already.
+        held = self.held_by(owner.id) if owner.id else None
+        if held is not None:
+            raise IdAlreadyAllocatedError(
+                f"id already exists: {owner.id!r} holds {held} in {self.pool.subnet}"
+            )
         self._claim(address, owner, now)
         return Network(parse_address(address), prefixlen)
 
