@@ -477,7 +477,7 @@ class WalkModel:
         if held.get(self.gateway, self.gateway_owner) != self.gateway_owner:
             return AddressInUseError
         held[self.gateway] = self.gateway_owner
-        if owner in ("GateWay", "GateWayV6") or owner in held.values():
+        if owner in ("GateWay", "GateWayV6"):
             return IdAlreadyAllocatedError
         if fixed is not None:
             if fixed in held:
@@ -490,6 +490,9 @@ class WalkModel:
             if not free:
                 return PoolExhaustedError
             address = free[0]
+        # As the Go plugin: the address is settled before the id is checked.
+        if owner in held.values():
+            return IdAlreadyAllocatedError
         held[address] = owner
         self.held, self.pointer = held, address
         return address

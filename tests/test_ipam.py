@@ -237,7 +237,8 @@ def test_state_survives_reopening(db_path):
 @pytest.mark.parametrize(
     "second, error",
     [
-        ({"id": "a", "ipv4_subnet": "10.0.0.0/30"}, IdAlreadyAllocatedError),
+        ({"id": "a", "ipv4_subnet": "10.0.0.8/29"}, IdAlreadyAllocatedError),
+        ({"id": "a", "ipv4_subnet": "10.0.0.0/30"}, PoolExhaustedError),
         ({"id": "b", "ipv4_subnet": "10.0.0.0/30"}, PoolExhaustedError),
         ({"id": "b", "ipv4_subnet": "10.0.0.0/30", "ipv4_address": "10.0.0.2/30"}, AddressInUseError),
         ({"id": "c", "ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": "fd00::/126", "ipv6_gateway": "fd00::2"},
@@ -248,6 +249,7 @@ def test_state_survives_reopening(db_path):
 def test_rejected_add_leaves_the_file_unchanged(db_path, second, error):
     with IPAM(db_path) as ipam:
         ipam.add(netconf(id="a", ipv4_subnet="10.0.0.0/30"))
+        ipam.add(netconf(id="a", ipv4_subnet="10.0.0.8/29"))
         ipam.add(netconf(id="a", ipv6_subnet="fd00::/126"))
         ipam.add(netconf(id="b", ipv6_subnet="fd00::/126"))
     before = digest(db_path)
