@@ -512,8 +512,9 @@ def supports_ipv6(plugin: ProcessPlugin) -> bool:
     return answer.rc == 0 and any(":" in ip.get("address", "") for ip in (answer.output or {}).get("ips", []))
 
 
-def print_report(tallies: list[Tally], out=sys.stdout, show: int = 10) -> int:
+def print_report(tallies: list[Tally], out=None, show: int = 10) -> int:
     """Print the summary table and the mismatches; return the number of mismatches."""
+    out = sys.stdout if out is None else out
     print(f"{'seed':>6} {'kind':<5} {'ops':>6} {'same':>6} {'intentional':>12} {'mismatch':>9}", file=out)
     totals: dict[str, int] = {}
     mismatches = 0
