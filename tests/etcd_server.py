@@ -5,10 +5,16 @@
     ... server.url ...          # etcd://127.0.0.1:PORT
     server.stop(); server.start()   # a restart keeps the data
     server.stop()
+
+With ``tls=ServerTLS(...)`` it serves clients over TLS only and asks each for a
+certificate of the CA (``--client-cert-auth``): ``server.url`` is then ``etcds://...``.
+``server.enable_auth(...)`` creates root and users with roles limited to a prefix, then
+turns etcd authentication on (through the JSON gateway: no password on a command line).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -18,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 ETCD = shutil.which("etcd")
 NOT_INSTALLED = "etcd is not installed (Debian: apt-get install etcd-server)"
@@ -30,10 +37,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class ServerTLS(NamedTuple):
+    """The PEM files of a TLS etcd: its CA, its certificate and key, and a client
+    certificate and key of the same CA that the test harness itself uses."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """``(key, range_end)`` of every key under ``prefix/``, base64 as the gateway wants."""
+    start = f"{prefix}/".encode()
+    end = start[:-1] + bytes([start[-1] + 1])
+    return base64.b64encode(start).decode(), base64.b64encode(end).decode()
+
+
 class EtcdServer:
     """One etcd process; the same ports and data directory across restarts."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: ServerTLS | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.tls = tls
+        self.extra_args = list(extra_args)
+        self.root_token: str | None = None
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.client_port = free_port()
@@ -47,7 +75,20 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"etcd://{self.endpoint}"
+        return f"{'etcds' if self.tls else 'etcd'}://{self.endpoint}"
+
+    @property
+    def base(self) -> str:
+        """The client URL in etcd's own form (http:// or https://)."""
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+            "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+        ]
 
     def start(self, timeout: float = 30.0) -> None:
         """Start etcd and wait until it serves requests.
@@ -56,7 +97,7 @@ class EtcdServer:
         """
         if ETCD is None:
             raise RuntimeError(NOT_INSTALLED)
-        client = f"http://{self.endpoint}"
+        client = self.base
         peer = f"http://127.0.0.1:{self.peer_port}"
         log = open(self.log_path, "ab")
         try:
@@ -71,6 +112,8 @@ class EtcdServer:
                     "--initial-advertise-peer-urls", peer,
                     "--initial-cluster", f"test={peer}",
                     "--log-level", "warn",
+                    *self._tls_args(),
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -83,17 +126,78 @@ class EtcdServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}:\n{self.log()}")
             if self.healthy():
+                self.root_token = None  # simple tokens do not survive a restart
                 return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"etcd did not become healthy within {timeout:g}s:\n{self.log()}")
 
+    def _context(self):
+        if self.tls is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return context
+
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as answer:
+            with urllib.request.urlopen(f"{self.base}/health", timeout=1, context=self._context()) as answer:
                 return json.loads(answer.read()).get("health") == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False
+
+    def request(self, path: str, body: dict, token: str | None = None) -> dict:
+        """POST *body* to the JSON gateway (as root once auth is on) and return the answer.
+
+        :raises RuntimeError: etcd refused it (its answer is in the message).
+        """
+        headers = {"Content-Type": "application/json"}
+        if token is None and self.root_token is not None and path != "/v3/auth/authenticate":
+            token = self.root_token
+        if token:
+            headers["Authorization"] = token
+        call = urllib.request.Request(f"{self.base}{path}", json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(call, timeout=10, context=self._context()) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"etcd refused {path}: {error.read().decode(errors='replace')}") from None
+
+    def add_user(self, name: str, password: str, prefix: str | None) -> None:
+        """Create user *name* with read-write access to the keys under ``prefix/`` only
+        (through a role of the same name); no role when *prefix* is None."""
+        self.request("/v3/auth/user/add", {"name": name, "password": password})
+        if prefix is not None:
+            key, range_end = prefix_range(prefix)
+            self.request("/v3/auth/role/add", {"name": name})
+            self.request(
+                "/v3/auth/role/grant",
+                {"name": name, "perm": {"permType": "READWRITE", "key": key, "range_end": range_end}},
+            )
+            self.request("/v3/auth/user/grant", {"user": name, "role": name})
+
+    def enable_auth(self, root_password: str) -> None:
+        """Create root (with the root role) and turn authentication on; later
+        :meth:`request` calls go as root."""
+        self.request("/v3/auth/user/add", {"name": "root", "password": root_password})
+        self.request("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.request("/v3/auth/enable", {})
+        self.root_password = root_password
+        self.login_root()
+
+    def login_root(self) -> None:
+        answer = self.request("/v3/auth/authenticate", {"name": "root", "password": self.root_password})
+        self.root_token = answer["token"]
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix/``, read as root."""
+        if self.root_token is None and getattr(self, "root_password", None):
+            self.login_root()
+        key, range_end = prefix_range(prefix)
+        answer = self.request("/v3/kv/range", {"key": key, "range_end": range_end, "keys_only": True})
+        return [base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", [])]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop etcd (SIGKILL: as if it crashed) and wait for it to exit."""

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
-from .http import Connection, describe
+from .http import BrokenResponse, Connection, describe, speaks_tls
 from .layout import Layout, b64
 from .settings import VARIABLES, Security, parse_url
 
@@ -77,6 +77,7 @@ class Client:
         self._password = security.password
         self._token: str | None = None
         self._context: ssl.SSLContext | None = None
+        self._has_certificate = bool(security.cert)
         if security.tls:
             # Imported here: a plain URL must not pay for ssl.
             from .tls import context_for
@@ -137,14 +138,17 @@ class Client:
 
     def _authenticate(self, deadline: float) -> str:
         # The body is built here and never kept: the password is in no message or log.
-        payload = json.dumps({"name": self.user, "password": self._password}).encode("utf-8")
+        password = self._password.reveal() if self._password is not None else ""
+        payload = json.dumps({"name": self.user, "password": password}).encode("utf-8")
         try:
             answer = self._call("/v3/auth/authenticate", payload, deadline, stream=False)
-        except (RefusedError, _StaleToken) as error:
-            reason = getattr(error, "reason", "") or str(error)
-            raise StoreError(
-                f"etcd at {self.where()} refused user {self.user!r} ({reason}); "
-                f"check {VARIABLES['user']} and {VARIABLES['password']}"
+        except RefusedError as error:
+            if not error.reason:
+                raise  # not an answer about the user (a TLS port, say)
+            raise RefusedError(
+                f"etcd at {self.where()} refused user {self.user!r} ({error.reason}); "
+                f"check {VARIABLES['user']} and {VARIABLES['password']}",
+                error.reason,
             ) from None
         assert isinstance(answer, dict)
         token = answer.get("token")
@@ -158,7 +162,7 @@ class Client:
         if self._context is not None:
             from .tls import TLSConnection
 
-            return TLSConnection(host, port, timeout, self._context)
+            return TLSConnection(host, port, timeout, self._context, self._has_certificate)
         return Connection(host, port, timeout)
 
     def _call(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
@@ -189,6 +193,14 @@ class Client:
             except OSError as error:
                 maybe_applied = maybe_applied or (conn is not None and conn.request_sent)
                 self._drop(conn)
+                if (
+                    self._context is None
+                    and isinstance(error, BrokenResponse)
+                    and conn is not None
+                    and not conn.answered
+                    and speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
+                ):
+                    raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://")
                 failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TimeoutError)
                 self.current = (self.current + 1) % len(self.endpoints)
                 attempts += 1
@@ -235,12 +247,18 @@ class Client:
                 f"etcd at {host}:{port} does not serve {path}: the v3 JSON API needs etcd 3.4 or later"
             )
         if status == 400 and data is not None and b"HTTPS" in data and b"HTTP request" in data:
-            raise RefusedError(f"etcd at {host}:{port} speaks TLS: use etcds://", message)
+            raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://", message)
+        if "CommonName of client" in message:
+            raise RefusedError(
+                f"etcd at {host}:{port} refused the client certificate: with authentication on, its JSON "
+                f"gateway refuses certificates that have a Common Name; issue {VARIABLES['cert']} without one "
+                f"(a subject such as /O=ecs-ipam)"
+            )
         if "compacted" in message:
             raise Conflict(f"etcd compacted the revision this transaction read: {message}")
         if "too many operations" in message:
             raise StoreError(f"transaction too large for etcd ({message}); etcd's --max-txn-ops sets the limit")
-        if self.user is None and "user name is empty" in message:
+        if self.user is None and ("user name is empty" in message or "permission denied" in message):
             raise RefusedError(
                 f"etcd at {host}:{port} requires a user ({message}): "
                 f"set {VARIABLES['user']} and {VARIABLES['password']}",
@@ -338,4 +356,6 @@ def _error_of(data: bytes | None, status: int) -> tuple[str, int | None]:
         code = answer.get("code")
         return str(answer.get("message") or answer.get("error")), code if isinstance(code, int) else None
     except (ValueError, AttributeError):
-        return f"HTTP status {status}", None
+        # Not the gateway's JSON: etcd's HTTP layer answers in one line of text.
+        text = (data or b"").decode("utf-8", "replace").strip().splitlines()
+        return (text[0][:200] if text else f"HTTP status {status}"), None

@@ -43,6 +43,8 @@ class Connection:
             raise
         self.keep_alive = True
         self.request_sent = False
+        # Whether any byte of an answer to the last request arrived.
+        self.answered = False
 
     def _secure(self, raw: socket.socket, host: str) -> socket.socket:
         """The socket requests go over: *raw* itself for plain HTTP."""
@@ -59,6 +61,7 @@ class Connection:
         """
         self.sock.settimeout(timeout)
         self.request_sent = False
+        self.answered = False
         auth = f"Authorization: {token}\r\n" if token else ""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.authority}\r\n{auth}"
@@ -70,6 +73,8 @@ class Connection:
 
     def _line(self) -> bytes:
         line = self.reader.readline(MAX_LINE)
+        if line:
+            self.answered = True
         if not line.endswith(b"\n"):
             raise BrokenResponse("etcd closed the connection" if not line else "response line too long")
         return line
@@ -137,6 +142,31 @@ class Connection:
             self.reader.close()
         finally:
             self.sock.close()
+
+
+# A TLS 1.2 ClientHello offering one cipher suite and no extensions: whatever a TLS
+# server makes of it, it answers with a TLS record (a ServerHello or an alert).
+_CLIENT_HELLO_BODY = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
+_CLIENT_HELLO = (
+    b"\x16\x03\x01" + (len(_CLIENT_HELLO_BODY) + 4).to_bytes(2, "big")
+    + b"\x01" + len(_CLIENT_HELLO_BODY).to_bytes(3, "big") + _CLIENT_HELLO_BODY
+)
+_TLS_RECORD_TYPES = (0x15, 0x16)  # alert, handshake
+
+
+def speaks_tls(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at *host*:*port* answers a TLS ClientHello with a TLS record.
+
+    Asked when a plain HTTP request was met by a closed connection, to tell an etcd that
+    serves TLS (which drops plain requests without a word) from one that went away.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as probe:
+            probe.sendall(_CLIENT_HELLO)
+            first = probe.recv(1)
+    except OSError:
+        return False
+    return len(first) == 1 and first[0] in _TLS_RECORD_TYPES
 
 
 def describe(error: BaseException) -> str:

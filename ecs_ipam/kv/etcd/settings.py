@@ -77,6 +77,24 @@ def _parse_endpoint(item: str, url: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class Secret:
+    """A password that shows as ``***`` wherever it is printed, logged or repr'd."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The password itself, for the one request that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
 class Security:
     """TLS files and etcd user of one client.  The password never shows in its repr."""
 
@@ -96,12 +114,12 @@ class Security:
         self.cert = cert
         self.key = key
         self.user = user
-        self.password = password
+        self.password = Secret(password) if password is not None else None
 
     def __repr__(self) -> str:
         return (
             f"Security(tls={self.tls}, cacert={self.cacert!r}, cert={self.cert!r}, key={self.key!r}, "
-            f"user={self.user!r}, password={'***' if self.password else None})"
+            f"user={self.user!r}, password={self.password!r})"
         )
 
 

@@ -29,7 +29,7 @@ from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
 from .client import Client, Conflict, Json
 from .layout import prefix_end, unb64, utf8
 from .settings import security_of
-from .tx import EtcdTx, TxState, decoded
+from .tx import MAX_TXN_OPS, EtcdTx, TxState, decoded
 
 T = TypeVar("T")
 
@@ -62,6 +62,9 @@ def _follow(
 
 class EtcdStore(Store):
     """A bucket of a database kept in etcd.
+
+    ``max_writes`` leaves, under etcd's default --max-txn-ops of 128, room for the
+    commit key, the sweep of old ones and a marker per written bucket.
 
     :param url: ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]``, ``etcds://`` for TLS.
     :param bucket: the bucket this store reads and writes.
@@ -98,6 +101,7 @@ class EtcdStore(Store):
         environ: Mapping[str, str] | None = None,
         _client: Client | None = None,
     ) -> None:
+        self.max_writes = MAX_TXN_OPS - 28
         self.bucket_name = check_bucket_name(bucket)
         self.url = url
         self.timeout = timeout

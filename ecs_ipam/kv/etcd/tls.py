@@ -75,10 +75,11 @@ def context_for(security: Security) -> ssl.SSLContext:
 
 
 def _reason(error: BaseException) -> str:
-    return str(getattr(error, "reason", None) or error)
+    reason = getattr(error, "reason", None)
+    return reason.lower().replace("_", " ") if isinstance(reason, str) else str(error)
 
 
-def refusal(error: ssl.SSLError, authority: str) -> TLSRefusedError | None:
+def refusal(error: ssl.SSLError, authority: str, has_certificate: bool) -> TLSRefusedError | None:
     """What a TLS failure means, when it is one that retrying will not cure; else None
     (the connection merely broke: an etcd restarting, a network hiccup)."""
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -87,19 +88,19 @@ def refusal(error: ssl.SSLError, authority: str) -> TLSRefusedError | None:
             f"({error.verify_message}); check {VARIABLES['cacert']} and the host name in the URL"
         )
     reason = str(error.reason or "").upper()
-    if "CERTIFICATE_REQUIRED" in reason:
+    if "CERTIFICATE_REQUIRED" in reason or ("ALERT" in reason and not has_certificate):
         return TLSRefusedError(
             f"etcd at {authority} requires a client certificate: set {VARIABLES['cert']} and {VARIABLES['key']}"
         )
     if any(name in reason for name in _CLIENT_CERTIFICATE_REFUSED):
         return TLSRefusedError(
-            f"etcd at {authority} rejected the client certificate ({_reason(error).lower()}); "
+            f"etcd at {authority} rejected the client certificate ({_reason(error)}); "
             f"check {VARIABLES['cert']} against the CA etcd trusts"
         )
     if any(name in reason for name in _NOT_TLS):
-        return TLSRefusedError(f"etcd at {authority} does not speak TLS ({_reason(error).lower()}); use etcd://")
+        return TLSRefusedError(f"etcd at {authority} does not speak TLS ({_reason(error)}); use etcd://")
     if "ALERT" in reason:
-        return TLSRefusedError(f"etcd at {authority} refused the TLS handshake ({_reason(error).lower()})")
+        return TLSRefusedError(f"etcd at {authority} refused the TLS handshake ({_reason(error)})")
     return None
 
 
@@ -111,15 +112,18 @@ class TLSConnection(Connection):
     :raises OSError: the connection could not be made or broke.
     """
 
-    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float, context: ssl.SSLContext, has_certificate: bool
+    ) -> None:
         self.context = context
+        self.has_certificate = has_certificate
         super().__init__(host, port, timeout)
 
     def _secure(self, raw: socket.socket, host: str) -> socket.socket:
         try:
             return self.context.wrap_socket(raw, server_hostname=host.strip("[]"))
         except ssl.SSLError as error:
-            refused = refusal(error, self.authority)
+            refused = refusal(error, self.authority, self.has_certificate)
             if refused is not None:
                 raise refused from None
             raise
@@ -132,7 +136,7 @@ class TLSConnection(Connection):
         except ssl.SSLError as error:
             # With TLS 1.3 the server judges the client certificate after the client
             # has finished its handshake: the verdict arrives with the first answer.
-            refused = refusal(error, self.authority)
+            refused = refusal(error, self.authority, self.has_certificate)
             if refused is not None:
                 raise refused from None
             raise
