@@ -131,16 +131,23 @@ def gc(store: Store, conf: NetConf) -> list[str]:
     """Release every reservation whose recorded attachment is not in the valid list.
 
     Reservations recorded without a container id (the ECS agent's own calls) and the
-    gateway are never collected.
+    gateway are never collected.  On a store that limits the writes of a transaction
+    (etcd), they are released in batches, each a complete transaction of its own,
+    until none is left.
     :return: the released addresses.
     """
     valid = {(a.container_id, a.ifname) for a in conf.valid_attachments or ()}
+    # A release deletes the address and its index entry; each pool also rewrites its
+    # last-known pointer.
+    batch = None if store.max_writes is None else max(1, (store.max_writes - len(conf.pools)) // 2)
 
     def body(tx: Tx) -> list[str]:
         released = []
         for pool in conf.pools:
             allocator = _allocator(tx, pool)
             for address, record in allocator.reservations():
+                if len(released) == batch:
+                    return released
                 container_id = record.get("container_id")
                 if not container_id or (container_id, record.get("ifname") or "") in valid:
                     continue
@@ -148,7 +155,12 @@ def gc(store: Store, conf: NetConf) -> list[str]:
                     released.append(address)
         return released
 
-    return store.transact(body)
+    released: list[str] = []
+    while True:
+        done = store.transact(body)
+        released += done
+        if batch is None or len(done) < batch:
+            return released
 
 
 def status(store: Store, conf: NetConf) -> None:

@@ -198,6 +198,9 @@ class Store(abc.ABC):
     """
 
     bucket_name: str
+    #: The most keys one transaction may write or delete (None: no limit).  Work that
+    #: writes without bound (GC) runs as several transactions of at most this many.
+    max_writes: int | None = None
 
     # -- what a backend implements -------------------------------------------------------
 

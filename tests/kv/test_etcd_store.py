@@ -838,3 +838,44 @@ def test_etcd_restart_in_a_storm_of_writes_loses_and_duplicates_nothing(restarta
 @requires_etcd
 def test_etcd_restarts_in_a_long_storm_of_writes(restartable, sig):
     storm_with_restarts(restartable, sig, workers=12, per_worker=150, restarts=4)
+
+
+# -- GC of any size --------------------------------------------------------------------------------
+
+
+@requires_etcd
+def test_gc_of_500_stale_reservations_passes_etcds_transaction_limit(url):
+    from ecs_ipam.allocator import Owner, PoolAllocator
+    from ecs_ipam.config import parse_netconf
+    from ecs_ipam.ipam import IPAM
+
+    subnet = "10.80.0.0/22"
+    pool = parse_netconf({"cniVersion": "1.1.0", "name": "n", "ipam": {"ipv4-subnet": subnet}}).pools[0]
+
+    def claim(owners):
+        def body(tx):
+            allocator = PoolAllocator(pool, tx.bucket(subnet))
+            allocator.reserve_gateway()
+            for owner in owners:
+                allocator.allocate(Owner(owner, f"c-{owner}", "eth0"), 0.0)
+
+        return body
+
+    owners = [f"task-{n:03d}" for n in range(502)]
+    with EtcdStore(url, "test", timeout=30) as store:
+        for start in range(0, len(owners), 30):
+            store.transact(claim(owners[start:start + 30]))
+        stale = [pair.key for pair in store.bucket(subnet).list() if pair.key.startswith("10.")]
+        # What GC did before batching: one transaction for everything, refused by etcd.
+        with pytest.raises(StoreError, match="too many operations"):
+            store.bucket(subnet).transact(lambda tx: [tx.delete(key) for key in stale])
+
+    valid = [{"containerID": "c-task-000", "ifname": "eth0"}, {"containerID": "c-task-501", "ifname": "eth0"}]
+    conf = {"cniVersion": "1.1.0", "name": "n", "ipam": {"ipv4-subnet": subnet}, "cni.dev/valid-attachments": valid}
+    with IPAM(url, timeout=30) as ipam:
+        released = ipam.gc(conf)
+
+    assert len(released) == len(set(released)) == 500
+    with EtcdStore(url, subnet) as pool_store:
+        assert [pair.key for pair in pool_store.list("id/")] == ["id/task-000", "id/task-501"]
+        assert len(pool_store.list()) == 2 * 2 + 2  # two leases with their index entries, gateway, lastKnownIP
