@@ -155,6 +155,24 @@ def test_a_token_etcd_no_longer_accepts_is_replaced(store):
     assert store._client._token != "a.token.etcd.never.issued"
 
 
+def test_a_token_revoked_by_a_password_change_is_not_reused(secure, url, pool_prefix, pki):
+    user = f"rotating-{uuid.uuid4().hex[:8]}"
+    secure.add_user(user, PASSWORD, POOL)
+    environ = {"IPAM_ETCD_CACERT": str(pki.ca.cert), "IPAM_ETCD_CERT": str(pki.client.cert),
+               "IPAM_ETCD_KEY": str(pki.client.key), "IPAM_ETCD_USER": user, "IPAM_ETCD_PASSWORD": PASSWORD}
+    with EtcdStore(url, "test", environ=environ, timeout=5) as store:
+        store.put("k", b"1")
+        secure.request("/v3/auth/user/changepw", {"name": user, "password": "rotated"})
+
+        with pytest.raises(StoreError) as caught:
+            store.put("k", b"2")
+
+    assert caught.value.code == IO_FAILURE
+    assert f"refused user {user!r} (etcdserver: authentication failed" in str(caught.value)
+    with EtcdStore(url, "test", environ={**environ, "IPAM_ETCD_PASSWORD": "rotated"}) as store:
+        assert store.get("k").value == b"1"
+
+
 def test_tokens_lost_in_an_etcd_restart_are_replaced(secure, url, environ):
     with EtcdStore(url, "test", environ=environ, timeout=20) as store:
         store.put("k", b"1")

@@ -41,7 +41,7 @@ CONNECT_TIMEOUT = 1.0
 # RESOURCE_EXHAUSTED (too many requests), ABORTED, UNAVAILABLE (no leader).
 TRANSIENT_GRPC_CODES = {1, 4, 8, 10, 14}
 # etcd's answers to a token it no longer accepts; a fresh token cures them.
-STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "auth revision is old")
+STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "revision in header is old")
 # How many fresh tokens one request may need (a token revoked again at once is refused).
 TOKEN_ATTEMPTS = 3
 
