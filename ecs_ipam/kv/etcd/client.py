@@ -193,10 +193,13 @@ class Client:
             except OSError as error:
                 maybe_applied = maybe_applied or (conn is not None and conn.request_sent)
                 self._drop(conn)
+                # A TLS port drops a plain request unanswered, on a fresh connection
+                # (a kept-alive one may just have been closed while idle).
                 if (
                     self._context is None
                     and isinstance(error, BrokenResponse)
                     and conn is not None
+                    and conn.requests == 1
                     and not conn.answered
                     and speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
                 ):

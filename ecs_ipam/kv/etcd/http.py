@@ -45,6 +45,7 @@ class Connection:
         self.request_sent = False
         # Whether any byte of an answer to the last request arrived.
         self.answered = False
+        self.requests = 0
 
     def _secure(self, raw: socket.socket, host: str) -> socket.socket:
         """The socket requests go over: *raw* itself for plain HTTP."""
@@ -60,6 +61,7 @@ class Connection:
         :raises OSError: the connection failed; it must not be used again.
         """
         self.sock.settimeout(timeout)
+        self.requests += 1
         self.request_sent = False
         self.answered = False
         auth = f"Authorization: {token}\r\n" if token else ""
@@ -147,9 +149,11 @@ class Connection:
 # A TLS 1.2 ClientHello offering one cipher suite and no extensions: whatever a TLS
 # server makes of it, it answers with a TLS record (a ServerHello or an alert).
 _CLIENT_HELLO_BODY = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
+# The blank line after it makes a plain HTTP server answer at once (400) instead of
+# waiting for the end of a request line.
 _CLIENT_HELLO = (
     b"\x16\x03\x01" + (len(_CLIENT_HELLO_BODY) + 4).to_bytes(2, "big")
-    + b"\x01" + len(_CLIENT_HELLO_BODY).to_bytes(3, "big") + _CLIENT_HELLO_BODY
+    + b"\x01" + len(_CLIENT_HELLO_BODY).to_bytes(3, "big") + _CLIENT_HELLO_BODY + b"\r\n\r\n"
 )
 _TLS_RECORD_TYPES = (0x15, 0x16)  # alert, handshake
 
