@@ -47,10 +47,21 @@ class CertificateAuthority:
         self.cert = self.directory / "ca.pem"
         self.key = self.directory / "ca.key"
         _openssl(
-            "req", "-x509", *KEY, "-keyout", str(self.key), "-out", str(self.cert), "-days", "2",
-            "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            *KEY,
+            "-keyout",
+            str(self.key),
+            "-out",
+            str(self.cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
             cwd=self.directory,
         )
 
@@ -69,11 +80,23 @@ class CertificateAuthority:
         if sans:
             lines.append(f"subjectAltName={','.join(sans)}")
         extensions.write_text("\n".join(lines) + "\n")
-        _openssl("req", *KEY, "-keyout", str(key), "-out", str(request), "-subj", subject,
-                 cwd=self.directory)
+        _openssl("req", *KEY, "-keyout", str(key), "-out", str(request), "-subj", subject, cwd=self.directory)
         _openssl(
-            "x509", "-req", "-in", str(request), "-CA", str(self.cert), "-CAkey", str(self.key),
-            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions),
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(self.cert),
+            "-CAkey",
+            str(self.key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
             cwd=self.directory,
         )
         return Issued(cert, key)

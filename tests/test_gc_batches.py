@@ -61,10 +61,14 @@ class _Counter:
 
 
 def gc_conf(valid=()):
-    return parse_netconf({
-        "cniVersion": "1.1.0", "name": "n", "ipam": {"type": "ecs-ipam", **DUAL},
-        "cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in valid],
-    })
+    return parse_netconf(
+        {
+            "cniVersion": "1.1.0",
+            "name": "n",
+            "ipam": {"type": "ecs-ipam", **DUAL},
+            "cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in valid],
+        }
+    )
 
 
 def fill(store, count: int) -> None:

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 import msgpack
 import pytest
 
-from ecs_ipam import kv
-from ecs_ipam.errors import INVALID_ENVIRONMENT, IO_FAILURE, InvalidEnvironmentError, StoreError
-from ecs_ipam.kv.etcd import EtcdStore
-from certs import OPENSSL, CertificateAuthority
 from certs import NOT_INSTALLED as NO_OPENSSL
+from certs import OPENSSL, CertificateAuthority
+from ecs_ipam import kv
+from ecs_ipam.errors import INVALID_ENVIRONMENT, IO_FAILURE, StoreError
+from ecs_ipam.kv.etcd import EtcdStore
 from etcd_server import ETCD, NOT_INSTALLED, EtcdServer, ServerTLS
 
 from . import test_etcd_store as plain
@@ -122,8 +122,9 @@ def test_pairs_land_under_the_prefix_over_tls_as_the_user(secure, url, pool_pref
     keys = secure.keys(pool_prefix)
     assert keys[0].startswith(f"{pool_prefix}/c/")  # the commit key
     assert keys[1:] == [f"{pool_prefix}/d/169.254.172.0%2F22/lastKnownIP", f"{pool_prefix}/m/169.254.172.0%2F22"]
-    assert kv.list_buckets(url, **{name: environ[f"IPAM_ETCD_{name.upper()}"] for name in
-                                   ("cacert", "cert", "key", "user", "password")}) == ["169.254.172.0/22"]
+    assert kv.list_buckets(
+        url, **{name: environ[f"IPAM_ETCD_{name.upper()}"] for name in ("cacert", "cert", "key", "user", "password")}
+    ) == ["169.254.172.0/22"]
 
 
 def test_keyword_arguments_override_the_environment(url, pki, environ):
@@ -135,9 +136,11 @@ def test_keyword_arguments_override_the_environment(url, pki, environ):
 
 def test_a_user_cannot_reach_outside_its_prefix(secure, environ):
     other = f"other-pool/test-{uuid.uuid4().hex}"
-    with pytest.raises(StoreError) as caught:
-        with EtcdStore(f"{secure.url}/{other}", "test", environ=environ, timeout=3) as store:
-            store.put("k", b"v")
+    with (
+        pytest.raises(StoreError) as caught,
+        EtcdStore(f"{secure.url}/{other}", "test", environ=environ, timeout=3) as store,
+    ):
+        store.put("k", b"v")
 
     assert caught.value.code == IO_FAILURE
     assert "refused user 'ipam' access to prefix" in str(caught.value)
@@ -158,8 +161,13 @@ def test_a_token_etcd_no_longer_accepts_is_replaced(store):
 def test_a_token_revoked_by_a_password_change_is_not_reused(secure, url, pool_prefix, pki):
     user = f"rotating-{uuid.uuid4().hex[:8]}"
     secure.add_user(user, PASSWORD, POOL)
-    environ = {"IPAM_ETCD_CACERT": str(pki.ca.cert), "IPAM_ETCD_CERT": str(pki.client.cert),
-               "IPAM_ETCD_KEY": str(pki.client.key), "IPAM_ETCD_USER": user, "IPAM_ETCD_PASSWORD": PASSWORD}
+    environ = {
+        "IPAM_ETCD_CACERT": str(pki.ca.cert),
+        "IPAM_ETCD_CERT": str(pki.client.cert),
+        "IPAM_ETCD_KEY": str(pki.client.key),
+        "IPAM_ETCD_USER": user,
+        "IPAM_ETCD_PASSWORD": PASSWORD,
+    }
     with EtcdStore(url, "test", environ=environ, timeout=5) as store:
         store.put("k", b"1")
         secure.request("/v3/auth/user/changepw", {"name": user, "password": "rotated"})
@@ -214,13 +222,22 @@ REFUSALS = {
         "requires a client certificate: set IPAM_ETCD_CERT and IPAM_ETCD_KEY",
     ),
     "certificate-of-another-ca": (
-        lambda env, pki: {**env, "IPAM_ETCD_CERT": str(pki.rogue_client.cert), "IPAM_ETCD_KEY": str(pki.rogue_client.key)},
+        lambda env, pki: {
+            **env,
+            "IPAM_ETCD_CERT": str(pki.rogue_client.cert),
+            "IPAM_ETCD_KEY": str(pki.rogue_client.key),
+        },
         None,
         IO_FAILURE,
-        "rejected the client certificate (sslv3 alert bad certificate); check IPAM_ETCD_CERT against the CA etcd trusts",
+        "rejected the client certificate (sslv3 alert bad certificate); "
+        "check IPAM_ETCD_CERT against the CA etcd trusts",
     ),
     "certificate-with-a-common-name": (
-        lambda env, pki: {**env, "IPAM_ETCD_CERT": str(pki.named_client.cert), "IPAM_ETCD_KEY": str(pki.named_client.key)},
+        lambda env, pki: {
+            **env,
+            "IPAM_ETCD_CERT": str(pki.named_client.cert),
+            "IPAM_ETCD_KEY": str(pki.named_client.key),
+        },
         None,
         IO_FAILURE,
         "refused the client certificate: with authentication on, its JSON gateway refuses certificates "
@@ -284,9 +301,9 @@ def test_the_plugin_is_refused_cleanly(secure, pki, environ, url, pool_prefix, c
     log = Path(secure.directory) / f"plugin-{uuid.uuid4().hex}.log"
 
     returncode, result, stderr = run_plugin(
-        "ADD", netconf("task-1"),
-        {**env, **unset, "IPAM_DB_CONNECTION_TIMEOUT": "5s", "ECS_CNI_LOG_FILE": str(log),
-         "ECS_CNI_LOGLEVEL": "debug"},
+        "ADD",
+        netconf("task-1"),
+        {**env, **unset, "IPAM_DB_CONNECTION_TIMEOUT": "5s", "ECS_CNI_LOG_FILE": str(log), "ECS_CNI_LOGLEVEL": "debug"},
         target,
     )
 
@@ -297,9 +314,9 @@ def test_the_plugin_is_refused_cleanly(secure, pki, environ, url, pool_prefix, c
 
 
 def test_the_password_is_in_no_message_and_no_repr(url, environ):
-    with pytest.raises(StoreError) as caught:
-        with EtcdStore(url, "test", environ={**environ, "IPAM_ETCD_PASSWORD": PASSWORD + "x"}, timeout=3) as store:
-            store.put("k", b"v")
+    wrong = {**environ, "IPAM_ETCD_PASSWORD": PASSWORD + "x"}
+    with pytest.raises(StoreError) as caught, EtcdStore(url, "test", environ=wrong, timeout=3) as store:
+        store.put("k", b"v")
     with EtcdStore(url, "test", environ=environ) as store:
         shown = [repr(store._client.__dict__), repr(vars(store))]
 
@@ -313,11 +330,17 @@ def test_tools_take_the_settings_from_the_environment_not_arguments(secure, url,
 
     listing = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "dump_db.py"), "--db", url],
-        env={**os.environ, **environ}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     refused = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "dump_db.py"), "--db", url],
-        env={**os.environ, **environ, "IPAM_ETCD_PASSWORD": "wrong"}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **environ, "IPAM_ETCD_PASSWORD": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert (listing.returncode, listing.stderr) == (0, "")
@@ -341,7 +364,7 @@ def test_plugins_on_two_hosts_share_the_tls_pool(secure, pki, url, pool_prefix, 
     outcomes = finish_all(start_together(runs, url), timeout=90)
 
     addresses = {}
-    for owner, (code, result, stderr) in zip(owners, outcomes):
+    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
         assert (code, stderr) == (0, ""), (owner, result, stderr)
         addresses[owner] = result_ips(result)[0]
     assert len(set(addresses.values())) == len(owners)
@@ -367,7 +390,5 @@ def test_ssl_is_imported_for_etcds_only(pki, scheme, imports_ssl):
         f" if {imports_ssl} else {{}}).close()\n"
         "print('ssl' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(imports_ssl)

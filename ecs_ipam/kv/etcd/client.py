@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
 from .http import BrokenResponse, Connection, describe, speaks_tls
@@ -30,6 +30,7 @@ from .settings import VARIABLES, Security, parse_url
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Iterator
 
 # A JSON object of the gateway.
 Json = dict[str, Any]
@@ -203,7 +204,7 @@ class Client:
                     and not conn.answered
                     and speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
                 ):
-                    raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://")
+                    raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://") from None
                 failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TimeoutError)
                 self.current = (self.current + 1) % len(self.endpoints)
                 attempts += 1
@@ -246,9 +247,7 @@ class Client:
     def _refuse(self, host: str, port: int, path: str, message: str, status: int, data: bytes | None) -> None:
         """Raise the error for an answer that sending the request again will not change."""
         if status == 404:
-            raise StoreError(
-                f"etcd at {host}:{port} does not serve {path}: the v3 JSON API needs etcd 3.4 or later"
-            )
+            raise StoreError(f"etcd at {host}:{port} does not serve {path}: the v3 JSON API needs etcd 3.4 or later")
         if status == 400 and data is not None and b"HTTPS" in data and b"HTTP request" in data:
             raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://", message)
         if "CommonName of client" in message:

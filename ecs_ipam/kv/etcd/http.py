@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MAX_LINE = 65536
 
@@ -152,8 +155,12 @@ _CLIENT_HELLO_BODY = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x00\x2f" + b
 # The blank line after it makes a plain HTTP server answer at once (400) instead of
 # waiting for the end of a request line.
 _CLIENT_HELLO = (
-    b"\x16\x03\x01" + (len(_CLIENT_HELLO_BODY) + 4).to_bytes(2, "big")
-    + b"\x01" + len(_CLIENT_HELLO_BODY).to_bytes(3, "big") + _CLIENT_HELLO_BODY + b"\r\n\r\n"
+    b"\x16\x03\x01"
+    + (len(_CLIENT_HELLO_BODY) + 4).to_bytes(2, "big")
+    + b"\x01"
+    + len(_CLIENT_HELLO_BODY).to_bytes(3, "big")
+    + _CLIENT_HELLO_BODY
+    + b"\r\n\r\n"
 )
 _TLS_RECORD_TYPES = (0x15, 0x16)  # alert, handshake
 

@@ -79,7 +79,7 @@ class Layout:
         return self.markers + data_prefix[len(self.root) + 2 : -1]
 
     def bucket_of_marker(self, marker: bytes) -> str:
-        return unescape_bucket(marker[len(self.markers):].decode("utf-8"))
+        return unescape_bucket(marker[len(self.markers) :].decode("utf-8"))
 
     def commit_key(self, now: float) -> bytes:
         return self.commits + b"%012d-" % int(now) + os.urandom(12).hex().encode("ascii")

@@ -16,9 +16,12 @@ where the TLS context is built (:mod:`.tls`), so that a plain URL never imports 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import TYPE_CHECKING
 
 from ...errors import InvalidArgumentError, InvalidEnvironmentError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PLAIN = "etcd://"
 TLS = "etcds://"
@@ -48,9 +51,7 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
     :raises InvalidArgumentError: the URL is not a usable etcd URL.
     """
     if not is_etcd_url(url):
-        raise InvalidArgumentError(
-            f"not an etcd URL: {url!r} (expected {PLAIN} or {TLS} then HOST:PORT[/PREFIX])"
-        )
+        raise InvalidArgumentError(f"not an etcd URL: {url!r} (expected {PLAIN} or {TLS} then HOST:PORT[/PREFIX])")
     authority, _, prefix = url.partition("://")[2].partition("/")
     endpoints = [_parse_endpoint(item.strip(), url) for item in authority.split(",")]
     return endpoints, prefix.strip("/") or DEFAULT_PREFIX
@@ -98,7 +99,7 @@ class Secret:
 class Security:
     """TLS files and etcd user of one client.  The password never shows in its repr."""
 
-    __slots__ = ("tls", "cacert", "cert", "key", "user", "password")
+    __slots__ = ("cacert", "cert", "key", "password", "tls", "user")
 
     def __init__(
         self,
@@ -123,9 +124,7 @@ class Security:
         )
 
 
-def security_of(
-    url: str, options: Mapping[str, str | None], environ: Mapping[str, str] | None = None
-) -> Security:
+def security_of(url: str, options: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> Security:
     """The security settings for *url*: each of *options* (keyword -> value) that is None
     or absent is taken from *environ* (default: the process environment); empty means unset.
 
@@ -145,9 +144,7 @@ def security_of(
         if given:
             # Refused rather than ignored: certificates given for a plain URL mean the
             # operator expects TLS, and the connection would go out in the clear.
-            raise InvalidEnvironmentError(
-                f"{', '.join(given)} set for a plain {PLAIN} URL; use {TLS} for TLS"
-            )
+            raise InvalidEnvironmentError(f"{', '.join(given)} set for a plain {PLAIN} URL; use {TLS} for TLS")
     for first, second in (("cert", "key"), ("key", "cert"), ("user", "password"), ("password", "user")):
         if values[first] and not values[second]:
             raise InvalidEnvironmentError(f"{VARIABLES[first]} is set but {VARIABLES[second]} is not")

@@ -22,7 +22,7 @@ import random
 import time
 from contextlib import contextmanager
 from itertools import groupby
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ...errors import DatabaseNotFoundError, KeyNotFoundError, StoreError, StoreTimeoutError
 from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
@@ -30,6 +30,9 @@ from .client import Client, Conflict, Json
 from .layout import prefix_end, unb64, utf8
 from .settings import security_of
 from .tx import MAX_TXN_OPS, EtcdTx, TxState, decoded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
 
 T = TypeVar("T")
 
@@ -122,8 +125,7 @@ class EtcdStore(Store):
 
     def _require_database(self, client: Client) -> None:
         start = client.layout.markers
-        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout,
-                              keys_only=True, limit=1)
+        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout, keys_only=True, limit=1)
         if not kvs:
             raise DatabaseNotFoundError(f"no database at {self.url}: nothing under prefix {client.prefix!r}")
 
@@ -231,7 +233,7 @@ class EtcdStore(Store):
         for content in _follow(client, bucket, start, end, revision, kvs, self.timeout):
             yield [content[full] for full in sorted(content)]
 
-    def bucket(self, name: str) -> "EtcdStore":
+    def bucket(self, name: str) -> EtcdStore:
         client = self._live_client()
         return EtcdStore(self.url, name, self.timeout, read_only=self.read_only, _client=client)
 

@@ -7,12 +7,15 @@ verification stay on: the server's certificate must name the host of the URL.
 
 from __future__ import annotations
 
-import socket
 import ssl
+from typing import TYPE_CHECKING
 
 from ...errors import InvalidEnvironmentError, StoreError
 from .http import Connection, describe
 from .settings import VARIABLES, Security
+
+if TYPE_CHECKING:
+    import socket
 
 # OpenSSL reasons of a handshake the server ended, and what each means for the operator.
 _CLIENT_CERTIFICATE_REFUSED = (
@@ -112,9 +115,7 @@ class TLSConnection(Connection):
     :raises OSError: the connection could not be made or broke.
     """
 
-    def __init__(
-        self, host: str, port: int, timeout: float, context: ssl.SSLContext, has_certificate: bool
-    ) -> None:
+    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext, has_certificate: bool) -> None:
         self.context = context
         self.has_certificate = has_certificate
         super().__init__(host, port, timeout)

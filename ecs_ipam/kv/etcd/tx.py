@@ -52,7 +52,7 @@ def decoded(bucket: bytes, kvs: list[Json]) -> list[tuple[bytes, KVPair]]:
     pairs = []
     for kv in kvs:
         full = unb64(kv["key"])
-        key = full[len(bucket):].decode("utf-8")
+        key = full[len(bucket) :].decode("utf-8")
         pairs.append((full, KVPair(key, unb64(kv.get("value")), int(kv["mod_revision"]))))
     return pairs
 
@@ -164,9 +164,7 @@ class TxState:
         now = time.time()
         commit_key = self.layout.commit_key(now)
         compares = self._compares()
-        compares.append(
-            {"key": b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-        )
+        compares.append({"key": b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
         swept_from, swept_to = self.layout.expired_commits(now)
         operations = self._operations()
         operations.append({"request_put": {"key": b64(commit_key), "value": ""}})
@@ -275,5 +273,3 @@ class EtcdTx(Tx):
 
     def bucket(self, name: str) -> Tx:
         return EtcdTx(self._state, check_bucket_name(name))
-
-
