@@ -1,8 +1,21 @@
-"""A minimal append-only log: one line per event, opened only when something is logged.
+"""A minimal append-only log, rolled every hour as the Go plugin's: one line per event.
+
+The current file is at the configured path; when a line is written in a later hour (UTC)
+than the file was last written, the file is first renamed ``<path>.YYYY-MM-DD-HH`` after
+the hour it holds, and only the newest :data:`KEEP` finished hours are kept.  Deciding
+costs one ``fstat`` of the open file per line.
+
+Plugins run concurrently and may all find the finished hour at the same moment: the
+rollers take turns on an ``flock`` of the old file and only the first one renames it (the
+others see that the path names a new file by then); the old file is moved by ``link``
+then ``unlink``, so a plugin still appending to it writes into the finished file, and
+``link`` never replaces an existing name (if the finished hour exists already, the file
+stays current and is rolled later).  Lines go out with ``O_APPEND``, each in one ``write``:
+they are never lost, at worst filed under the next hour.
 
 Logging must never change the plugin's output or exit code, so every failure to write
-is swallowed.  The stdlib ``logging`` package is not used: importing and configuring it
-would cost every container start a few milliseconds for one or two lines.
+or roll is swallowed.  The stdlib ``logging`` package is not used: importing and
+configuring it would cost every container start a few milliseconds for one or two lines.
 """
 
 from __future__ import annotations
@@ -11,6 +24,9 @@ import os
 import time
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50, "off": 100}
+# Finished hours kept beside the current file, as the Go plugin's seelog configuration.
+KEEP = 24
+_HOUR_FORMAT = "%Y-%m-%d-%H"
 
 
 class Log:
@@ -21,13 +37,70 @@ class Log:
     def _write(self, level: str, message: str) -> None:
         if LEVELS[level] < self.threshold:
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        line = f"{stamp} [{level}] pid={os.getpid()} {message}\n"
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        line = f"{stamp} [{level}] pid={os.getpid()} {message}\n".encode("utf-8", "backslashreplace")
         try:
-            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
-                f.write(line)
+            fd = self._open_current(now)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
         except (OSError, ValueError):
             pass
+
+    def _open_current(self, now: float) -> int:
+        """An O_APPEND descriptor of the current file, rolled first if it holds a finished hour."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            st = os.fstat(fd)
+            if st.st_size == 0 or not _is_regular(st.st_mode) or _hour(st.st_mtime) == _hour(now):
+                return fd
+            if not self._roll(fd, st):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _roll(self, fd: int, st: os.stat_result) -> bool:
+        """Move the finished file *fd* to its hour's name; return whether the path changed."""
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                return True  # rolled by another plugin, not yet re-created
+            if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+                return True  # another plugin rolled it first
+            try:
+                os.link(self.path, f"{self.path}.{_hour(st.st_mtime)}")
+            except FileExistsError:
+                # That hour was rolled already (the clock went back): keep this file as the
+                # current one, to be rolled under a later hour, rather than copy lines that
+                # another plugin may be appending at this moment.
+                return False
+            os.unlink(self.path)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        self._prune()
+        return True
+
+    def _prune(self) -> None:
+        directory, base = os.path.split(self.path)
+        prefix = base + "."
+        finished = sorted(
+            name for name in os.listdir(directory or ".")
+            if name.startswith(prefix) and _is_hour(name[len(prefix):])
+        )
+        for name in finished[:-KEEP]:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass  # pruned by another plugin
 
     def debug(self, message: str) -> None:
         self._write("debug", message)
@@ -37,3 +110,15 @@ class Log:
 
     def error(self, message: str) -> None:
         self._write("error", message)
+
+
+def _hour(timestamp: float) -> str:
+    return time.strftime(_HOUR_FORMAT, time.gmtime(timestamp))
+
+
+def _is_hour(text: str) -> bool:
+    return len(text) == 13 and text[4] == text[7] == text[10] == "-" and text.replace("-", "").isdigit()
+
+
+def _is_regular(mode: int) -> bool:
+    return mode & 0o170000 == 0o100000
