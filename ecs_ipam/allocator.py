@@ -21,7 +21,7 @@ import msgpack
 
 from .addr import Network, format_address, parse_address
 from .config import Pool
-from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError
+from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
 
 GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
@@ -159,7 +159,7 @@ class PoolAllocator:
             self.tx.put(address, encode({"id": self.gateway_owner}))
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(
-                f"gateway {address} of {self.pool.subnet} is held by {owner_of(record)!r}"
+                f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}"
             )
 
     def allocate(self, owner: Owner, now: float) -> Network:
@@ -173,13 +173,13 @@ class PoolAllocator:
         """
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
-            raise IdAlreadyAllocatedError(f"id already exists: {owner.id!r} is the gateway's")
+            raise IdAlreadyAllocatedError(f"id already exists: {quoted(owner.id)} is the gateway's")
         fixed = self.pool.fixed_address
         if fixed is not None:
             address = str(fixed.ip)
             record = self.record(address)
             if record is not None:
-                raise AddressInUseError(f"address {address} is already held by {owner_of(record)!r}")
+                raise AddressInUseError(f"address {address} is already held by {quoted(owner_of(record))}")
             prefixlen = fixed.prefixlen
         else:
             address = self._next_free()
@@ -189,7 +189,7 @@ class PoolAllocator:
         held = self.held_by(owner.id) if owner.id else None
         if held is not None:
             raise IdAlreadyAllocatedError(
-                f"id already exists: {owner.id!r} holds {held} in {self.pool.subnet}"
+                f"id already exists: {quoted(owner.id)} holds {held} in {self.pool.subnet}"
             )
         self._claim(address, owner, now)
         return Network(parse_address(address), prefixlen)

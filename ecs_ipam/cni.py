@@ -13,7 +13,7 @@ from typing import IO, Mapping
 
 from . import __version__
 from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
-from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError
+from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError, cut
 from .log import Log
 
 CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
@@ -51,14 +51,15 @@ def main(
         reply_version = cni_version_of(data) if data is not None else reply_version
         result = _run(env, data, log, environ)
     except ECSIPAMError as error:
-        log.error(f"{command} failed: code={error.code} {error.msg}")
+        log.error(f"{cut(command)} failed: code={error.code} {error.msg}")
         _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
         return 1
     except Exception as error:  # noqa: BLE001 - the one place that must catch everything
         import traceback
 
         log.error(f"{command} failed unexpectedly:\n{traceback.format_exc()}")
-        _write(stdout, _error_object(reply_version, 199, f"internal error: {type(error).__name__}: {error}"))
+        text = cut(str(error), 1024)
+        _write(stdout, _error_object(reply_version, 199, f"internal error: {type(error).__name__}: {text}"))
         return 1
     if result is not None:
         _write(stdout, result)

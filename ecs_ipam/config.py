@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple
 
 from .addr import WIDTH, Address, Network, parse_address
-from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError
+from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError, cut, quoted
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 DEFAULT_DB_PATH = "/data/eni-ipam.db"
 DEFAULT_LOG_FILE = "/log/ecs-cni-ipam-plugin.log"
 DEFAULT_TIMEOUT = 5.0
+# Linux's PATH_MAX: a longer path cannot be opened (and is not echoed in full).
+MAX_DB_PATH = 4096
 
 # The original plugin refuses subnets too small to leave room for a host after the
 # network, gateway and (IPv4) broadcast addresses.
@@ -94,7 +96,7 @@ def cni_version_of(data: object) -> str:
         raise InvalidConfigError(f"cniVersion must be a string, got {_show(version)}")
     if version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersionError(
-            f"incompatible CNI version {version}; supported: {', '.join(SUPPORTED_VERSIONS)}"
+            f"incompatible CNI version {cut(version)}; supported: {', '.join(SUPPORTED_VERSIONS)}"
         )
     return version
 
@@ -284,8 +286,7 @@ def _is_text(value: str) -> bool:
 
 def _show(value: object, limit: int = 64) -> str:
     """A short, JSON-safe rendering of a bad value for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return quoted(value, limit)
 
 
 # --- environment --------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def parse_go_duration(text: str, name: str) -> float:
         match = part.match(text, position)
         if not match or match.group(1) in ("", "."):
             raise InvalidEnvironmentError(
-                f"{name} {text!r} is not a duration such as 5s, 500ms or 1m30s"
+                f"{name} {_show(text)} is not a duration such as 5s, 500ms or 1m30s"
             )
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         position = match.end()
@@ -338,7 +339,7 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
     # Checked before stdin is read, so that an unknown command is reported as such
     # rather than as whatever is wrong with its (often empty) stdin.
     if command not in COMMANDS:
-        raise InvalidEnvironmentError(f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
+        raise InvalidEnvironmentError(f"CNI_COMMAND {_show(command)} is not one of {', '.join(COMMANDS)}")
     for name in _REQUIRED.get(command, ()):
         if not environ.get(name):
             raise InvalidEnvironmentError(f"{name} is required for {command}")
@@ -355,6 +356,10 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
         else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
     )
     db_path = environ.get("IPAM_DB_PATH") or ""
+    if len(db_path) > MAX_DB_PATH:
+        raise InvalidEnvironmentError(
+            f"IPAM_DB_PATH {_show(db_path)} is {len(db_path)} characters long; the limit is {MAX_DB_PATH}"
+        )
     if not _is_text(db_path):
         # LMDB takes its path as UTF-8 text; such a path cannot even be opened.
         raise InvalidEnvironmentError(f"IPAM_DB_PATH {_show(db_path)} is not valid unicode text")

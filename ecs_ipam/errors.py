@@ -63,6 +63,21 @@ POOL_EXHAUSTED = 102
 RESERVATION_MISMATCH = 103
 INTERNAL_ERROR = 199
 
+# How much of a bad value an error message quotes: enough to recognise it, while a value
+# may be megabytes long.
+QUOTE_LIMIT = 64
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """*value* as an error message quotes it: its repr, cut to *limit* characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """*text* as an error message quotes it unquoted: cut to *limit* characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class ECSIPAMError(Exception):
     """Base of every error ecs-ipam raises on purpose."""

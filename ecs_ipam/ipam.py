@@ -21,6 +21,7 @@ from .errors import (
     NotADatabaseError,
     NotAvailableError,
     ReservationMismatchError,
+    quoted,
 )
 from .kv.base import Store, Tx
 from .results import Allocation, format_result, result_addresses
@@ -96,12 +97,12 @@ def check(store: Store, conf: NetConf) -> None:
             held = _allocator(tx, pool, write=False).held_by(conf.owner_id)
             if held is None:
                 raise ReservationMismatchError(
-                    f"id {conf.owner_id!r} holds no address in {pool.subnet}"
+                    f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}"
                 )
             expected = [str(ip) for ip in previous if ip in pool.subnet]
             if expected and held not in expected:
                 raise ReservationMismatchError(
-                    f"id {conf.owner_id!r} holds {held} in {pool.subnet}, "
+                    f"id {quoted(conf.owner_id)} holds {held} in {pool.subnet}, "
                     f"prevResult says {', '.join(expected)}"
                 )
 
