@@ -184,6 +184,7 @@ _GO_MESSAGES = (
     ("is the network address", "invalid-config"),
     ("no available ip in the subnet", "invalid-config"),
     ("subnet is required", "invalid-config"),
+    ("at least one subnet (ipv4 or ipv6) is required", "invalid-config"),
     ("failed to load netconf", "invalid-config"),
 )
 _CODES = {
