@@ -90,17 +90,16 @@ class Log:
         return True
 
     def _prune(self) -> None:
+        import contextlib
+
         directory, base = os.path.split(self.path)
         prefix = base + "."
         finished = sorted(
-            name for name in os.listdir(directory or ".")
-            if name.startswith(prefix) and _is_hour(name[len(prefix):])
+            name for name in os.listdir(directory or ".") if name.startswith(prefix) and _is_hour(name[len(prefix) :])
         )
         for name in finished[:-KEEP]:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # pruned by another plugin
                 os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass  # pruned by another plugin
 
     def debug(self, message: str) -> None:
         self._write("debug", message)

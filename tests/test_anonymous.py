@@ -7,14 +7,11 @@ only a DEL naming the address releases it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-import msgpack
 import pytest
 
-from ecs_ipam import kv
 from ecs_ipam.errors import (
     AddressInUseError,
     IdAlreadyAllocatedError,
@@ -60,10 +57,19 @@ def test_anonymous_adds_walk_and_coexist(db_path, no_id):
             ipam.add(netconf(**no_id))
     pairs = pool_pairs(db_path)
     assert {key for key in pairs if key.startswith("id")} == set()
-    assert pairs["10.0.0.2"] == {"id": "", "container_id": "c1", "ifname": "eth0", "allocated_at": pairs["10.0.0.2"]["allocated_at"]}
+    assert pairs["10.0.0.2"] == {
+        "id": "",
+        "container_id": "c1",
+        "ifname": "eth0",
+        "allocated_at": pairs["10.0.0.2"]["allocated_at"],
+    }
     assert check_records(db_path) == {SUBNET: {}}
     assert sorted(k for k, v in pairs.items() if isinstance(v, dict) and v["id"] == "") == [
-        "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6",
+        "10.0.0.2",
+        "10.0.0.3",
+        "10.0.0.4",
+        "10.0.0.5",
+        "10.0.0.6",
     ]
 
 
@@ -85,7 +91,9 @@ def test_anonymous_and_named_share_the_walk_and_the_fixed_address_rule(db_path):
         assert ipam.delete(netconf(ipv4_address="10.0.0.3/29")) == ["10.0.0.3"]
         assert ipam.delete(netconf(ipv4_address="10.0.0.3/29", id="")) == []
     assert {k: v["id"] for k, v in pool_pairs(db_path).items() if isinstance(v, dict)} == {
-        "10.0.0.1": "GateWay", "10.0.0.4": "", "10.0.0.6": "",
+        "10.0.0.1": "GateWay",
+        "10.0.0.4": "",
+        "10.0.0.6": "",
     }
 
 
@@ -108,7 +116,8 @@ def test_dual_stack_anonymous_is_all_or_nothing(db_path):
         result = ipam.add(netconf(**dual))
         assert [ip["address"] for ip in result["ips"]] == ["10.0.0.3/29", "fd00::4/125"]
         assert ipam.delete(netconf(ipv4_address="10.0.0.3/29", ipv6_address="fd00::4/125", **dual)) == [
-            "10.0.0.3", "fd00::4",
+            "10.0.0.3",
+            "fd00::4",
         ]
 
 
@@ -120,7 +129,8 @@ def test_del_with_neither_id_nor_address_is_code_7(db_path):
             with pytest.raises(InvalidConfigError) as caught:
                 ipam.delete(netconf(**no_id))
             assert (caught.value.code, caught.value.msg) == (
-                7, "ip address (ipv4 or ipv6) and id can not all be empty for deletion",
+                7,
+                "ip address (ipv4 or ipv6) and id can not all be empty for deletion",
             )
     assert read_buckets(db_path) == before
 

@@ -55,8 +55,12 @@ def test_transcripts_cover_anonymous_fixed_and_dual_stack_sequences():
                 seen.add((op["command"], "named" if named else "anonymous", "fixed" if fixed else "walk", ok))
     assert {"v4", "v6", "dual"} <= seen
     for command, owner, how in [
-        ("ADD", "anonymous", "walk"), ("ADD", "anonymous", "fixed"), ("ADD", "named", "walk"),
-        ("ADD", "named", "fixed"), ("DEL", "named", "walk"), ("DEL", "anonymous", "fixed"),
+        ("ADD", "anonymous", "walk"),
+        ("ADD", "anonymous", "fixed"),
+        ("ADD", "named", "walk"),
+        ("ADD", "named", "fixed"),
+        ("DEL", "named", "walk"),
+        ("DEL", "anonymous", "fixed"),
         ("DEL", "named", "fixed"),
     ]:
         assert (command, owner, how, True) in seen, (command, owner, how)
@@ -84,10 +88,23 @@ def test_a_plugin_that_refuses_everything_is_reported():
     "output, condition",
     [
         ({"code": 100, "msg": "getIPV4AddressFromDB commands: ... ipstore: id already exists"}, "id-exists"),
-        ({"code": 100, "msg": "getIPV4Address commands: failed to mark this ip 10.0.0.9/24 as used: Previous K/V pair exists, cannot complete Atomic operation"}, "address-in-use"),
-        ({"code": 100, "msg": "... getAvailableIPv6 ipstore: failed to find available IPv6 addresses in the subnet"}, "exhausted"),
+        (
+            {
+                "code": 100,
+                "msg": "getIPV4Address commands: failed to mark this ip 10.0.0.9/24 as used: "
+                "Previous K/V pair exists, cannot complete Atomic operation",
+            },
+            "address-in-use",
+        ),
+        (
+            {"code": 100, "msg": "... getAvailableIPv6 ipstore: failed to find available IPv6 addresses in the subnet"},
+            "exhausted",
+        ),
         ({"code": 100, "msg": "release ipstore: ip does not existed in the db: 10.0.0.9"}, "not-held"),
-        ({"code": 100, "msg": "loadIPAMConfig config: failed to load netconf, {}: invalid CIDR address: "}, "invalid-config"),
+        (
+            {"code": 100, "msg": "loadIPAMConfig config: failed to load netconf, {}: invalid CIDR address: "},
+            "invalid-config",
+        ),
         ({"code": 1, "msg": "incompatible CNI versions"}, "version"),
         ({"cniVersion": "0.3.0", "code": 100, "msg": "address 10.0.0.9 is already held by 'a'"}, "address-in-use"),
         ({"cniVersion": "0.3.0", "code": 101, "msg": "id already exists"}, "id-exists"),

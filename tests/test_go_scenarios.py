@@ -41,16 +41,29 @@ SCENARIOS = {
     "ip not in subnet": [("ADD", {**S24, "ipv4-gateway": "10.0.0.1", "ipv4-address": "10.0.1.2/24"}, code(7))],
     "gateway not in subnet": [("ADD", {**S24, "ipv4-gateway": "10.0.1.1", "ipv4-address": "10.0.0.2/24"}, code(7))],
     "ip is the network address": [("ADD", {**S24, "ipv4-gateway": "10.0.0.1", "ipv4-address": "10.0.0.0/24"}, code(7))],
-    "ip is the broadcast address": [("ADD", {**S24, "ipv4-gateway": "10.0.0.1", "ipv4-address": "10.0.0.255/24"}, code(7))],
-    "gateway is the network address": [("ADD", {**S24, "ipv4-gateway": "10.0.0.0", "ipv4-address": "10.0.0.2/24"}, code(7))],
-    "gateway is a broadcast address outside": [("ADD", {**S24, "ipv4-gateway": "10.0.1.255", "ipv4-address": "10.0.0.2/24"}, code(7))],
+    "ip is the broadcast address": [
+        ("ADD", {**S24, "ipv4-gateway": "10.0.0.1", "ipv4-address": "10.0.0.255/24"}, code(7))
+    ],
+    "gateway is the network address": [
+        ("ADD", {**S24, "ipv4-gateway": "10.0.0.0", "ipv4-address": "10.0.0.2/24"}, code(7))
+    ],
+    "gateway is a broadcast address outside": [
+        ("ADD", {**S24, "ipv4-gateway": "10.0.1.255", "ipv4-address": "10.0.0.2/24"}, code(7))
+    ],
     "no subnet": [("ADD", {"ipv4-gateway": "10.0.0.1", "ipv4-address": "10.0.0.2/24"}, code(7))],
     "default gateway": [("ADD", {**S24, "ipv4-address": "10.0.0.2/24"}, ok("10.0.0.2/24", "10.0.0.1"))],
-    "ipv4 happy path": [(
-        "ADD",
-        {"ipv4-address": "10.0.0.2/16", "ipv4-subnet": "10.0.0.0/16", "ipv4-gateway": "10.0.0.8", "ipv4-routes": ROUTE},
-        ok("10.0.0.2/16", "10.0.0.8", ROUTE),
-    )],
+    "ipv4 happy path": [
+        (
+            "ADD",
+            {
+                "ipv4-address": "10.0.0.2/16",
+                "ipv4-subnet": "10.0.0.0/16",
+                "ipv4-gateway": "10.0.0.8",
+                "ipv4-routes": ROUTE,
+            },
+            ok("10.0.0.2/16", "10.0.0.8", ROUTE),
+        )
+    ],
     "network and broadcast of a /29": [
         ("ADD", {**S29, "ipv4-address": "10.0.0.0/29"}, code(7)),
         ("ADD", {**S29, "ipv4-address": "10.0.0.7/29"}, code(7)),
@@ -139,8 +152,13 @@ def outcome(rc: int, output: str) -> dict:
 def test_go_scenario(tmp_path, name):
     for index, (command, ipam, expected) in enumerate(SCENARIOS[name]):
         env = {
-            "CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/x", "IPAM_DB_PATH": str(tmp_path / "ipam.db"), "ECS_CNI_LOG_FILE": os.devnull,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": "c1",
+            "CNI_NETNS": "/x",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/x",
+            "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+            "ECS_CNI_LOG_FILE": os.devnull,
         }
         conf = {"cniVersion": "0.3.0", "name": "testnet", "ipam": {"type": "ipam", **ipam}}
         out = io.StringIO()
@@ -150,8 +168,14 @@ def test_go_scenario(tmp_path, name):
 
 
 def test_an_invalid_cni_version_fails_the_add(tmp_path):
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
-           "IPAM_DB_PATH": str(tmp_path / "ipam.db"), "ECS_CNI_LOG_FILE": os.devnull}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+        "ECS_CNI_LOG_FILE": os.devnull,
+    }
     conf = {"cniVersion": "invalid", "name": "testnet", "ipam": {"type": "ipam", **S29, "ipv4-address": "10.0.0.2/29"}}
     out = io.StringIO()
     assert main([], env, io.BytesIO(json.dumps(conf).encode()), out) == 1
@@ -162,8 +186,14 @@ def test_an_invalid_cni_version_fails_the_add(tmp_path):
 def test_the_database_is_at_ipam_db_path(tmp_path):
     path = tmp_path / "elsewhere" / "test.db"
     path.parent.mkdir()
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
-           "IPAM_DB_PATH": str(path), "ECS_CNI_LOG_FILE": os.devnull}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(path),
+        "ECS_CNI_LOG_FILE": os.devnull,
+    }
     conf = {"cniVersion": "0.3.0", "name": "testnet", "ipam": {"type": "ipam", **S29}}
     assert main([], env, io.BytesIO(json.dumps(conf).encode()), io.StringIO()) == 0
     assert path.exists()

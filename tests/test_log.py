@@ -3,6 +3,7 @@ and plugins that roll at the same moment lose no line and fail no command."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -95,7 +96,9 @@ def test_deciding_costs_one_stat_per_line(tmp_path, monkeypatch):
     calls = []
     for name in ("stat", "fstat", "lstat"):
         real = getattr(os, name)
-        monkeypatch.setattr(log_module.os, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            log_module.os, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
     Log(str(path)).info("two")
     assert calls == ["fstat"]
 
@@ -130,17 +133,17 @@ def test_concurrent_writers_rolling_again_and_again_lose_no_line(tmp_path):
     writers, per_writer = 6, 400
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(n), str(per_writer)], env=env, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(n), str(per_writer)], env=env, stderr=subprocess.PIPE
+        )
         for n in range(writers)
     ]
     # Keep making the current file look an hour old, over and over, so that the writers
     # keep finding a finished hour at the same moment (and rolling into names that exist).
     hours = 0
     while any(proc.poll() is None for proc in procs):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             age(path, 1 + hours % 5)
-        except FileNotFoundError:
-            pass
         hours += 1
         time.sleep(0.002)
     assert [(proc.wait(), proc.stderr.read()) for proc in procs] == [(0, b"")] * writers
@@ -156,7 +159,9 @@ def test_plugins_that_roll_at_the_same_moment_all_succeed_and_log(tmp_path):
     Log(str(path)).info("from the last hour")
     then = age(path, 1)
     db = tmp_path / "ipam.db"
-    runs = [("ADD", netconf(f"task-{i}", ipv4_subnet="10.0.0.0/24"), {"ECS_CNI_LOG_FILE": str(path)}) for i in range(16)]
+    runs = [
+        ("ADD", netconf(f"task-{i}", ipv4_subnet="10.0.0.0/24"), {"ECS_CNI_LOG_FILE": str(path)}) for i in range(16)
+    ]
     results = finish_all(start_together(runs, db), timeout=120)
     assert [code for code, _, _ in results] == [0] * 16
     assert rolled(tmp_path) == [f"plugin.log.{hour_name(then)}"]

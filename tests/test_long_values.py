@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import pytest
 
@@ -23,8 +22,13 @@ LIMIT = 400  # characters of a whole error object
 
 def environment(tmp_path, command: str, **overrides: str) -> dict:
     env = {
-        "CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
-        "CNI_PATH": "/x", "IPAM_DB_PATH": str(tmp_path / "ipam.db"), "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/x",
+        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+        "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
     }
     env.update(overrides)
     return env

@@ -28,6 +28,7 @@ printed, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -35,8 +36,9 @@ import random
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 if __name__ == "__main__" and not __package__:
     # Run as a script from a checkout: use the package of the same tree, installed or not.
@@ -45,6 +47,8 @@ if __name__ == "__main__" and not __package__:
 import netaddr
 
 PROG = "compare_plugins.py"
+# A decoded JSON object: a configuration, an answer, a recorded operation.
+JSON = dict[str, Any]
 TRANSCRIPT_FORMAT = 1
 
 # Intentional differences: name -> (what differs, the test that pins ecs-ipam's side).
@@ -56,7 +60,7 @@ DIFFERENCES = {
     "fixed-is-gateway": (
         "a fixed address equal to the gateway is an invalid configuration, code 7 (the Go "
         "plugin reports the address as in use)",
-        "tests/test_config.py (\"is the gateway address\")",
+        'tests/test_config.py ("is the gateway address")',
     ),
     "error-codes": (
         "error codes and messages: the CNI code of each condition and a message naming the "
@@ -75,24 +79,23 @@ DIFFERENCES = {
     ),
     "v6-fixed-id-exists": (
         "an ADD of a fixed IPv6 address for an id that already holds an IPv6 address fails "
-        "with \"id already exists\", as it does for IPv4 (the Go plugin 2026.01 checks only "
+        'with "id already exists", as it does for IPv4 (the Go plugin 2026.01 checks only '
         "IPv4, so the id then holds two); not generated",
         "tests/test_compare_transcripts.py::test_a_fixed_ipv6_address_for_an_id_that_holds_one",
     ),
     "dual-stack-fixed-under-an-id": (
         "a dual-stack ADD of fixed addresses under an id claims both (the Go plugin 2026.01 "
-        "always fails it with \"id already exists\", finding the IPv4 address it has just "
+        'always fails it with "id already exists", finding the IPv4 address it has just '
         "claimed, and keeps that one); not generated",
         "tests/test_ipam.py::test_dual_stack_fixed_pair_under_one_id",
     ),
     "several-subnets": (
-        "several subnets share one database (the Go plugin fails with \"id: GateWay: "
-        "ipstore: id already exists\"); not generated: one subnet per family and sequence",
+        'several subnets share one database (the Go plugin fails with "id: GateWay: '
+        'ipstore: id already exists"); not generated: one subnet per family and sequence',
         "tests/test_ipam.py::test_two_subnets_in_one_database_with_the_same_id",
     ),
     "cni-versions": (
-        "every CNI version from 0.1.0 to 1.1.0 is answered (the Go plugin: 0.3.0 only); "
-        "sequences use 0.3.0",
+        "every CNI version from 0.1.0 to 1.1.0 is answered (the Go plugin: 0.3.0 only); sequences use 0.3.0",
         "tests/test_results.py",
     ),
 }
@@ -100,14 +103,19 @@ DIFFERENCES = {
 
 # --- running a plugin ---------------------------------------------------------------------
 
+
 class Answer(NamedTuple):
     """What a plugin printed for one command: exit status and the JSON object (or None)."""
 
     rc: int
-    output: dict | None
+    output: JSON | None
 
 
-def plugin_environment(command: str, db_path: str, log_file: str, cni_path: str) -> dict:
+# Runs one operation (with its "command" and "conf") in a database directory.
+Runner = Callable[[JSON, str], Answer]
+
+
+def plugin_environment(command: str, db_path: str, log_file: str, cni_path: str) -> JSON:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("CNI_", "IPAM_", "ECS_CNI_"))}
     env.update(
         CNI_COMMAND=command,
@@ -121,7 +129,7 @@ def plugin_environment(command: str, db_path: str, log_file: str, cni_path: str)
     return env
 
 
-def _parse(stdout: bytes | str) -> dict | None:
+def _parse(stdout: bytes | str) -> JSON | None:
     text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout
     if not text.strip():
         return None
@@ -139,9 +147,11 @@ class ProcessPlugin:
         self.argv = argv
         self.name = " ".join(argv)
 
-    def run(self, command: str, conf: dict, directory: str) -> Answer:
+    def run(self, command: str, conf: JSON, directory: str) -> Answer:
         env = plugin_environment(
-            command, os.path.join(directory, "ipam.db"), os.path.join(directory, "plugin.log"),
+            command,
+            os.path.join(directory, "ipam.db"),
+            os.path.join(directory, "plugin.log"),
             os.path.dirname(os.path.abspath(self.argv[0])),
         )
         proc = subprocess.run(self.argv, input=json.dumps(conf).encode(), capture_output=True, env=env, timeout=60)
@@ -153,7 +163,7 @@ class InProcessPlugin:
 
     name = "ecs-ipam (in-process)"
 
-    def run(self, command: str, conf: dict, directory: str) -> Answer:
+    def run(self, command: str, conf: JSON, directory: str) -> Answer:
         from ecs_ipam.cni import main
 
         env = plugin_environment(
@@ -188,12 +198,19 @@ _GO_MESSAGES = (
     ("failed to load netconf", "invalid-config"),
 )
 _CODES = {
-    1: "version", 4: "environment", 5: "io", 6: "decode", 7: "invalid-config", 11: "try-again",
-    100: "address-in-use", 101: "id-exists", 102: "exhausted",
+    1: "version",
+    4: "environment",
+    5: "io",
+    6: "decode",
+    7: "invalid-config",
+    11: "try-again",
+    100: "address-in-use",
+    101: "id-exists",
+    102: "exhausted",
 }
 
 
-def error_class(output: dict | None) -> str:
+def error_class(output: JSON | None) -> str:
     """The condition an error object reports, whichever plugin printed it."""
     if not isinstance(output, dict) or "code" not in output:
         return "no-error-object"
@@ -206,10 +223,10 @@ def error_class(output: dict | None) -> str:
             if text in msg:
                 return condition
         return f"other: {msg[:80]}"
-    return _CODES.get(code, f"code {code}")
+    return _CODES.get(code, f"code {code}") if isinstance(code, int) else f"code {code}"
 
 
-def normalised(answer: Answer) -> dict:
+def normalised(answer: Answer) -> JSON:
     """An answer reduced to what it means: success with addresses and routes, or an error class."""
     if answer.rc != 0:
         return {"ok": False, "error": error_class(answer.output)}
@@ -219,7 +236,7 @@ def normalised(answer: Answer) -> dict:
     return {"ok": True, "ips": ips, "routes": routes}
 
 
-def compare(op: dict, reference: Answer, candidate: Answer) -> tuple[str, str]:
+def compare(op: JSON, reference: Answer, candidate: Answer) -> tuple[str, str]:
     """``("same" | "intentional" | "mismatch", detail)`` for one operation."""
     ref, cand = normalised(reference), normalised(candidate)
     if ref == cand:
@@ -227,17 +244,19 @@ def compare(op: dict, reference: Answer, candidate: Answer) -> tuple[str, str]:
     if not ref["ok"] and ref["error"] == "not-held" and cand["ok"] and op["command"] == "DEL":
         return "intentional", "del-not-held"
     if (
-        not ref["ok"] and not cand["ok"]
-        and ref["error"] == "address-in-use" and cand["error"] == "invalid-config"
+        not ref["ok"]
+        and not cand["ok"]
+        and ref["error"] == "address-in-use"
+        and cand["error"] == "invalid-config"
         and op.get("fixed_is_gateway")
     ):
         return "intentional", "fixed-is-gateway"
     return "mismatch", f"reference {ref} / plugin {cand}"
 
 
-def answer_json(answer: Answer) -> dict:
+def answer_json(answer: Answer) -> JSON:
     """An answer as recorded in a transcript: only what comparing needs."""
-    recorded: dict = {"rc": answer.rc}
+    recorded: JSON = {"rc": answer.rc}
     output = answer.output or {}
     if answer.rc != 0:
         recorded.update({k: output[k] for k in ("code", "msg", "cniVersion") if k in output})
@@ -248,7 +267,7 @@ def answer_json(answer: Answer) -> dict:
     return recorded
 
 
-def answer_from_json(recorded: dict) -> Answer:
+def answer_from_json(recorded: JSON) -> Answer:
     output = {k: v for k, v in recorded.items() if k != "rc"}
     return Answer(recorded["rc"], output or None)
 
@@ -258,20 +277,17 @@ def answer_from_json(recorded: dict) -> Answer:
 KINDS = ("v4", "v6", "dual")
 
 
-def pool_layout(kind: str, rng: random.Random) -> dict:
+def pool_layout(kind: str, rng: random.Random) -> JSON:
     """The ipam keys every operation of a sequence shares, and how the pools are laid out."""
-    layout: dict = {"families": {"v4": (4,), "v6": (6,), "dual": (4, 6)}[kind]}
+    layout: JSON = {"families": {"v4": (4,), "v6": (6,), "dual": (4, 6)}[kind]}
     # Small pools: a /29 has 5 task addresses, a /27 29.  Exhaustion and wrap-around happen.
-    if kind == "dual":
-        # Both pools have 15 addresses after the network address; IPv4's last one is its
-        # broadcast address, so IPv6's last one is held for the whole sequence by a pin
-        # (see setup_ops).  The pools then stay in step: offset k is free in one exactly when
-        # it is free in the other, and an IPv6 claim fails only when the IPv4 one does.
-        prefixes = {4: 28, 6: 124}
-    else:
-        prefixes = {4: rng.choice((29, 28, 27)), 6: rng.choice((125, 124, 123))}
+    # Dual: both pools have 15 addresses after the network address; IPv4's last one is its
+    # broadcast address, so IPv6's last one is held for the whole sequence by a pin (see
+    # setup_ops).  The pools then stay in step: offset k is free in one exactly when it is
+    # free in the other, and an IPv6 claim fails only when the IPv4 one does.
+    prefixes = {4: 28, 6: 124} if kind == "dual" else {4: rng.choice((29, 28, 27)), 6: rng.choice((125, 124, 123))}
     base = {4: f"10.{rng.randrange(256)}.{rng.randrange(16) * 16}.0", 6: f"fd00:{rng.randrange(65536):x}::"}
-    ipam: dict = {"type": "ecs-ipam"}
+    ipam: JSON = {"type": "ecs-ipam"}
     gateway_offset = 1 if rng.random() < 0.7 or kind == "dual" else 2
     for version in layout["families"]:
         family = "ipv4" if version == 4 else "ipv6"
@@ -291,19 +307,21 @@ def pool_layout(kind: str, rng: random.Random) -> dict:
     return layout
 
 
-def _subnets(layout: dict) -> dict[int, netaddr.IPNetwork]:
+def _subnets(layout: JSON) -> dict[int, netaddr.IPNetwork]:
     return {
         version: netaddr.IPNetwork(layout["ipam"]["ipv4-subnet" if version == 4 else "ipv6-subnet"])
         for version in layout["families"]
     }
 
 
-def setup_ops(kind: str, layout: dict) -> list[dict]:
+def setup_ops(kind: str, layout: JSON) -> list[JSON]:
     if kind != "dual":
         return []
     v6 = _subnets(layout)[6]
     pin = {
-        "type": "ecs-ipam", "id": "pin", "ipv6-subnet": str(v6),
+        "type": "ecs-ipam",
+        "id": "pin",
+        "ipv6-subnet": str(v6),
         "ipv6-address": f"{netaddr.IPAddress(v6.last, 6)}/{v6.prefixlen}",
     }
     return [{"command": "ADD", "conf": {"cniVersion": "0.3.0", "name": "compare", "ipam": pin}}]
@@ -315,17 +333,16 @@ class Model:
     def __init__(self) -> None:
         self.held: dict[str, str] = {}
 
-    def apply(self, op: dict, answer: Answer) -> None:
+    def apply(self, op: JSON, answer: Answer) -> None:
         if answer.rc != 0:
             return
         ipam = op["conf"]["ipam"]
         owner = ipam.get("id") or ""
         if op["command"] == "ADD":
             for ip in (answer.output or {}).get("ips", []):
-                try:
+                # A malformed answer is reported by the comparison.
+                with contextlib.suppress(netaddr.AddrFormatError, KeyError, TypeError, ValueError):
                     self.held[str(netaddr.IPNetwork(ip["address"]).ip)] = owner
-                except (netaddr.AddrFormatError, KeyError, TypeError, ValueError):
-                    pass  # a malformed answer is reported by the comparison
             return
         fixed = [str(netaddr.IPNetwork(ipam[k]).ip) for k in ("ipv4-address", "ipv6-address") if ipam.get(k)]
         if fixed:
@@ -336,13 +353,13 @@ class Model:
                 del self.held[address]
 
 
-def next_op(rng: random.Random, layout: dict, model: Model, ids: list[str]) -> dict:
+def next_op(rng: random.Random, layout: JSON, model: Model, ids: list[str]) -> JSON:
     """One operation, drawn from *rng* and what the reference holds now."""
     subnets = _subnets(layout)
     families = layout["families"]
     gateway_offset = layout["gateway_offset"]
     ipam = dict(layout["ipam"])
-    op: dict = {}
+    op: JSON = {}
 
     def host_offset() -> int:
         size = subnets[families[0]].size
@@ -384,7 +401,7 @@ def next_op(rng: random.Random, layout: dict, model: Model, ids: list[str]) -> d
         command = "DEL"
         if held and rng.random() < 0.8:
             first = netaddr.IPAddress(rng.choice(held))
-            offset = first.value - subnets[families[0]].first
+            offset = int(first) - subnets[families[0]].first
         else:
             offset = host_offset()
         if offset == gateway_offset:
@@ -398,7 +415,7 @@ def next_op(rng: random.Random, layout: dict, model: Model, ids: list[str]) -> d
         owner = rng.choice(named)
         address = next(a for a, o in model.held.items() if o == owner and netaddr.IPAddress(a).version == families[0])
         ipam["id"] = owner
-        fixed(netaddr.IPAddress(address).value - subnets[families[0]].first)
+        fixed(int(netaddr.IPAddress(address)) - subnets[families[0]].first)
     else:
         command, mistake = rng.choice(("ADD", "DEL")), rng.randrange(4)
         family = "ipv4" if families[0] == 4 else "ipv6"
@@ -423,23 +440,24 @@ def next_op(rng: random.Random, layout: dict, model: Model, ids: list[str]) -> d
 
 # --- running sequences ------------------------------------------------------------------------
 
+
 class Tally(NamedTuple):
     seed: int
     kind: str
     ops: int
     same: int
-    intentional: dict
-    mismatches: list
+    intentional: dict[str, int]
+    mismatches: list[JSON]
 
 
 def run_sequence(
     seed: int,
     kind: str,
     ops: int,
-    reference: Callable[[dict, str], Answer],
-    candidate: Callable[[dict, str], Answer],
-    recorded: list[dict] | None = None,
-) -> tuple[Tally, list[dict]]:
+    reference: Runner | None,
+    candidate: Runner,
+    recorded: list[JSON] | None = None,
+) -> tuple[Tally, list[JSON]]:
     """Run one sequence against both plugins; return the tally and the transcript of it.
 
     :param reference: ``(op, directory) -> Answer``; when *recorded* is given it is
@@ -449,8 +467,12 @@ def run_sequence(
     layout = pool_layout(kind, rng)
     ids = [f"task-{i}" for i in range(max(4, _subnets(layout)[layout["families"][0]].size // 2))]
     model = Model()
-    same, intentional, mismatches, transcript = 0, {}, [], []
-    with tempfile.TemporaryDirectory(prefix="compare-ref-") as ref_dir, tempfile.TemporaryDirectory(prefix="compare-plugin-") as cand_dir:
+    same, mismatches, transcript = 0, [], []
+    intentional: dict[str, int] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="compare-ref-") as ref_dir,
+        tempfile.TemporaryDirectory(prefix="compare-plugin-") as cand_dir,
+    ):
         plan = recorded if recorded is not None else setup_ops(kind, layout)
         index = 0
         while index < (len(plan) if recorded is not None else len(plan) + ops):
@@ -458,7 +480,11 @@ def run_sequence(
                 op = {k: v for k, v in plan[index].items() if k != "answer"}
             else:
                 op = next_op(rng, layout, model, ids)
-            ref_answer = answer_from_json(plan[index]["answer"]) if recorded is not None else reference(op, ref_dir)
+            if recorded is not None:
+                ref_answer = answer_from_json(plan[index]["answer"])
+            else:
+                assert reference is not None, "a reference is needed when nothing was recorded"
+                ref_answer = reference(op, ref_dir)
             cand_answer = candidate(op, cand_dir)
             model.apply(op, ref_answer)
             verdict, detail = compare(op, ref_answer, cand_answer)
@@ -473,7 +499,7 @@ def run_sequence(
     return Tally(seed, kind, index, same, intentional, mismatches), transcript
 
 
-def compact(sequence_ops: list[dict]) -> dict:
+def compact(sequence_ops: list[JSON]) -> JSON:
     """Recorded operations with the ipam keys they share written once: ``{"base", "ops"}``."""
     counts: dict[str, int] = {}
     for op in sequence_ops:
@@ -493,12 +519,16 @@ def compact(sequence_ops: list[dict]) -> dict:
     return {"base": base, "ops": ops}
 
 
-def expand(recorded: dict) -> list[dict]:
+def expand(recorded: JSON) -> list[JSON]:
     """The operations of a :func:`compact` record, each with its whole configuration."""
     ops = []
     for entry in recorded["ops"]:
         ipam = {k: v for k, v in {**recorded["base"], **entry["ipam"]}.items() if v is not None}
-        op = {"command": entry["command"], "conf": {"cniVersion": "0.3.0", "name": "compare", "ipam": ipam}, "answer": entry["answer"]}
+        op = {
+            "command": entry["command"],
+            "conf": {"cniVersion": "0.3.0", "name": "compare", "ipam": ipam},
+            "answer": entry["answer"],
+        }
         if entry.get("fixed_is_gateway"):
             op["fixed_is_gateway"] = True
         ops.append(op)
@@ -507,33 +537,46 @@ def expand(recorded: dict) -> list[dict]:
 
 def supports_ipv6(plugin: ProcessPlugin) -> bool:
     """Whether *plugin* answers an IPv6-only ADD with an IPv6 address."""
-    conf = {"cniVersion": "0.3.0", "name": "probe", "ipam": {"type": "ecs-ipam", "id": "probe", "ipv6-subnet": "fd00::/120"}}
+    conf = {
+        "cniVersion": "0.3.0",
+        "name": "probe",
+        "ipam": {"type": "ecs-ipam", "id": "probe", "ipv6-subnet": "fd00::/120"},
+    }
     with tempfile.TemporaryDirectory(prefix="compare-probe-") as directory:
         answer = plugin.run("ADD", conf, directory)
     return answer.rc == 0 and any(":" in ip.get("address", "") for ip in (answer.output or {}).get("ips", []))
 
 
-def print_report(tallies: list[Tally], out=None, show: int = 10) -> int:
+def print_report(tallies: list[Tally], out: TextIO | None = None, show: int = 10) -> int:
     """Print the summary table and the mismatches; return the number of mismatches."""
     out = sys.stdout if out is None else out
     print(f"{'seed':>6} {'kind':<5} {'ops':>6} {'same':>6} {'intentional':>12} {'mismatch':>9}", file=out)
     totals: dict[str, int] = {}
     mismatches = 0
     for t in tallies:
-        print(f"{t.seed:>6} {t.kind:<5} {t.ops:>6} {t.same:>6} {sum(t.intentional.values()):>12} {len(t.mismatches):>9}", file=out)
+        print(
+            f"{t.seed:>6} {t.kind:<5} {t.ops:>6} {t.same:>6} {sum(t.intentional.values()):>12} {len(t.mismatches):>9}",
+            file=out,
+        )
         for name, count in t.intentional.items():
             totals[name] = totals.get(name, 0) + count
         mismatches += len(t.mismatches)
-    print(f"{'total':>6} {'':<5} {sum(t.ops for t in tallies):>6} {sum(t.same for t in tallies):>6} "
-          f"{sum(totals.values()):>12} {mismatches:>9}", file=out)
+    print(
+        f"{'total':>6} {'':<5} {sum(t.ops for t in tallies):>6} {sum(t.same for t in tallies):>6} "
+        f"{sum(totals.values()):>12} {mismatches:>9}",
+        file=out,
+    )
     for name, count in sorted(totals.items()):
         print(f"  intentional {name}: {count}  ({DIFFERENCES[name][0]})", file=out)
     shown = 0
     for t in tallies:
         for m in t.mismatches:
             if shown < show:
-                print(f"MISMATCH seed {t.seed} {t.kind} op {m['index']}: {m['op']['command']} "
-                      f"{json.dumps(m['op']['conf']['ipam'])}: {m['detail']}", file=out)
+                print(
+                    f"MISMATCH seed {t.seed} {t.kind} op {m['index']}: {m['op']['command']} "
+                    f"{json.dumps(m['op']['conf']['ipam'])}: {m['detail']}",
+                    file=out,
+                )
             shown += 1
     if shown > show:
         print(f"... and {shown - show} more mismatches", file=out)
@@ -541,28 +584,33 @@ def print_report(tallies: list[Tally], out=None, show: int = 10) -> int:
     return mismatches
 
 
-def replay(transcript: dict, candidate: Callable[[dict, str], Answer]) -> list[Tally]:
+def replay(transcript: JSON, candidate: Runner) -> list[Tally]:
     """Run a recorded transcript's sequences against *candidate*; return the tallies."""
     if transcript.get("format") != TRANSCRIPT_FORMAT:
         raise ValueError(f"unknown transcript format {transcript.get('format')!r}")
     return [
-        run_sequence(s["seed"], s["kind"], 0, None, candidate, recorded=expand(s))[0]
-        for s in transcript["sequences"]
+        run_sequence(s["seed"], s["kind"], 0, None, candidate, recorded=expand(s))[0] for s in transcript["sequences"]
     ]
 
 
-def _runner(plugin) -> Callable[[dict, str], Answer]:
+def _runner(plugin: ProcessPlugin | InProcessPlugin) -> Runner:
     return lambda op, directory: plugin.run(op["command"], op["conf"], directory)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", help="the other plugin's executable (e.g. a build of the Go original)")
-    parser.add_argument("--plugin", help="the plugin under test, as a command line (default: this checkout's ecs-ipam, in-process)")
+    parser.add_argument(
+        "--plugin", help="the plugin under test, as a command line (default: this checkout's ecs-ipam, in-process)"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="sequences per kind (default 10)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--ops", type=int, default=1000, help="operations per sequence (default 1000)")
-    parser.add_argument("--kinds", default="auto", help="comma-separated from v4,v6,dual; auto: v4, plus v6 and dual when the reference supports IPv6")
+    parser.add_argument(
+        "--kinds",
+        default="auto",
+        help="comma-separated from v4,v6,dual; auto: v4, plus v6 and dual when the reference supports IPv6",
+    )
     parser.add_argument("--record", metavar="FILE", help="save the sequences and the reference's answers as JSON")
     parser.add_argument("--replay", metavar="FILE", help="compare against a recorded transcript instead of a reference")
     parser.add_argument("--show", type=int, default=10, help="mismatches to print in full (default 10)")
@@ -597,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         with open(args.record, "w", encoding="utf-8") as f:
             # One sequence, then one operation per line: small, and readable in a diff.
-            f.write('{"format": %d, "reference": %s, "sequences": [\n' % (TRANSCRIPT_FORMAT, json.dumps(os.path.basename(args.reference))))
+            reference_name = json.dumps(os.path.basename(args.reference))
+            f.write(f'{{"format": {TRANSCRIPT_FORMAT}, "reference": {reference_name}, "sequences": [\n')
             for i, sequence in enumerate(sequences):
                 head = {k: v for k, v in sequence.items() if k != "ops"}
                 f.write(json.dumps(head)[:-1] + ', "ops": [\n')
