@@ -11,15 +11,21 @@ Bucket layout (one bucket per subnet, named by its CIDR)::
     lastKnownIP        msgpack str: the address the walk continues after
     lastKnownIPv6      (the same, in an IPv6 bucket)
     id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan)
+
+One address space per database, as in the Go plugin's single bucket: pools whose subnets
+overlap (a pool widened from /25 to /24, an IPv6 /112 inside a /64) keep their own
+buckets, and every claim also looks in the other buckets whose subnet contains the
+address (:func:`overlapping_buckets`).  An id holding an address through one of them
+holds it for all of them.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import msgpack
 
-from .addr import Network, format_address, parse_address
+from .addr import Network, format_address, parse_address, parse_network
 from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
@@ -85,12 +91,59 @@ def address_text(value: int, version: int) -> str:
     return format_address(value, version)
 
 
-class PoolAllocator:
-    """Claims and releases the addresses of one pool inside one transaction."""
+class Overlap(NamedTuple):
+    """Another pool's bucket, whose subnet shares addresses with this pool's."""
 
-    def __init__(self, pool: Pool, tx: Tx) -> None:
+    subnet: Network
+    tx: Tx
+
+
+def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overlap]:
+    """The buckets of other pools of *pool*'s family whose subnets overlap its subnet.
+
+    :param tx: any bucket's view of the transaction.
+    :param names: the database's bucket names, read once per transaction (``tx.buckets()``).
+    """
+    subnet, own, ipv6 = pool.subnet, pool.bucket, pool.version == 6
+    found = []
+    for name in names:
+        # Cheap tests first: most databases hold one pool per family and nothing else.
+        if name == own or "/" not in name or (":" in name) != ipv6:
+            continue
+        other = parse_network(name, pool.version)
+        # Pool buckets only: named by a canonical CIDR, as Pool.bucket writes it.
+        if other is None or other.ip.value != other.first or str(other) != name:
+            continue
+        if other.first <= subnet.last and subnet.first <= other.last:
+            found.append(Overlap(other, tx.bucket(name)))
+    return found
+
+
+def _held_in(tx: Tx, owner_id: str) -> str | None:
+    """The address *owner_id* holds in the bucket *tx*, or None."""
+    pair = tx.find(id_index_key(owner_id))
+    if pair is None:
+        return None
+    address = decode(pair.value)
+    if not isinstance(address, str):
+        return None
+    record = tx.find(address)
+    if record is None or owner_of(decode(record.value)) != owner_id:
+        return None  # a stale index entry: the address went to someone else
+    return address
+
+
+class PoolAllocator:
+    """Claims and releases the addresses of one pool inside one transaction.
+
+    :param tx: the pool's bucket.
+    :param overlapping: the other pools' buckets that share addresses with this one.
+    """
+
+    def __init__(self, pool: Pool, tx: Tx, overlapping: Sequence[Overlap] = ()) -> None:
         self.pool = pool
         self.tx = tx
+        self.overlapping = tuple(overlapping)
         subnet = pool.subnet
         self.first = subnet.first + 1
         # IPv4 keeps its broadcast address out of the pool; IPv6 has none.
@@ -108,14 +161,33 @@ class PoolAllocator:
         return record if isinstance(record, dict) else {"id": None}
 
     def held_by(self, owner_id: str) -> str | None:
-        """The address *owner_id* holds in this pool, or None."""
-        pair = self.tx.find(id_index_key(owner_id))
-        if pair is None:
-            return None
-        address = decode(pair.value)
-        if not isinstance(address, str) or owner_of(self.record(address)) != owner_id:
-            return None  # a stale index entry: the address went to someone else
-        return address
+        """The address *owner_id* holds in this pool's own bucket, or None."""
+        return _held_in(self.tx, owner_id)
+
+    def held_anywhere(self, owner_id: str) -> tuple[str, Tx] | None:
+        """The address *owner_id* holds in this pool or an overlapping one, with its bucket."""
+        for tx in (self.tx, *(overlap.tx for overlap in self.overlapping)):
+            address = _held_in(tx, owner_id)
+            if address is not None:
+                return address, tx
+        return None
+
+    def _containing(self, value: int) -> list[Tx]:
+        return [o.tx for o in self.overlapping if o.subnet.first <= value <= o.subnet.last]
+
+    def holder(self, address: str) -> tuple[Tx, dict] | None:
+        """The bucket that records *address*, this pool's first, with the record."""
+        buckets = [self.tx]
+        if self.overlapping:
+            parsed = parse_address(address, self.pool.version)
+            if parsed is not None:
+                buckets += self._containing(parsed.value)
+        for tx in buckets:
+            pair = tx.find(address)
+            if pair is not None:
+                record = decode(pair.value)
+                return tx, record if isinstance(record, dict) else {"id": None}
+        return None
 
     def last_known(self) -> int | None:
         pair = self.tx.find(self.last_known_key)
@@ -136,7 +208,8 @@ class PoolAllocator:
         return len(self.reservations())
 
     def reservations(self) -> list[tuple[str, dict]]:
-        """Every address held by a task: (address, record).  Scans the bucket."""
+        """Every address of the pool held by a task: (address, record), also those held
+        through an overlapping pool.  Scans the buckets."""
         held = []
         for pair in self.tx.list(""):
             if pair.key == self.last_known_key or pair.key.startswith(INDEX_PREFIXES):
@@ -144,7 +217,33 @@ class PoolAllocator:
             record = decode(pair.value)
             if owner_of(record) not in (None, self.gateway_owner):
                 held.append((pair.key, record))
+        for address, value in self._overlapping_addresses():
+            if owner_of(value) not in (None, self.gateway_owner):
+                held.append((address, value))
         return held
+
+    def _overlapping_addresses(self) -> list[tuple[str, object]]:
+        """(address, decoded value) of every address of this pool recorded by another pool."""
+        found = []
+        for overlap in self.overlapping:
+            for pair in overlap.tx.list(""):
+                parsed = parse_address(pair.key, self.pool.version)
+                if parsed is not None and self.first <= parsed.value <= self.last:
+                    found.append((pair.key, decode(pair.value)))
+        return found
+
+    def free(self) -> int:
+        """How many addresses are still free for a task (gateways and every pool's leases
+        excluded).  Scans the buckets: STATUS only."""
+        if not self.overlapping:
+            return self.capacity() - self.used()
+        taken = {address for address, _ in self.reservations()}
+        for address, value in self._overlapping_addresses():
+            taken.add(address)  # the other pools' gateways too
+        gateway = self.pool.gateway.value
+        if self.first <= gateway <= self.last:
+            taken.add(address_text(gateway, self.pool.version))
+        return self.last - self.first + 1 - len(taken)
 
     # -- writes -----------------------------------------------------------------------
 
@@ -156,6 +255,14 @@ class PoolAllocator:
         address = str(self.pool.gateway)
         record = self.record(address)
         if record is None:
+            holder = self.holder(address)
+            if holder is not None and owner_of(holder[1]) != self.gateway_owner:
+                # The gateway of an overlapping pool at the same address is no conflict:
+                # both pools reserve it for the same purpose.
+                raise AddressInUseError(
+                    f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(holder[1]))} "
+                    f"in {holder[0].bucket_name}"
+                )
             self.tx.put(address, encode({"id": self.gateway_owner}))
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(
@@ -168,8 +275,8 @@ class PoolAllocator:
         :return: the claimed address with its prefix length (the fixed address keeps its own).
         :raises AddressInUseError: the fixed address is taken.
         :raises PoolExhaustedError: no address is free.
-        :raises IdAlreadyAllocatedError: *owner* already holds an address in this pool
-            (checked after the two above, as the original plugin does).
+        :raises IdAlreadyAllocatedError: *owner* already holds an address in this pool or
+            an overlapping one (checked after the two above, as the original plugin does).
         """
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
@@ -177,19 +284,19 @@ class PoolAllocator:
         fixed = self.pool.fixed_address
         if fixed is not None:
             address = str(fixed.ip)
-            record = self.record(address)
-            if record is not None:
-                raise AddressInUseError(f"address {address} is already held by {quoted(owner_of(record))}")
+            holder = self.holder(address)
+            if holder is not None:
+                raise AddressInUseError(f"address {address} is already held by {quoted(owner_of(holder[1]))}")
             prefixlen = fixed.prefixlen
         else:
             address = self._next_free()
             prefixlen = self.pool.subnet.prefixlen
         # After the address, as in the original: a taken address or a full pool is what
         # the caller hears about first, also when the id holds an address already.
-        held = self.held_by(owner.id) if owner.id else None
+        held = self.held_anywhere(owner.id) if owner.id else None
         if held is not None:
             raise IdAlreadyAllocatedError(
-                f"id already exists: {quoted(owner.id)} holds {held} in {self.pool.subnet}"
+                f"id already exists: {quoted(owner.id)} holds {held[0]} in {held[1].bucket_name}"
             )
         self._claim(address, owner, now)
         return Network(parse_address(address), prefixlen)
@@ -201,12 +308,17 @@ class PoolAllocator:
         start = self.last_known()
         candidate = self.first if start is None or start >= self.last else start + 1
         version, exists = self.pool.version, self.tx.exists
+        if self.overlapping:
+            exists = self._taken_anywhere
         for _ in range(self.last - self.first + 1):
             text = address_text(candidate, version)
             if not exists(text):
                 return text
             candidate = self.first if candidate >= self.last else candidate + 1
         raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
+
+    def _taken_anywhere(self, address: str) -> bool:
+        return self.holder(address) is not None
 
     def _claim(self, address: str, owner: Owner, now: float) -> None:
         self.tx.put(
@@ -231,17 +343,27 @@ class PoolAllocator:
         so the walk continues after it.
         :return: whether an address was released.
         """
-        record = self.record(address)
-        if record is None:
+        found = self.holder(address)
+        if found is None:
             return False
+        return self._release_from(found[0], address, found[1], owner_id)
+
+    def _release_from(self, tx: Tx, address: str, record: dict, owner_id: str | None) -> bool:
         holder = owner_of(record)
         if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
             return False
-        self.tx.delete(address)
+        tx.delete(address)
         if holder:
-            index = self.tx.find(id_index_key(holder))
+            index = tx.find(id_index_key(holder))
             if index is not None and decode(index.value) == address:
-                self.tx.delete(index.key)
+                tx.delete(index.key)
+        if tx is not self.tx:
+            # Released from an overlapping pool: this pool's walk continues after it when
+            # it is one of its addresses.  The other pool's pointer stays, so a release
+            # writes at most one pointer per pool (GC's batches count on it).
+            parsed = parse_address(address, self.pool.version)
+            if parsed is None or not self.first <= parsed.value <= self.last:
+                return True
         self.tx.put(self.last_known_key, encode(address))
         return True
 
@@ -254,3 +376,20 @@ class PoolAllocator:
             return None
         self.release(address, owner_id)
         return address
+
+    def release_owner(self, owner_id: str) -> list[str]:
+        """Release what *owner_id* holds in this pool and in every overlapping one.
+
+        After a pool was widened or narrowed, the agent releases with the new
+        configuration what the id took with the old one.
+        :return: the released addresses.
+        """
+        released = []
+        address = self.release_id(owner_id)
+        if address is not None:
+            released.append(address)
+        for overlap in self.overlapping:
+            address = _held_in(overlap.tx, owner_id)
+            if address is not None and self._release_from(overlap.tx, address, {"id": owner_id}, owner_id):
+                released.append(address)
+        return released

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Mapping
 
-from .allocator import LEGACY_BUCKET, Owner, PoolAllocator
+from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, overlapping_buckets
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -27,7 +27,13 @@ from .kv.base import Store, Tx
 from .results import Allocation, format_result, result_addresses
 
 
-def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:
+def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> PoolAllocator:
+    """The allocator of *pool* in transaction *tx*.
+
+    :param names: the database's bucket names, read once per transaction: the pools
+        whose subnets overlap this one's share its address space.
+    """
+    overlapping = overlapping_buckets(tx, pool, names)
     # Leases migrated from the Go plugin wait in their bucket until a config names their
     # subnet; taking them first keeps them from being handed out a second time.  Only a
     # migrated host pays for importing the code that does it.
@@ -35,8 +41,8 @@ def _allocator(tx: Tx, pool: Pool, write: bool = True) -> PoolAllocator:
     if waiting:
         from .legacy import adopt
 
-        return PoolAllocator(pool, adopt(tx, pool, write, waiting))
-    return PoolAllocator(pool, tx.bucket(pool.bucket))
+        return PoolAllocator(pool, adopt(tx, pool, write, waiting), overlapping)
+    return PoolAllocator(pool, tx.bucket(pool.bucket), overlapping)
 
 
 def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:
@@ -47,8 +53,9 @@ def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocatio
 
     def body(tx: Tx) -> list[Allocation]:
         allocations = []
+        names = tx.buckets()
         for pool in conf.pools:
-            allocator = _allocator(tx, pool)
+            allocator = _allocator(tx, pool, names)
             allocator.reserve_gateway()
             allocations.append((pool, allocator.allocate(owner, now)))
         return allocations
@@ -66,16 +73,15 @@ def delete(store: Store, conf: NetConf) -> list[str]:
 
     def body(tx: Tx) -> list[str]:
         released = []
+        names = tx.buckets()
         for pool in conf.pools:
-            allocator = _allocator(tx, pool)
+            allocator = _allocator(tx, pool, names)
             if pool.fixed_address is not None:
                 address = str(pool.fixed_address.ip)
                 if allocator.release(address, conf.owner_id):
                     released.append(address)
             if conf.owner_id is not None:
-                address = allocator.release_id(conf.owner_id)
-                if address is not None:
-                    released.append(address)
+                released += allocator.release_owner(conf.owner_id)
         return released
 
     return store.transact(body)
@@ -93,8 +99,10 @@ def check(store: Store, conf: NetConf) -> None:
         return
 
     def body(tx: Tx) -> None:
+        names = tx.buckets()
         for pool in conf.pools:
-            held = _allocator(tx, pool, write=False).held_by(conf.owner_id)
+            found = _allocator(tx, pool, names, write=False).held_anywhere(conf.owner_id)
+            held = None if found is None else found[0]
             if held is None:
                 raise ReservationMismatchError(
                     f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}"
@@ -111,16 +119,17 @@ def check(store: Store, conf: NetConf) -> None:
 
 def _check_anonymous(store: Store, conf: NetConf, previous: list) -> None:
     def body(tx: Tx) -> None:
+        names = tx.buckets()
         for pool in conf.pools:
             expected = [str(ip) for ip in previous if ip in pool.subnet]
             if not expected:
                 raise ReservationMismatchError(
                     f"no id and no prevResult address in {pool.subnet}: nothing to check"
                 )
-            allocator = _allocator(tx, pool, write=False)
+            allocator = _allocator(tx, pool, names, write=False)
             for address in expected:
-                record = allocator.record(address)
-                if record is None or record.get("id") != "":
+                found = allocator.holder(address)
+                if found is None or found[1].get("id") != "":
                     raise ReservationMismatchError(
                         f"{address} in {pool.subnet} is not held anonymously any more"
                     )
@@ -144,8 +153,9 @@ def gc(store: Store, conf: NetConf) -> list[str]:
 
     def body(tx: Tx) -> list[str]:
         released = []
+        names = tx.buckets()
         for pool in conf.pools:
-            allocator = _allocator(tx, pool)
+            allocator = _allocator(tx, pool, names)
             for address, record in allocator.reservations():
                 if len(released) == batch:
                     return released
@@ -168,9 +178,10 @@ def status(store: Store, conf: NetConf) -> None:
     """:raises NotAvailableError: a pool of *conf* has no free address."""
 
     def body(tx: Tx) -> None:
+        names = tx.buckets()
         for pool in conf.pools:
-            allocator = _allocator(tx, pool, write=False)
-            if allocator.used() >= allocator.capacity():
+            allocator = _allocator(tx, pool, names, write=False)
+            if allocator.free() <= 0:
                 raise NotAvailableError(f"no free address left in {pool.subnet}")
 
     store.transact(body, write=False)

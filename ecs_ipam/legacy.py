@@ -195,3 +195,6 @@ class AdoptedView(Tx):
 
     def bucket(self, name: str) -> Tx:
         return self._bucket.bucket(name)
+
+    def buckets(self) -> list[str]:
+        return self._bucket.buckets()

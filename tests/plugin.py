@@ -422,13 +422,16 @@ def check_records(db_path: str | os.PathLike) -> dict[str, dict[str, str]]:
     other programs or to a migration): the name is canonical; every key is an address of
     the pool, its last-known pointer or an id index entry; no id holds two
     addresses of a pool; each id's index entry names the address it holds and no index
-    entry is left over.  An address cannot have two owners in a key/value store, so what a
-    test checks on top is that the owners recorded are the ones the plugin reported.
+    entry is left over.  Across buckets (one address space per database): no address is
+    held by a task in one bucket and recorded in another.  An address cannot have two
+    owners in one bucket, so what a test checks on top is that the owners recorded are the
+    ones the plugin reported.
     :raises AssertionError: anything else.
     """
     from ecs_ipam.allocator import GATEWAY_OWNER, INDEX_PREFIXES, LAST_KNOWN_KEY, id_index_key
 
     holders: dict[str, dict[str, str]] = {}
+    recorded: dict[str, list[tuple[str, str]]] = {}
     for bucket, pairs in read_buckets(db_path).items():
         if "/" not in bucket:
             continue
@@ -446,6 +449,7 @@ def check_records(db_path: str | os.PathLike) -> dict[str, dict[str, str]]:
                 assert address in subnet and address.value != subnet.first, (bucket, key)
                 assert str(address) == key, f"{bucket}: address key {key!r} is not canonical"
                 owner = value["id"]
+                recorded.setdefault(key, []).append((bucket, owner))
                 # Anonymous leases ("") have no index entry, and any number coexist.
                 if owner not in (GATEWAY_OWNER[subnet.version], ""):
                     owners[key] = owner
@@ -456,4 +460,7 @@ def check_records(db_path: str | os.PathLike) -> dict[str, dict[str, str]]:
         expected_index = {id_index_key(owner): address for owner, address in held.items()}
         assert index == expected_index, f"{bucket}: id index {index} does not match records {held}"
         holders[bucket] = held
+    for address, records in recorded.items():
+        tasks = [(bucket, owner) for bucket, owner in records if owner not in GATEWAY_OWNER.values()]
+        assert not tasks or len(records) == 1, f"{address} is recorded in several pools: {records}"
     return holders

@@ -3,8 +3,8 @@
 A backend supplies two small things:
 
 * a :class:`Tx` subclass: one bucket's view of one transaction, with four primitives
-  (``_read``, ``_write``, ``_remove``, ``_scan``) and ``bucket()`` for another bucket of
-  the same transaction;
+  (``_read``, ``_write``, ``_remove``, ``_scan``), ``bucket()`` for another bucket of
+  the same transaction and ``buckets()`` for the names of all of them;
 * a :class:`Store` subclass: ``transaction()``, ``bucket()``, ``buckets()``, ``close()``.
 
 Everything a caller sees (``put``/``get``/``atomic_put``...) is written once, here, on
@@ -131,6 +131,12 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def bucket(self, name: str) -> Tx:
         """The view of bucket *name* within this same transaction."""
+
+    @abc.abstractmethod
+    def buckets(self) -> list[str]:
+        """The names of the database's buckets as this transaction sees them, sorted:
+        those created by its own writes included.  A write transaction that read them
+        does not commit over a bucket another writer created meanwhile."""
 
     def _contains(self, key: str) -> bool:
         """Whether *key* is stored.  A backend that can tell without decoding the value

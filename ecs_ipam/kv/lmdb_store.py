@@ -569,6 +569,10 @@ class _LMDBTx(Tx):
     def bucket(self, name: str) -> Tx:
         return _LMDBTx(self._txn, check_bucket_name(name))
 
+    def buckets(self) -> list[str]:
+        # The main database holds nothing but the buckets' names (see the module docstring).
+        return sorted(key.decode("utf-8") for key in self._txn.txn.cursor().iternext(values=False))
+
 
 class LMDBStore(Store):
     """A bucket of an LMDB database file.

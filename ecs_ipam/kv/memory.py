@@ -88,6 +88,9 @@ class _MemoryTx(Tx):
     def bucket(self, name: str) -> Tx:
         return _MemoryTx(self._db, check_bucket_name(name), self._undo, self._writable)
 
+    def buckets(self) -> list[str]:
+        return sorted(self._db.buckets)
+
 
 class MemoryStore(Store):
     """A store kept in a :class:`MemoryDatabase` (a fresh one unless *db* is given)."""

@@ -391,6 +391,27 @@ class StoreContract:
             assert store.buckets() == expected
             assert zeta.buckets() == expected
 
+    def test_a_transaction_lists_the_buckets_it_sees_and_creates(self, store):
+        store.put("k", b"v")
+        with store.transaction() as tx:
+            assert tx.buckets() == ["test"]
+            tx.bucket("10.0.0.0/24").put("10.0.0.2", b"v")
+            tx.bucket("never").find("k")
+            assert tx.buckets() == ["10.0.0.0/24", "test"]
+            assert tx.bucket("zeta").buckets() == ["10.0.0.0/24", "test"]
+        with store.transaction(write=False) as tx:
+            assert tx.buckets() == ["10.0.0.0/24", "test"] == store.buckets()
+
+    def test_an_aborted_transaction_leaves_no_bucket_listed(self, store):
+        store.put("k", b"v")
+        with pytest.raises(Abort), store.transaction() as tx:
+            tx.bucket("new").put("k", b"v")
+            assert tx.buckets() == ["new", "test"]
+            raise Abort
+
+        with store.transaction(write=False) as tx:
+            assert tx.buckets() == ["test"]
+
     def test_reading_or_deleting_in_an_unwritten_bucket_does_not_create_it(self, store):
         store.put("k", b"v")
         with store.bucket("never") as never:

@@ -345,6 +345,35 @@ def test_a_key_read_as_absent_conflicts_when_it_appears(store, rival):
 
 
 @requires_etcd
+def test_bucket_names_read_conflict_with_a_bucket_created_meanwhile(store, rival):
+    # The allocator reads the bucket names to find overlapping pools: a pool created
+    # between that read and the commit must re-run the body.
+    store.put("k", b"v")
+
+    with pytest.raises(KeyModifiedError), store.transaction() as tx:
+        names = tx.buckets()
+        rival.bucket("10.0.0.0/24").put("10.0.0.2", b"theirs")
+        tx.put("names", ",".join(names).encode())
+
+    assert not store.exists("names")
+
+
+@requires_etcd
+def test_bucket_names_read_do_not_conflict_with_writes_to_existing_buckets(store, rival):
+    store.put("k", b"v")
+    with store.bucket("other") as other:
+        other.put("k", b"v")
+
+    with store.transaction() as tx:
+        names = tx.buckets()
+        rival.bucket("other").put("k2", b"v")
+        rival.put("k3", b"v")
+        tx.put("names", ",".join(names).encode())
+
+    assert store.get("names").value == b"other,test"
+
+
+@requires_etcd
 def test_reads_of_one_transaction_see_one_snapshot(store, rival):
     store.put("a", b"1")
     store.put("b", b"1")

@@ -78,6 +78,9 @@ class TxState:
         self.written_buckets: set[bytes] = set()
         self.sequence = 0
         self.committed_revision: int | None = None
+        # The bucket names at the snapshot, once read: their markers' range is checked at
+        # commit for a bucket created meanwhile.
+        self.bucket_list: list[str] | None = None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -130,6 +133,20 @@ class TxState:
                     found[full] = pair
         return [found[full] for full in sorted(found)]
 
+    def bucket_names(self) -> list[str]:
+        if self.bucket_list is None:
+            start = self.layout.markers
+            revision, kvs = self.client.range(start, prefix_end(start), self.revision, self.deadline, keys_only=True)
+            if self.revision is None:
+                self.revision = revision
+            self.bucket_list = [self.layout.bucket_of_marker(unb64(kv["key"])) for kv in kvs]
+        written = {
+            self.layout.bucket_of_marker(self.layout.marker_of(bucket))
+            for bucket in self.written_buckets
+            if any(pair is not None and full.startswith(bucket) for full, pair in self.writes.items())
+        }
+        return sorted(set(self.bucket_list) | written)
+
     # -- writes ------------------------------------------------------------------------------
 
     def check_writable(self) -> None:
@@ -164,6 +181,19 @@ class TxState:
         now = time.time()
         commit_key = self.layout.commit_key(now)
         compares = self._compares()
+        if self.bucket_list is not None and self.revision is not None:
+            # Creation, not modification: every write rewrites its bucket's marker, and
+            # only a new bucket changes the names this transaction read.
+            start = self.layout.markers
+            compares.append(
+                {
+                    "key": b64(start),
+                    "range_end": b64(prefix_end(start)),
+                    "target": "CREATE",
+                    "result": "LESS",
+                    "create_revision": str(self.revision + 1),
+                }
+            )
         compares.append({"key": b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
         swept_from, swept_to = self.layout.expired_commits(now)
         operations = self._operations()
@@ -199,7 +229,8 @@ class TxState:
             # A key deleted from the range is caught by its own compare above; one that
             # appeared or changed has a mod_revision above the snapshot.
             per_bucket.setdefault(bucket, []).append(compare_mod(start, self.revision + 1, "LESS", end))
-        budget = MAX_TXN_OPS - 1  # the commit key takes one
+        # The commit key takes one, the bucket names another.
+        budget = MAX_TXN_OPS - 1 - (self.bucket_list is not None)
         total = sum(len(compares) for compares in per_bucket.values())
         coarse = []
         for bucket in sorted(per_bucket, key=lambda b: len(per_bucket[b]), reverse=True):
@@ -273,3 +304,6 @@ class EtcdTx(Tx):
 
     def bucket(self, name: str) -> Tx:
         return EtcdTx(self._state, check_bucket_name(name))
+
+    def buckets(self) -> list[str]:
+        return self._state.bucket_names()
