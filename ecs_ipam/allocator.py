@@ -21,7 +21,7 @@ holds it for all of them.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 
@@ -29,6 +29,9 @@ from .addr import Network, format_address, parse_address, parse_network
 from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
 LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
@@ -238,7 +241,7 @@ class PoolAllocator:
         if not self.overlapping:
             return self.capacity() - self.used()
         taken = {address for address, _ in self.reservations()}
-        for address, value in self._overlapping_addresses():
+        for address, _ in self._overlapping_addresses():
             taken.add(address)  # the other pools' gateways too
         gateway = self.pool.gateway.value
         if self.first <= gateway <= self.last:

@@ -48,7 +48,8 @@ def names_of_one_file(tmp_path: Path) -> tuple[Path, list[str]]:
     (tmp_path / "alias-dir").symlink_to(data)
     # ../ after a symlinked directory leads to the target's parent, as the kernel resolves it.
     dotdot = tmp_path / "alias-dir" / ".." / "data" / "eni-ipam.db"
-    return real, [str(real), str(tmp_path / "link.db"), str(dotdot), str(tmp_path / "sub" / ".." / "data" / "eni-ipam.db")]
+    plain_dotdot = tmp_path / "sub" / ".." / "data" / "eni-ipam.db"
+    return real, [str(real), str(tmp_path / "link.db"), str(dotdot), str(plain_dotdot)]
 
 
 def test_a_storm_through_three_names_hands_out_distinct_addresses(tmp_path):
@@ -145,7 +146,7 @@ def test_a_hard_link_is_refused_through_either_name(tmp_path):
 
 def test_a_hard_link_is_refused_by_the_dump_tool(tmp_path):
     real = tmp_path / "eni-ipam.db"
-    code, result, _ = run_plugin("ADD", netconf("a", ipv4_subnet=SUBNET), db_path=real)
+    code, _, _ = run_plugin("ADD", netconf("a", ipv4_subnet=SUBNET), db_path=real)
     assert code == 0
     os.link(real, tmp_path / "second.db")
     done = subprocess.run(
@@ -194,7 +195,9 @@ def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem)
     script = _MOUNT_SCRIPT
     if other_filesystem:
         # The container's directory on a file system of its own, as an overlay root is.
-        script = script.replace('mount --bind "$REAL"', 'mount -t tmpfs none "$DIR"\ntouch "$TARGET"\nmount --bind "$REAL"')
+        script = script.replace(
+            'mount --bind "$REAL"', 'mount -t tmpfs none "$DIR"\ntouch "$TARGET"\nmount --bind "$REAL"'
+        )
     env = {
         **os.environ,
         "REAL": str(real), "TARGET": str(target), "DIR": str(container), "CONF": str(conf),

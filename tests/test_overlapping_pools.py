@@ -16,7 +16,7 @@ import pytest
 
 from ecs_ipam import IPAM, kv
 from ecs_ipam.errors import AddressInUseError, IdAlreadyAllocatedError, NotAvailableError, PoolExhaustedError
-from plugin import check_records, finish_all, netconf, read_buckets, result_ips, run_plugin, start_together
+from plugin import check_records, finish_all, read_buckets, result_ips, run_plugin, start_together
 
 
 def conf(owner, subnet, cni_version="0.3.0", **fields):
@@ -60,7 +60,7 @@ def test_ipv6_112_inside_64(ipam):
     # Go: a/112 -> ::2, b/64 -> ::3, fixed ::2/64 refused, d/112 -> ::4.
     assert address_of(ipam.add(conf("a", "fd00::/112"))) == "fd00::2/112"
     assert address_of(ipam.add(conf("b", "fd00::/64"))) == "fd00::3/64"
-    with pytest.raises(AddressInUseError, match="address fd00::2 is already held by 'a'"):
+    with pytest.raises(AddressInUseError, match=r"address fd00::2 is already held by 'a'"):
         ipam.add(conf("c", "fd00::/64", ipv6_address="fd00::2/64"))
     assert address_of(ipam.add(conf("d", "fd00::/112"))) == "fd00::4/112"
     assert check_records(ipam.db_path) == {
@@ -73,12 +73,12 @@ def test_fixed_addresses_across_overlapping_pools(ipam):
     ipam.add(conf("a", "10.0.0.0/24"))
     ipam.add(conf("b", "10.0.0.0/24"))
     # Go: a fixed .3/25 is refused, .200/24 is handed out.
-    with pytest.raises(AddressInUseError, match="address 10.0.0.3 is already held by 'b'"):
+    with pytest.raises(AddressInUseError, match=r"address 10.0.0.3 is already held by 'b'"):
         ipam.add(conf("d", "10.0.0.0/25", ipv4_address="10.0.0.3/25"))
     assert address_of(ipam.add(conf("e", "10.0.0.0/24", ipv4_address="10.0.0.200/24"))) == "10.0.0.200/24"
     # A fixed address of the narrow pool, then the wide pool's walk and fixed claims.
     assert address_of(ipam.add(conf("f", "10.0.0.0/25", ipv4_address="10.0.0.4/32"))) == "10.0.0.4/32"
-    with pytest.raises(AddressInUseError, match="address 10.0.0.4 is already held by 'f'"):
+    with pytest.raises(AddressInUseError, match=r"address 10.0.0.4 is already held by 'f'"):
         ipam.add(conf("g", "10.0.0.0/24", ipv4_address="10.0.0.4/24"))
     # The walk continues after the last claim (.200), as in the Go plugin.
     assert address_of(ipam.add(conf("g", "10.0.0.0/24"))) == "10.0.0.201/24"
@@ -88,9 +88,9 @@ def test_fixed_addresses_across_overlapping_pools(ipam):
 def test_an_id_holding_an_address_through_one_pool_holds_it_for_the_other(ipam):
     # Go: "id already exists" for a/24 after a/25.
     ipam.add(conf("a", "10.0.0.0/25"))
-    with pytest.raises(IdAlreadyAllocatedError, match="id already exists: 'a' holds 10.0.0.2 in 10.0.0.0/25"):
+    with pytest.raises(IdAlreadyAllocatedError, match=r"id already exists: 'a' holds 10.0.0.2 in 10.0.0.0/25"):
         ipam.add(conf("a", "10.0.0.0/24"))
-    with pytest.raises(IdAlreadyAllocatedError, match="in 10.0.0.0/25"):
+    with pytest.raises(IdAlreadyAllocatedError, match=r"in 10.0.0.0/25"):
         ipam.add(conf("a", "10.0.0.0/16"))
     # A disjoint pool of the same family is another address space.
     assert address_of(ipam.add(conf("a", "10.0.1.0/24"))) == "10.0.1.2/24"
@@ -102,12 +102,12 @@ def test_gateways(ipam):
     assert ipam.add(conf("b", "10.0.0.0/24"))["ips"][0]["gateway"] == "10.0.0.1"
     # A gateway on an address another pool handed to a task is refused (Go: "ip of
     # gateway has already been used").
-    with pytest.raises(AddressInUseError, match="gateway 10.0.0.2 of 10.0.0.0/23 is held by 'a' in 10.0.0.0/25"):
+    with pytest.raises(AddressInUseError, match=r"gateway 10.0.0.2 of 10.0.0.0/23 is held by 'a' in 10.0.0.0/25"):
         ipam.add(conf("c", "10.0.0.0/23", ipv4_gateway="10.0.0.2"))
     # Another pool's gateway is never handed to a task, walking or fixed.
     ipam.add(conf("d", "10.0.0.0/26", ipv4_gateway="10.0.0.4"))
     assert address_of(ipam.add(conf("e", "10.0.0.0/25"))) == "10.0.0.6/25"  # .5 went to d
-    with pytest.raises(AddressInUseError, match="address 10.0.0.4 is already held by 'GateWay'"):
+    with pytest.raises(AddressInUseError, match=r"address 10.0.0.4 is already held by 'GateWay'"):
         ipam.add(conf("f", "10.0.0.0/24", ipv4_address="10.0.0.4/24"))
 
 
@@ -146,7 +146,7 @@ def test_check_status_and_gc_see_leases_held_through_an_overlapping_pool(ipam):
     ipam.add(conf("a", "10.0.0.0/25", "1.1.0"), container_id="c-a", ifname="eth0")
     ipam.check(conf("a", "10.0.0.0/24", "1.1.0"))
     # STATUS: a /30 inside the /25 holds .1 (gateway) and .2 (a): nothing is free.
-    with pytest.raises(NotAvailableError, match="no free address left in 10.0.0.0/30"):
+    with pytest.raises(NotAvailableError, match=r"no free address left in 10.0.0.0/30"):
         ipam.status(conf(None, "10.0.0.0/30", "1.1.0"))
     with pytest.raises(PoolExhaustedError):
         ipam.add(conf("b", "10.0.0.0/30"))
@@ -226,7 +226,7 @@ def test_a_storm_alternating_between_two_overlapping_pools_never_doubles(tmp_pat
     plugins = start_together(runs, db)
     outcomes = finish_all(plugins, timeout=240)
     handed: dict[str, str] = {}
-    for (_, stdin, _), (code, result, stderr) in zip(runs, outcomes):
+    for (_, stdin, _), (code, result, stderr) in zip(runs, outcomes, strict=True):
         owner = stdin["ipam"]["id"]
         if owner.startswith("fixed-") and code == 1:
             assert result["code"] == 100, result  # a walk got there first
@@ -236,7 +236,7 @@ def test_a_storm_alternating_between_two_overlapping_pools_never_doubles(tmp_pat
     assert len(set(handed.values())) == len(handed)
     assert all(f"task-{n:03d}" in handed for n in range(count))
     recorded = {}
-    for bucket, holders in check_records(db).items():
+    for holders in check_records(db).values():
         for owner, address in holders.items():
             assert owner not in recorded
             recorded[owner] = address
@@ -250,7 +250,9 @@ def test_a_storm_alternating_between_two_overlapping_pools_never_doubles(tmp_pat
 # --- leases migrated from the Go plugin --------------------------------------------------------
 
 
-@pytest.mark.parametrize("first, then", [("169.254.172.0/24", "169.254.172.0/22"), ("169.254.172.0/22", "169.254.172.0/24")])
+@pytest.mark.parametrize(
+    "first, then", [("169.254.172.0/24", "169.254.172.0/22"), ("169.254.172.0/22", "169.254.172.0/24")]
+)
 def test_migrated_leases_are_skipped_by_every_overlapping_pool(tmp_path, first, then):
     fixtures = Path(__file__).resolve().parent / "fixtures" / "boltdb"
     db = tmp_path / "eni-ipam.db"
