@@ -14,6 +14,10 @@ In place, the switch must be safe against everything that may run at the same ti
   migrates again, clearing the leftovers) or the complete LMDB database: the new
   database and the backup are written and synced under temporary names, and the path
   only changes by one ``rename``.
+* LMDB writers flock the data file too (:mod:`ecs_ipam.kv.lmdb_store`), so the lock is
+  one per file whatever its format.  No deadlock: the migration takes the bolt file's
+  lock, then the temporary LMDB file's (a file nobody else can name yet), and a writer of
+  an LMDB file never waits for a bolt file's lock (a bolt file is refused before).
 * Everything happens beside the real file, whatever symlink names it: the path is
   resolved first, so the symlink still names the database afterwards.  A bolt file with
   a second hard link or mounted on its own is not migrated (the other name would keep

@@ -616,6 +616,37 @@ def test_a_watch_rides_out_an_etcd_restart(restartable):
 
 
 @requires_etcd
+def test_plugins_on_etcd_keep_one_address_space_across_overlapping_pools(url):
+    # The second pool's bucket appears while the first pool's plugins run: a transaction
+    # that read the bucket names before it appeared must re-run, or it would miss it.
+    from plugin import finish_all, netconf, result_ips, start_together
+
+    owners = [f"task-{n:02d}" for n in range(10)]
+    subnets = ("10.0.0.0/25", "10.0.0.0/24")
+    runs = [
+        ("ADD", netconf(owner, ipv4_subnet=subnets[n % 2]), {"CNI_CONTAINERID": f"c-{owner}"})
+        for n, owner in enumerate(owners)
+    ]
+    outcomes = finish_all(start_together(runs, url), timeout=90)
+
+    assigned = {}
+    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
+        assert (code, stderr) == (0, ""), (owner, result, stderr)
+        assigned[owner] = result_ips(result)[0]
+    assert len(set(assigned.values())) == len(owners)
+    with kv.open_store(url, bucket=subnets[0], read_only=True) as narrow, narrow.bucket(subnets[1]) as wide:
+        recorded = {}
+        for store in (narrow, wide):
+            for pair in store.list():
+                if pair.key.startswith("10."):
+                    owner = msgpack.unpackb(pair.value)["id"]
+                    if owner != "GateWay":
+                        assert pair.key not in recorded
+                        recorded[pair.key] = owner
+    assert recorded == {address: owner for owner, address in assigned.items()}
+
+
+@requires_etcd
 def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url):
     from plugin import V4_SUBNET, V6_SUBNET, finish_all, netconf, result_ips, start_together
 
