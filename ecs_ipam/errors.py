@@ -225,3 +225,11 @@ class CorruptDatabaseError(StoreError):
 class DatabaseAliasError(NotADatabaseError):
     """The database file is reached by a second name (a hard link, a file mounted on its own)
     that LMDB would give a lock file of its own; it was left untouched."""
+
+
+# --- the operator tool (ecs-ipamctl) ------------------------------------------------------
+
+class OperatorRequestError(ECSIPAMError, ValueError):
+    """ecs-ipamctl was asked for something it must not do (such as releasing a gateway)."""
+
+    code = INVALID_NETWORK_CONFIG

@@ -1,0 +1,161 @@
+"""How ecs-ipamctl prints: tables for people, JSON for programs, and the Prometheus text
+exposition format for node_exporter's textfile collector."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+from .leases import Lease, PoolUsage
+
+LEASE_KEYS = ("address", "subnet", "id", "container_id", "ifname", "allocated_at")
+
+# Gauge name -> help text; the names are part of the interface (dashboards use them).
+GAUGES = {
+    "ecs_ipam_pool_capacity_addresses": "Addresses the pool can hand out (network, broadcast and gateway excluded).",
+    "ecs_ipam_pool_allocated_addresses": "Addresses of the pool held by tasks.",
+    "ecs_ipam_pool_stale_addresses": "Addresses of the pool held by an owner whose netns path no longer exists.",
+}
+
+
+class UsageRow(NamedTuple):
+    """What ``usage`` reports for one pool."""
+
+    subnet: str
+    capacity: int
+    allocated: int
+    stale: int
+
+
+def usage_rows(pools: Iterable[PoolUsage], is_stale: Callable[[Lease], bool]) -> list[UsageRow]:
+    return [
+        UsageRow(
+            usage.pool.bucket,
+            usage.capacity,
+            len(usage.leases),
+            sum(1 for lease in usage.leases if is_stale(lease)),
+        )
+        for usage in pools
+    ]
+
+
+# --- leases ----------------------------------------------------------------------------------
+
+def lease_json(lease: Lease) -> dict:
+    return {key: getattr(lease, key) for key in LEASE_KEYS}
+
+
+def leases_json(leases: Sequence[Lease]) -> str:
+    return json.dumps([lease_json(lease) for lease in leases], indent=2) + "\n"
+
+
+def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | None = None) -> str:
+    """One line per lease; with *reasons*, a last column saying why each looks leaked."""
+    header = ["ADDRESS", "SUBNET", "ID", "CONTAINER", "IFNAME", "AGE"]
+    rows = [
+        [
+            lease.address,
+            lease.subnet or "-",
+            _cell(lease.id) if lease.id else "(anonymous)",
+            _cell(lease.container_id) if lease.container_id else "-",
+            _cell(lease.ifname) if lease.ifname else "-",
+            _age(lease, now),
+        ]
+        for lease in leases
+    ]
+    if reasons is not None:
+        header.append("WHY")
+        for row, reason in zip(rows, reasons):
+            row.append(reason)
+    return _table(header, rows)
+
+
+def _age(lease: Lease, now: float) -> str:
+    if lease.allocated_at is None:
+        return "(migrated)" if lease.migrated else "-"
+    seconds = max(int(now - lease.allocated_at), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            big, rest = divmod(seconds, size)
+            smaller = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
+            part = rest // smaller[1]
+            return f"{big}{unit}{part}{smaller[0]}" if part else f"{big}{unit}"
+    return f"{seconds}s"
+
+
+def _cell(text: str) -> str:
+    # Ids are data of any shape: a control character must not break the table.
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+def usage_table(rows: Sequence[UsageRow]) -> str:
+    header = ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
+    body = [
+        [row.subnet, str(row.capacity), str(row.allocated), str(row.stale), _percent(row.allocated, row.capacity)]
+        for row in rows
+    ]
+    if not rows:
+        return "no pools in this database\n"
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in [header, *body]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def usage_json(rows: Sequence[UsageRow]) -> str:
+    document = [
+        {"subnet": row.subnet, "capacity": row.capacity, "allocated": row.allocated, "stale": row.stale}
+        for row in rows
+    ]
+    return json.dumps(document, indent=2) + "\n"
+
+
+def usage_prometheus(rows: Sequence[UsageRow]) -> str:
+    """The text exposition format: a HELP and a TYPE line per gauge, then one sample per pool."""
+    values = {
+        "ecs_ipam_pool_capacity_addresses": lambda row: row.capacity,
+        "ecs_ipam_pool_allocated_addresses": lambda row: row.allocated,
+        "ecs_ipam_pool_stale_addresses": lambda row: row.stale,
+    }
+    lines = []
+    for name, help_text in GAUGES.items():
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f'{name}{{subnet="{_label(row.subnet)}"}} {values[name](row)}' for row in rows)
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# --- release ---------------------------------------------------------------------------------
+
+def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
+    """One line per lease released (or that would be), or one saying there was none.
+
+    :param asked: what was asked for, for the "nothing" line (``no lease held by id 'task-1'``).
+    """
+    verb = "would release" if dry_run else "released"
+    lines = [
+        f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) "
+        f"id={lease.id!r} container={_cell(lease.container_id) if lease.container_id else '-'}"
+        for lease in leases
+    ]
+    if not leases:
+        lines.append(f"{'nothing to release' if dry_run else 'nothing released'}: {asked}")
+    return "\n".join(lines) + "\n"
