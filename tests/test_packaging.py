@@ -67,9 +67,21 @@ def test_the_package_is_marked_as_typed():
     assert setup_cfg()["options.package_data"]["ecs_ipam"].split() == ["py.typed"]
 
 
-def test_console_script_is_the_cni_entry_point():
-    scripts = setup_cfg()["options.entry_points"]["console_scripts"].strip()
-    assert scripts == "ecs-ipam = ecs_ipam.cni:main"
+def test_console_scripts_are_the_plugin_and_the_operator_tool():
+    scripts = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    assert scripts == ["ecs-ipam = ecs_ipam.cni:main", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
+
+
+def test_the_packages_found_include_every_subpackage_and_no_tests_or_tools():
+    import setuptools
+
+    exclude = [line.strip() for line in setup_cfg()["options.packages.find"]["exclude"].splitlines() if line.strip()]
+    found = set(setuptools.find_packages(str(ROOT), exclude=exclude))
+    subpackages = {
+        ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "ecs_ipam").rglob("__init__.py")
+    }
+    assert {"ecs_ipam", "ecs_ipam.kv", "ecs_ipam.ctl"} <= subpackages
+    assert found == subpackages
 
 
 def test_version_is_a_literal_setuptools_reads_without_importing():
@@ -202,6 +214,14 @@ def test_fresh_venv_install_runs_the_plugin(tmp_path):
     assert cni_version.returncode == 0, cni_version.stderr
     supported = json.loads(cni_version.stdout)["supportedVersions"]
     assert {"0.3.0", "1.0.0"} <= set(supported)
+
+    # The operator tool is installed with it, and answers without a database.
+    ctl = subprocess.run(
+        [str(bin_dir / "ecs-ipamctl"), "--db", str(tmp_path / "none.db"), "usage"],
+        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+    )
+    assert (ctl.returncode, ctl.stderr) == (1, f"ecs-ipamctl: error: no database at {tmp_path / 'none.db'}\n")
+    assert not (tmp_path / "none.db").exists()
 
     # Only the package is installed: neither the tests nor the tools.
     probe = subprocess.run(
