@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import msgpack
-import netaddr
 import pytest
 
 from ecs_ipam import kv
@@ -30,7 +29,6 @@ from plugin import (
     V4_SUBNET,
     V6_SUBNET,
     PausedTransaction,
-    add_ok,
     check_records,
     files_snapshot,
     netconf,
@@ -49,7 +47,9 @@ GAUGES = (
 BOLT_FIXTURE = ROOT / "tests" / "fixtures" / "boltdb" / "ecs-agent-classic-2019.db"
 
 
-def ctl(*args: str, db: str | os.PathLike | None = None, env: dict | None = None, stdin: str = "") -> tuple[int, str, str]:
+def ctl(
+    *args: str, db: str | os.PathLike | None = None, env: dict | None = None, stdin: str = ""
+) -> tuple[int, str, str]:
     """Run ``python -m ecs_ipam.ctl`` once; return (exit status, stdout, stderr).
 
     :param db: passed as ``--db`` (before the command), when given.
@@ -146,6 +146,10 @@ def test_leases_lists_what_the_plugin_recorded_and_nothing_else(db):
     assert [x["address"] for x in leases_of(db, "leases", "--subnet", f"{a[0]}/32")] == [a[0]]
     assert leases_of(db, "leases", "--subnet", "10.0.0.0/8") == []
     assert db_bytes(db) == before, "a read command wrote"
+    # Without a lock file nobody is writing: a read creates none.
+    os.unlink(f"{db}-lock")
+    assert len(leases_of(db, "leases")) == 4
+    assert sorted(os.listdir(db.parent)) == [db.name]
 
 
 def test_migrated_and_anonymous_leases_are_listed(db):
@@ -170,7 +174,8 @@ def test_migrated_and_anonymous_leases_are_listed(db):
     # whose subnet has a bucket by now, and a waiting pair for an address the pool
     # records already (the pool's record wins, as in adoption).
     with kv.open_store(str(db), V4_SUBNET) as store, store.transaction() as tx:
-        tx.put("169.254.175.7", msgpack.packb({"id": "", "container_id": "c-anon", "ifname": "eth0", "allocated_at": 1.0}))
+        anonymous = {"id": "", "container_id": "c-anon", "ifname": "eth0", "allocated_at": 1.0}
+        tx.put("169.254.175.7", msgpack.packb(anonymous))
         tx.bucket(LEGACY_BUCKET).put("169.254.175.150", msgpack.packb("0a:00:00:00:00:ff"))
         tx.bucket(LEGACY_BUCKET).put(new, msgpack.packb("someone-else"))
     leases = leases_of(db, "leases")
@@ -239,7 +244,7 @@ def test_a_netns_path_that_disappears_makes_its_lease_stale_and_release_frees_it
 
     (netns / "task-2").unlink()
     stale = leases_of(db, "stale")
-    assert [(x["address"], x["id"]) for x in stale] == [(gone[0], str(netns / "task-2")), (gone[1], str(netns / "task-2"))]
+    assert [(x["address"], x["id"]) for x in stale] == [(address, str(netns / "task-2")) for address in gone]
     assert all(line.endswith("netns path gone") for line in ok("stale", db=db).splitlines()[1:])
     usage = {row["subnet"]: row for row in json.loads(ok("usage", "--json", db=db))}
     assert (usage[V4_SUBNET]["allocated"], usage[V4_SUBNET]["stale"]) == (3, 1)
@@ -261,7 +266,8 @@ def test_a_netns_path_that_disappears_makes_its_lease_stale_and_release_frees_it
     assert len(audit) == 2 and all("ecs-ipamctl released" in line and "task-2" in line for line in audit)
 
     holders = check_records(db)  # the index entries went with the leases
-    assert holders[V4_SUBNET] == {str(netns / "task-1"): kept, "0a:00:00:00:00:01": holders[V4_SUBNET]["0a:00:00:00:00:01"]}
+    assert set(holders[V4_SUBNET]) == {str(netns / "task-1"), "0a:00:00:00:00:01"}
+    assert holders[V4_SUBNET][str(netns / "task-1")] == kept
     assert holders[V6_SUBNET] == {}
     # The owner can allocate again: its id index entry is gone.
     add(db, str(netns / "task-2"), "c-2")
@@ -291,7 +297,8 @@ def test_the_live_list_marks_leases_of_containers_not_running(tmp_path, db):
     one = add(db, "task-1", "c-1")[0]
     two = add(db, "task-2", "c-2")[0]
     with kv.open_store(str(db), V4_SUBNET) as store:  # as the Go plugin or the agent's DEL path leave it
-        store.put("169.254.172.50", msgpack.packb({"id": "task-3", "container_id": None, "ifname": None, "allocated_at": None}))
+        no_container = {"id": "task-3", "container_id": None, "ifname": None, "allocated_at": None}
+        store.put("169.254.172.50", msgpack.packb(no_container))
     live = tmp_path / "live"
     live.write_text("c-1\n\n  c-9  \n")
     assert [x["address"] for x in leases_of(db, "stale", "--live", str(live))] == [two]
@@ -367,7 +374,7 @@ def test_usage_prometheus_parses_back_to_the_json_numbers(tmp_path, db):
     ]
     metrics = parse_prometheus(ok("usage", "--prometheus", db=db))
     assert list(metrics) == list(GAUGES)
-    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale")):
+    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale"), strict=True):
         assert metrics[gauge] == {row["subnet"]: float(row[key]) for row in rows}
     table = ok("usage", db=db).splitlines()
     assert table[0].split() == ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
@@ -425,7 +432,10 @@ def test_the_database_comes_from_ipam_db_path_or_the_default(tmp_path, db):
 
 @pytest.mark.parametrize(
     "args",
-    [["leases"], ["stale"], ["usage", "--prometheus"], ["release", "--id", "task-1"], ["release", "--stale", "--dry-run"]],
+    [
+        ["leases"], ["stale"], ["usage", "--prometheus"], ["release", "--id", "task-1"],
+        ["release", "--stale", "--dry-run"],
+    ],
 )
 def test_a_missing_database_is_an_error_and_is_never_created(tmp_path, args):
     missing = tmp_path / "nothing" / "eni-ipam.db"
@@ -514,6 +524,47 @@ def test_output_to_a_closed_pipe_is_not_an_error(db):
         ["bash", "-c", shell], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT
     )
     assert proc.stdout.strip() in ("0", "") and "Traceback" not in proc.stderr, proc.stderr
+
+
+# --- the parts, in this process -------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "name, gateway, expected",
+    [
+        ("169.254.172.0/22", None, ("169.254.172.0/22", "169.254.172.1", 1021)),
+        ("169.254.172.0/22", "169.254.172.9", ("169.254.172.0/22", "169.254.172.9", 1021)),
+        ("fd00:ec2::172:0/112", None, ("fd00:ec2::172:0/112", "fd00:ec2::172:1", 65534)),
+        ("10.0.0.0/30", None, ("10.0.0.0/30", "10.0.0.1", 1)),
+        ("169.254.172.0/22", "10.0.0.1", None),    # a gateway outside the pool
+        ("169.254.172.1/22", None, None),          # not canonical: no configuration names it
+        ("10.0.0.0/31", None, None),               # smaller than any pool may be
+        ("IPAM", None, None),
+        (LEGACY_BUCKET, None, None),
+        ("10.0.0.0/8x", None, None),
+    ],
+)
+def test_a_pool_from_its_bucket_name(name, gateway, expected):
+    from ecs_ipam.allocator import PoolAllocator
+    from ecs_ipam.config import Pool
+
+    pool = Pool.of_bucket(name, gateway)
+    if expected is None:
+        assert pool is None
+        return
+    assert (pool.bucket, str(pool.gateway), PoolAllocator(pool, None).capacity()) == expected
+    assert (pool.fixed_address, pool.routes) == (None, ())
+
+
+@pytest.mark.parametrize(
+    "seconds, text", [(0, "0s"), (59, "59s"), (60, "1m"), (61, "1m1s"), (3600, "1h"), (3661, "1h1m"), (90061, "1d1h")]
+)
+def test_ages_for_people(seconds, text):
+    from ecs_ipam.ctl.leases import Lease
+    from ecs_ipam.ctl.output import leases_table
+
+    lease = Lease("10.0.0.2", "10.0.0.0/24", "a\x01b", None, None, 1000.0, False, "10.0.0.0/24", "10.0.0.2")
+    row = leases_table([lease], 1000.0 + seconds).splitlines()[1].split()
+    assert row == ["10.0.0.2", "10.0.0.0/24", "a\\x01b", "-", "-", text]
 
 
 # --- etcd --------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def read_holdings(tx: Tx, bucket_names: Iterable[str]) -> Holdings:
             Lease(
                 address,
                 name,
-                owner_of(record),
+                record["id"],  # reservations() holds only records with a str owner id
                 _text(record.get("container_id")),
                 _text(record.get("ifname")),
                 _time(record.get("allocated_at")),
@@ -114,7 +114,7 @@ def read_holdings(tx: Tx, bucket_names: Iterable[str]) -> Holdings:
         if lease.subnet is not None:
             pools[lease.subnet].leases.append(lease)
     for usage in pools.values():
-        usage.leases.sort(key=lambda lease: netaddr.IPAddress(lease.address).value)
+        usage.leases.sort(key=_address_order)
     leases = [lease for usage in pools.values() for lease in usage.leases]
     leases.extend(lease for lease in waiting if lease.subnet is None)
     return Holdings(pools, leases, gateways)
@@ -136,13 +136,17 @@ def _waiting_pairs(
             gateways.setdefault(str(address), LEGACY_BUCKET)
             continue
         leases.append(Lease(str(address), subnet, owner, None, None, None, True, LEGACY_BUCKET, pair.key))
-    leases.sort(key=lambda lease: (lease.subnet is None, netaddr.IPAddress(lease.address).value))
+    leases.sort(key=lambda lease: (lease.subnet is None, _address_order(lease)))
     return leases
 
 
 def _smallest_pool_of(address: netaddr.IPAddress, pools: dict[str, PoolUsage]) -> str | None:
     containing = [name for name, usage in pools.items() if address in usage.pool.subnet]
     return max(containing, key=lambda name: pools[name].pool.subnet.prefixlen, default=None)
+
+
+def _address_order(lease: Lease) -> int:
+    return int(netaddr.IPAddress(lease.address))
 
 
 def _network_order(pool: Pool) -> tuple[int, int, int]:

@@ -65,7 +65,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
     ]
     if reasons is not None:
         header.append("WHY")
-        for row, reason in zip(rows, reasons):
+        for row, reason in zip(rows, reasons, strict=True):
             row.append(reason)
     return _table(header, rows)
 
@@ -88,28 +88,31 @@ def _cell(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], right_from: int | None = None) -> str:
+    """Aligned columns; numbers (the columns from *right_from* on) to the right."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines) + "\n"
+
+    def line(row: list[str]) -> str:
+        cells = (
+            cell.rjust(width) if right_from is not None and i >= right_from else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        return "  ".join(cells).rstrip()
+
+    return "\n".join(line(row) for row in [header, *rows]) + "\n"
 
 
 # --- usage -----------------------------------------------------------------------------------
 
 def usage_table(rows: Sequence[UsageRow]) -> str:
+    if not rows:
+        return "no pools in this database\n"
     header = ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
     body = [
         [row.subnet, str(row.capacity), str(row.allocated), str(row.stale), _percent(row.allocated, row.capacity)]
         for row in rows
     ]
-    if not rows:
-        return "no pools in this database\n"
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-        for r in [header, *body]
-    ]
-    return "\n".join(lines) + "\n"
+    return _table(header, body, right_from=1)
 
 
 def _percent(part: int, whole: int) -> str:
