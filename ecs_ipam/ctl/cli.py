@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--db",
         metavar="PATH_OR_URL",
-        help=f"the database: an LMDB file or an etcd:// URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH})",
+        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -85,7 +85,7 @@ def main(
 
     :param argv: the arguments without the program name (default: ``sys.argv[1:]``).
     :param environ: ``IPAM_DB_PATH``, ``IPAM_DB_CONNECTION_TIMEOUT``, ``ECS_CNI_LOG_FILE``,
-        ``ECS_CNI_LOGLEVEL`` (default: the process environment).
+        ``ECS_CNI_LOGLEVEL`` and an etcd URL's ``IPAM_ETCD_*`` (default: the process environment).
     :param stdin: where ``--live -`` is read.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -129,12 +129,12 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], c
     db = _database(args.db, environ)
     if args.command == "leases":
         subnet = parse_cidr(args.subnet, "--subnet").cidr if args.subnet is not None else None
-        holdings = _read(db)
+        holdings = _read(db, environ)
         leases = [lease for lease in holdings.leases if subnet is None or lease.address in subnet]
         return output.leases_json(leases) if args.json else output.leases_table(leases, clock())
     if args.command == "stale":
         rules = StaleRules(_live(args.live, stdin))
-        holdings = _read(db)
+        holdings = _read(db, environ)
         stale = [(lease, reason) for lease in holdings.leases if (reason := rules.reason(lease))]
         leases = [lease for lease, _ in stale]
         if args.json:
@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], c
         return output.leases_table(leases, clock(), [reason for _, reason in stale])
     if args.command == "usage":
         rules = StaleRules()
-        rows = output.usage_rows(_read(db).pools.values(), rules.netns_gone)
+        rows = output.usage_rows(_read(db, environ).pools.values(), rules.netns_gone)
         if args.prometheus:
             return output.usage_prometheus(rows)
         return output.usage_json(rows) if args.json else output.usage_table(rows)
@@ -181,11 +181,11 @@ def _live(path: str | None, stdin: IO[str]) -> frozenset[str] | None:
         raise OperatorRequestError(f"cannot read --live file {path}: {reason}") from None
 
 
-def _read(db: str) -> Holdings:
+def _read(db: str, environ: Mapping[str, str]) -> Holdings:
     """One read-only snapshot: never writes, never creates a file, never waits for a writer."""
     from .. import kv
 
-    with kv.open_store(db, read_only=True) as store:
+    with kv.open_store(db, read_only=True, environ=environ) as store:
         names = store.buckets()
         return store.transact(lambda tx: read_holdings(tx, names), write=False)
 
@@ -208,7 +208,7 @@ def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdi
         select, why, asked = by_staleness(rules), "stale", "no lease looks stale"
     write = not args.dry_run
     timeout = _timeout(environ)
-    with kv.open_store(db, timeout=timeout, read_only=not write, create=False) as store:
+    with kv.open_store(db, timeout=timeout, read_only=not write, create=False, environ=environ) as store:
         names = store.buckets()
         released = store.transact(release_body(names, select, write), write=write)
     if write:
