@@ -66,7 +66,7 @@ class Pool(NamedTuple):
         try:
             subnet = parse_cidr(name, "bucket")
             gateway_ip = (
-                netaddr.IPAddress(subnet.first + 1, subnet.version)
+                Address(subnet.first + 1, subnet.version)
                 if gateway is None
                 else parse_ip(gateway, "gateway", subnet.version)
             )

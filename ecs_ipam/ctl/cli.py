@@ -13,6 +13,7 @@ import sys
 import time
 from typing import IO, Callable, Mapping, NoReturn
 
+from ..addr import parse_address
 from ..config import DEFAULT_DB_PATH, DEFAULT_LOG_FILE, DEFAULT_TIMEOUT, parse_cidr, parse_go_duration, parse_ip
 from ..errors import ECSIPAMError, OperatorRequestError
 from ..log import Log
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], c
     if args.command == "leases":
         subnet = parse_cidr(args.subnet, "--subnet").cidr if args.subnet is not None else None
         holdings = _read(db, environ)
-        leases = [lease for lease in holdings.leases if subnet is None or lease.address in subnet]
+        leases = [lease for lease in holdings.leases if subnet is None or parse_address(lease.address) in subnet]
         return output.leases_json(leases) if args.json else output.leases_table(leases, clock())
     if args.command == "stale":
         rules = StaleRules(_live(args.live, stdin))

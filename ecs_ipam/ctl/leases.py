@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, NamedTuple
 
-import netaddr
-
+from ..addr import Address, parse_address
 from ..allocator import (
     GATEWAY_OWNER,
     INDEX_PREFIXES,
@@ -140,13 +139,15 @@ def _waiting_pairs(
     return leases
 
 
-def _smallest_pool_of(address: netaddr.IPAddress, pools: dict[str, PoolUsage]) -> str | None:
+def _smallest_pool_of(address: Address, pools: dict[str, PoolUsage]) -> str | None:
     containing = [name for name, usage in pools.items() if address in usage.pool.subnet]
     return max(containing, key=lambda name: pools[name].pool.subnet.prefixlen, default=None)
 
 
-def _address_order(lease: Lease) -> int:
-    return int(netaddr.IPAddress(lease.address))
+def _address_order(lease: Lease) -> tuple[int, int]:
+    address = parse_address(lease.address)
+    # Every lease's address was read as an address; the fallback only keeps sorting total.
+    return (address.version, address.value) if address is not None else (0, 0)
 
 
 def _network_order(pool: Pool) -> tuple[int, int, int]:
