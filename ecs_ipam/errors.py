@@ -43,6 +43,8 @@ __all__ = [
     "NotADatabaseError",
     "DatabaseAliasError",
     "CorruptDatabaseError",
+    # the operator tool
+    "OperatorRequestError",
 ]
 
 # CNI well-known error codes (spec 1.1.0, "Error" section).

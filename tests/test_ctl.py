@@ -107,13 +107,15 @@ def plugin_db(tmp_path_factory) -> Path:
 def ctl_in_process(*args: str, db: os.PathLike, env: dict | None = None) -> tuple[int, str, str]:
     """ecs-ipamctl's main() in this process: the quick way for the many bad-input cases."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    code = cli.main(["--db", os.fspath(db), *args], {"ECS_CNI_LOG_FILE": os.devnull, **(env or {})},
-                    io.StringIO(), stdout, stderr)
+    code = cli.main(
+        ["--db", os.fspath(db), *args], {"ECS_CNI_LOG_FILE": os.devnull, **(env or {})}, io.StringIO(), stdout, stderr
+    )
     assert "Traceback" not in stdout.getvalue() + stderr.getvalue()
     return code, stdout.getvalue(), stderr.getvalue()
 
 
 # --- leases -----------------------------------------------------------------------------------
+
 
 def test_leases_lists_what_the_plugin_recorded_and_nothing_else(db):
     a = add(db, "task-a", "c-a")
@@ -186,8 +188,12 @@ def test_migrated_and_anonymous_leases_are_listed(db):
     assert by_address[new]["id"] == "task-new"
     assert by_address["169.254.175.7"]["id"] == ""
     assert by_address["169.254.175.150"] == {
-        "address": "169.254.175.150", "subnet": V4_SUBNET, "id": "0a:00:00:00:00:ff",
-        "container_id": None, "ifname": None, "allocated_at": None,
+        "address": "169.254.175.150",
+        "subnet": V4_SUBNET,
+        "id": "0a:00:00:00:00:ff",
+        "container_id": None,
+        "ifname": None,
+        "allocated_at": None,
     }
     assert "(anonymous)" in ok("leases", db=db)
     usage = json.loads(ok("usage", "--json", db=db))
@@ -209,7 +215,7 @@ def test_overlapping_pools_list_each_lease_once_under_the_bucket_that_holds_it(d
     add(db, "task-narrow", ipv4_subnet=narrow)
     add(db, "task-wide", ipv4_subnet=wide)
     with kv.open_store(str(db), LEGACY_BUCKET) as store:
-        store.put("10.0.0.100", msgpack.packb("task-waiting"))   # in both: the smaller pool counts it
+        store.put("10.0.0.100", msgpack.packb("task-waiting"))  # in both: the smaller pool counts it
         store.put("10.0.0.200", msgpack.packb("task-waiting-2"))  # only in the /24
     recorded = {
         (address, bucket)
@@ -230,6 +236,7 @@ def test_overlapping_pools_list_each_lease_once_under_the_bucket_that_holds_it(d
 
 
 # --- stale and release --------------------------------------------------------------------------
+
 
 def test_a_netns_path_that_disappears_makes_its_lease_stale_and_release_frees_it(tmp_path, db):
     netns = tmp_path / "netns"
@@ -330,6 +337,7 @@ def test_the_gateway_is_never_released(db):
 
 # --- usage -----------------------------------------------------------------------------------
 
+
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
     """The text exposition format, strictly: every metric has one HELP and one TYPE gauge
     line before its samples, each sample is ``name{subnet="..."} value``.
@@ -341,11 +349,11 @@ def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
     helped, typed = set(), set()
     for line in text.splitlines():
         if line.startswith("# HELP "):
-            name, _, help_text = line[len("# HELP "):].partition(" ")
+            name, _, help_text = line[len("# HELP ") :].partition(" ")
             assert name not in helped and help_text, line
             helped.add(name)
         elif line.startswith("# TYPE "):
-            name, kind = line[len("# TYPE "):].split(" ")
+            name, kind = line[len("# TYPE ") :].split(" ")
             assert kind == "gauge" and name in helped and name not in typed, line
             typed.add(name)
             metrics[name] = {}
@@ -385,11 +393,11 @@ def test_the_prometheus_parser_catches_what_it_must():
     good = '# HELP m h\n# TYPE m gauge\nm{subnet="10.0.0.0/24"} 3\n'
     assert parse_prometheus(good) == {"m": {"10.0.0.0/24": 3.0}}
     for bad in (
-        'm{subnet="x"} 3\n',                                # no HELP/TYPE
-        '# HELP m h\nm{subnet="x"} 3\n',                    # no TYPE
+        'm{subnet="x"} 3\n',  # no HELP/TYPE
+        '# HELP m h\nm{subnet="x"} 3\n',  # no TYPE
         '# HELP m h\n# TYPE m counter\nm{subnet="x"} 3\n',  # not a gauge
-        '# HELP m h\n# TYPE m gauge\nm{subnet="x"}\n',      # no value
-        '# HELP m h\n# TYPE m gauge\nm{subnet="x"} 3',      # no final newline
+        '# HELP m h\n# TYPE m gauge\nm{subnet="x"}\n',  # no value
+        '# HELP m h\n# TYPE m gauge\nm{subnet="x"} 3',  # no final newline
     ):
         with pytest.raises((AssertionError, ValueError)):
             parse_prometheus(bad)
@@ -406,6 +414,7 @@ def test_an_empty_database_has_no_pools(db):
 
 # --- the database: busy, missing, named by the environment ----------------------------------------
 
+
 def test_reads_never_wait_for_a_writer_and_release_gives_up_in_time(db):
     address = add(db, "task-1")[0]
     with PausedTransaction(db, netconf("task-slow")) as writer:
@@ -416,7 +425,8 @@ def test_reads_never_wait_for_a_writer_and_release_gives_up_in_time(db):
         assert ok("release", "--id", "task-1", "--dry-run", db=db).startswith(f"would release {address} ")
         assert time.monotonic() - started < 20
         code, out, err = ctl("release", "--id", "task-1", db=db, env={"IPAM_DB_CONNECTION_TIMEOUT": "300ms"})
-        assert (code, out) == (1, "") and "busy" in err.lower() or "lock" in err.lower(), err
+        assert (code, out) == (1, ""), err
+        assert "is locked by another writer; gave up after 0.3s" in err
         writer.abort()
     assert check_records(db)[V4_SUBNET] == {"task-1": address}
 
@@ -433,7 +443,10 @@ def test_the_database_comes_from_ipam_db_path_or_the_default(tmp_path, db):
 @pytest.mark.parametrize(
     "args",
     [
-        ["leases"], ["stale"], ["usage", "--prometheus"], ["release", "--id", "task-1"],
+        ["leases"],
+        ["stale"],
+        ["usage", "--prometheus"],
+        ["release", "--id", "task-1"],
         ["release", "--stale", "--dry-run"],
     ],
 )
@@ -450,7 +463,7 @@ def test_a_bolt_file_is_named_and_left_alone(tmp_path):
     bolt = tmp_path / "eni-ipam.db"
     shutil.copyfile(BOLT_FIXTURE, bolt)
     for args in (["leases"], ["release", "--id", "x"]):
-        code, out, err = ctl(*args, db=bolt)
+        code, _out, err = ctl(*args, db=bolt)
         assert code == 1 and "bolt" in err
     assert sorted(os.listdir(tmp_path)) == ["eni-ipam.db"]
     assert bolt.read_bytes() == BOLT_FIXTURE.read_bytes()
@@ -499,7 +512,10 @@ def test_bad_environment_and_undecodable_arguments(db):
     assert code == 1 and "IPAM_DB_CONNECTION_TIMEOUT 'soon'" in err
     proc = subprocess.run(
         [sys.executable, "-m", "ecs_ipam.ctl", "--db", os.fsencode(db), "release", "--id", b"task-\xff"],
-        capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=60,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 1 and b"not valid unicode text" in proc.stderr and b"Traceback" not in proc.stderr
     assert db_bytes(db) == before
@@ -528,6 +544,7 @@ def test_output_to_a_closed_pipe_is_not_an_error(db):
 
 # --- the parts, in this process -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "name, gateway, expected",
     [
@@ -535,9 +552,9 @@ def test_output_to_a_closed_pipe_is_not_an_error(db):
         ("169.254.172.0/22", "169.254.172.9", ("169.254.172.0/22", "169.254.172.9", 1021)),
         ("fd00:ec2::172:0/112", None, ("fd00:ec2::172:0/112", "fd00:ec2::172:1", 65534)),
         ("10.0.0.0/30", None, ("10.0.0.0/30", "10.0.0.1", 1)),
-        ("169.254.172.0/22", "10.0.0.1", None),    # a gateway outside the pool
-        ("169.254.172.1/22", None, None),          # not canonical: no configuration names it
-        ("10.0.0.0/31", None, None),               # smaller than any pool may be
+        ("169.254.172.0/22", "10.0.0.1", None),  # a gateway outside the pool
+        ("169.254.172.1/22", None, None),  # not canonical: no configuration names it
+        ("10.0.0.0/31", None, None),  # smaller than any pool may be
         ("IPAM", None, None),
         (LEGACY_BUCKET, None, None),
         ("10.0.0.0/8x", None, None),
@@ -569,6 +586,7 @@ def test_ages_for_people(seconds, text):
 
 # --- etcd --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
     if ETCD is None:
@@ -587,7 +605,9 @@ def test_the_same_commands_against_etcd(tmp_path, etcd):
     (tmp_path / "ns").unlink()
 
     assert [(x["address"], x["id"]) for x in leases_of(url, "leases")] == [
-        (kept[0], "task-kept"), (gone, str(tmp_path / "ns")), (kept[1], "task-kept"),
+        (kept[0], "task-kept"),
+        (gone, str(tmp_path / "ns")),
+        (kept[1], "task-kept"),
     ]
     assert [x["address"] for x in leases_of(url, "stale")] == [gone]
     metrics = parse_prometheus(ok("usage", "--prometheus", db=url))

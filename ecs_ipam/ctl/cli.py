@@ -8,10 +8,11 @@ writes to stdout/stderr and turns exceptions into messages.  Exit status: 0 done
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from typing import IO, Callable, Mapping, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from ..addr import parse_address
 from ..config import DEFAULT_DB_PATH, DEFAULT_LOG_FILE, DEFAULT_TIMEOUT, parse_cidr, parse_go_duration, parse_ip
@@ -19,6 +20,9 @@ from ..errors import ECSIPAMError, OperatorRequestError
 from ..log import Log
 from . import output
 from .leases import Holdings, StaleRules, by_address, by_id, by_staleness, read_holdings, read_live_list, release_body
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 PROG = "ecs-ipamctl"
 USAGE_ERROR = 2
@@ -120,10 +124,8 @@ def main(
 
 
 def _silence(stream: IO[str]) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], clock: Callable[[], float]) -> str:

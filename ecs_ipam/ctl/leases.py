@@ -9,7 +9,8 @@ body can be re-run by an optimistic backend.  The bucket layout itself is
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..addr import Address, parse_address
 from ..allocator import (
@@ -23,8 +24,10 @@ from ..allocator import (
 )
 from ..config import Pool
 from ..errors import OperatorRequestError
-from ..kv.base import Tx
 from ..legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
+
+if TYPE_CHECKING:
+    from ..kv.base import Tx
 
 NETNS_GONE = "netns path gone"
 NOT_LIVE = "container not live"
@@ -34,14 +37,14 @@ class Lease(NamedTuple):
     """One address held by a task (never a gateway, never an index entry)."""
 
     address: str
-    subnet: str | None       # the pool it counts in; None: a migrated pair no pool contains
-    id: str                  # "" for an anonymous lease
+    subnet: str | None  # the pool it counts in; None: a migrated pair no pool contains
+    id: str  # "" for an anonymous lease
     container_id: str | None
     ifname: str | None
     allocated_at: float | None
-    migrated: bool           # recorded by the Go plugin (no container id, no time)
-    bucket: str              # where its record lives: the pool's bucket or LEGACY_BUCKET
-    key: str                 # its key in that bucket
+    migrated: bool  # recorded by the Go plugin (no container id, no time)
+    bucket: str  # where its record lives: the pool's bucket or LEGACY_BUCKET
+    key: str  # its key in that bucket
 
 
 class PoolUsage(NamedTuple):
@@ -53,9 +56,9 @@ class PoolUsage(NamedTuple):
 class Holdings(NamedTuple):
     """The leases and gateways of one snapshot of the database."""
 
-    pools: dict[str, PoolUsage]   # bucket name -> pool, in address order
-    leases: list[Lease]           # in pool and address order, unplaced migrated pairs last
-    gateways: dict[str, str]      # gateway address -> the bucket that reserves it
+    pools: dict[str, PoolUsage]  # bucket name -> pool, in address order
+    leases: list[Lease]  # in pool and address order, unplaced migrated pairs last
+    gateways: dict[str, str]  # gateway address -> the bucket that reserves it
 
 
 def read_holdings(tx: Tx, bucket_names: Iterable[str]) -> Holdings:
@@ -119,9 +122,7 @@ def read_holdings(tx: Tx, bucket_names: Iterable[str]) -> Holdings:
     return Holdings(pools, leases, gateways)
 
 
-def _waiting_pairs(
-    tx: Tx, pools: dict[str, PoolUsage], recorded: set[str], gateways: dict[str, str]
-) -> list[Lease]:
+def _waiting_pairs(tx: Tx, pools: dict[str, PoolUsage], recorded: set[str], gateways: dict[str, str]) -> list[Lease]:
     leases = []
     for pair in tx.bucket(LEGACY_BUCKET).list(""):
         owner = decode(pair.value)
@@ -163,6 +164,7 @@ def _time(value: object) -> float | None:
 
 
 # --- staleness -------------------------------------------------------------------------------
+
 
 class StaleRules:
     """Which leases look leaked: an owner id naming an absolute path that no longer exists

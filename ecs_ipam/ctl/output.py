@@ -4,9 +4,12 @@ exposition format for node_exporter's textfile collector."""
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-from .leases import Lease, PoolUsage
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from .leases import Lease, PoolUsage
 
 LEASE_KEYS = ("address", "subnet", "id", "container_id", "ifname", "allocated_at")
 
@@ -41,7 +44,8 @@ def usage_rows(pools: Iterable[PoolUsage], is_stale: Callable[[Lease], bool]) ->
 
 # --- leases ----------------------------------------------------------------------------------
 
-def lease_json(lease: Lease) -> dict:
+
+def lease_json(lease: Lease) -> dict[str, object]:
     return {key: getattr(lease, key) for key in LEASE_KEYS}
 
 
@@ -104,6 +108,7 @@ def _table(header: list[str], rows: list[list[str]], right_from: int | None = No
 
 # --- usage -----------------------------------------------------------------------------------
 
+
 def usage_table(rows: Sequence[UsageRow]) -> str:
     if not rows:
         return "no pools in this database\n"
@@ -121,8 +126,7 @@ def _percent(part: int, whole: int) -> str:
 
 def usage_json(rows: Sequence[UsageRow]) -> str:
     document = [
-        {"subnet": row.subnet, "capacity": row.capacity, "allocated": row.allocated, "stale": row.stale}
-        for row in rows
+        {"subnet": row.subnet, "capacity": row.capacity, "allocated": row.allocated, "stale": row.stale} for row in rows
     ]
     return json.dumps(document, indent=2) + "\n"
 
@@ -147,6 +151,7 @@ def _label(value: str) -> str:
 
 
 # --- release ---------------------------------------------------------------------------------
+
 
 def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
     """One line per lease released (or that would be), or one saying there was none.
