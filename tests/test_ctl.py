@@ -170,14 +170,14 @@ def test_migrated_and_anonymous_leases_are_listed(db):
     }
     assert "(migrated)" in ok("leases", db=db)
 
-    # The first ADD of their subnet adopts them: now they count in the pool.
+    # The first ADD of their subnet adopts them: now they count in the pool.  Then an
+    # anonymous ADD (an empty id: no index entry).
     new = add(db, "task-new")[0]
-    # An anonymous lease (no owner id, no index entry) and one more pair still waiting,
-    # whose subnet has a bucket by now, and a waiting pair for an address the pool
-    # records already (the pool's record wins, as in adoption).
+    anonymous = add(db, "", "c-anon")[0]
+    assert id_index_key("") not in read_buckets(db)[V4_SUBNET]
+    # One more pair still waiting, whose subnet has a bucket by now, and a waiting pair
+    # for an address the pool records already (the pool's record wins, as in adoption).
     with kv.open_store(str(db), V4_SUBNET) as store, store.transaction() as tx:
-        anonymous = {"id": "", "container_id": "c-anon", "ifname": "eth0", "allocated_at": 1.0}
-        tx.put("169.254.175.7", msgpack.packb(anonymous))
         tx.bucket(LEGACY_BUCKET).put("169.254.175.150", msgpack.packb("0a:00:00:00:00:ff"))
         tx.bucket(LEGACY_BUCKET).put(new, msgpack.packb("someone-else"))
     leases = leases_of(db, "leases")
@@ -186,7 +186,7 @@ def test_migrated_and_anonymous_leases_are_listed(db):
     assert {address: by_address[address]["id"] for address in owners} == owners
     assert {by_address[address]["subnet"] for address in owners} == {V4_SUBNET}
     assert by_address[new]["id"] == "task-new"
-    assert by_address["169.254.175.7"]["id"] == ""
+    assert (by_address[anonymous]["id"], by_address[anonymous]["container_id"]) == ("", "c-anon")
     assert by_address["169.254.175.150"] == {
         "address": "169.254.175.150",
         "subnet": V4_SUBNET,
@@ -200,13 +200,14 @@ def test_migrated_and_anonymous_leases_are_listed(db):
     assert usage == [{"subnet": V4_SUBNET, "capacity": 1021, "allocated": len(owners) + 3, "stale": 0}]
 
     # Both kinds can be released, and the waiting pair leaves the legacy bucket.
-    assert ok("release", "--address", "169.254.175.7", db=db).startswith("released 169.254.175.7 ")
+    released = ok("release", "--address", anonymous, db=db)
+    assert released == f"released {anonymous} ({V4_SUBNET}) id='' container=c-anon\n"
     assert ok("release", "--id", "0a:00:00:00:00:ff", db=db).startswith("released 169.254.175.150 ")
     migrated = next(iter(owners))
     assert ok("release", "--id", owners[migrated], db=db).startswith(f"released {migrated} ")
     buckets = read_buckets(db)
     assert "169.254.175.150" not in buckets.get(LEGACY_BUCKET, {})
-    assert "169.254.175.7" not in buckets[V4_SUBNET] and migrated not in buckets[V4_SUBNET]
+    assert anonymous not in buckets[V4_SUBNET] and migrated not in buckets[V4_SUBNET]
     assert id_index_key(owners[migrated]) not in buckets[V4_SUBNET]
 
 
