@@ -231,9 +231,15 @@ def test_overlapping_pools_list_each_lease_once_under_the_bucket_that_holds_it(d
     assert len(listed) == 2
     waiting = {x["address"]: x["subnet"] for x in leases if x["id"].startswith("task-waiting")}
     assert waiting == {"10.0.0.100": narrow, "10.0.0.200": wide}
+    # One address space: a pool's allocated addresses are those of its range, whichever
+    # bucket holds them (the /24 cannot hand out the /25's leases, nor the reverse).
     usage = {row["subnet"]: row for row in json.loads(ok("usage", "--json", db=db))}
-    assert usage[narrow]["allocated"] == 2 and usage[wide]["allocated"] == 2
+    assert (usage[narrow]["allocated"], usage[wide]["allocated"]) == (3, 4)
     assert (usage[narrow]["capacity"], usage[wide]["capacity"]) == (125, 253)
+    # A release takes the lease from the bucket that holds it.
+    narrow_lease = next(address for address, bucket in recorded if bucket == narrow)
+    assert ok("release", "--address", narrow_lease, db=db).startswith(f"released {narrow_lease} ({narrow}) ")
+    assert narrow_lease not in read_buckets(db)[narrow]
 
 
 # --- stale and release --------------------------------------------------------------------------

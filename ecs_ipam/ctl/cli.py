@@ -19,7 +19,17 @@ from ..config import DEFAULT_DB_PATH, DEFAULT_LOG_FILE, DEFAULT_TIMEOUT, parse_c
 from ..errors import ECSIPAMError, OperatorRequestError
 from ..log import Log
 from . import output
-from .leases import Holdings, StaleRules, by_address, by_id, by_staleness, read_holdings, read_live_list, release_body
+from .leases import (
+    Holdings,
+    StaleRules,
+    by_address,
+    by_id,
+    by_staleness,
+    in_range,
+    read_holdings,
+    read_live_list,
+    release_body,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -145,7 +155,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], c
         return output.leases_table(leases, clock(), [reason for _, reason in stale])
     if args.command == "usage":
         rules = StaleRules()
-        rows = output.usage_rows(_read(db, environ).pools.values(), rules.netns_gone)
+        holdings = _read(db, environ)
+        pools = [(usage, in_range(usage, holdings.leases)) for usage in holdings.pools.values()]
+        rows = output.usage_rows(pools, rules.netns_gone)
         if args.prometheus:
             return output.usage_prometheus(rows)
         return output.usage_json(rows) if args.json else output.usage_table(rows)
@@ -189,8 +201,7 @@ def _read(db: str, environ: Mapping[str, str]) -> Holdings:
     from .. import kv
 
     with kv.open_store(db, read_only=True, environ=environ) as store:
-        names = store.buckets()
-        return store.transact(lambda tx: read_holdings(tx, names), write=False)
+        return store.transact(read_holdings, write=False)
 
 
 def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdin: IO[str]) -> str:
@@ -212,8 +223,7 @@ def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdi
     write = not args.dry_run
     timeout = _timeout(environ)
     with kv.open_store(db, timeout=timeout, read_only=not write, create=False, environ=environ) as store:
-        names = store.buckets()
-        released = store.transact(release_body(names, select, write), write=write)
+        released = store.transact(release_body(select, write), write=write)
     if write:
         audit = _audit_log(environ)
         for lease in released:

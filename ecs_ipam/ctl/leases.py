@@ -50,7 +50,18 @@ class Lease(NamedTuple):
 class PoolUsage(NamedTuple):
     pool: Pool
     capacity: int
-    leases: list[Lease]
+    leases: list[Lease]  # those this pool's bucket holds (or would adopt)
+
+
+def in_range(usage: PoolUsage, leases: Iterable[Lease]) -> list[Lease]:
+    """The leases of addresses in *usage*'s pool, whichever bucket holds them.
+
+    With overlapping pools an address held through one is taken in every other that
+    contains it (one address space per database), so these, not ``usage.leases``, are
+    what the pool can no longer hand out.
+    """
+    subnet = usage.pool.subnet
+    return [lease for lease in leases if parse_address(lease.address, usage.pool.version) in subnet]
 
 
 class Holdings(NamedTuple):
@@ -61,22 +72,22 @@ class Holdings(NamedTuple):
     gateways: dict[str, str]  # gateway address -> the bucket that reserves it
 
 
-def read_holdings(tx: Tx, bucket_names: Iterable[str]) -> Holdings:
-    """Every lease and gateway in the pool buckets among *bucket_names*, plus the Go
-    plugin's pairs still waiting in :data:`LEGACY_BUCKET` for their subnet.
+def read_holdings(tx: Tx) -> Holdings:
+    """Every lease and gateway in the pool buckets, plus the Go plugin's pairs still
+    waiting in :data:`LEGACY_BUCKET` for their subnet.
 
     With overlapping pools each lease is listed once, under the bucket that holds it; a
     waiting pair counts in the smallest pool that contains it, and not at all when a
     pool's bucket already records its address (the bucket wins, as in adoption).
 
-    :param tx: any bucket's view of the transaction.
-    :param bucket_names: the database's buckets; those that are not pools are ignored.
+    :param tx: any bucket's view of the transaction; buckets that are not pools (other
+        programs', the legacy one) are ignored.
     """
     pools: dict[str, PoolUsage] = {}
     gateways: dict[str, str] = {}
     recorded: set[str] = set()
     found = []
-    for name in bucket_names:
+    for name in tx.buckets():
         default = Pool.of_bucket(name)
         if default is None:
             continue  # another program's bucket, or the legacy one
@@ -244,7 +255,7 @@ def by_staleness(rules: StaleRules) -> Selector:
     return lambda holdings: [lease for lease in holdings.leases if rules.reason(lease)]
 
 
-def release_body(bucket_names: list[str], select: Selector, write: bool) -> Callable[[Tx], list[Lease]]:
+def release_body(select: Selector, write: bool) -> Callable[[Tx], list[Lease]]:
     """A transaction body that releases what *select* picks, or with *write* false only
     says what it would release.
 
@@ -257,7 +268,7 @@ def release_body(bucket_names: list[str], select: Selector, write: bool) -> Call
     """
 
     def body(tx: Tx) -> list[Lease]:
-        holdings = read_holdings(tx, bucket_names)
+        holdings = read_holdings(tx)
         chosen = select(holdings)
         if write:
             for lease in chosen:

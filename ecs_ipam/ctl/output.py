@@ -30,15 +30,11 @@ class UsageRow(NamedTuple):
     stale: int
 
 
-def usage_rows(pools: Iterable[PoolUsage], is_stale: Callable[[Lease], bool]) -> list[UsageRow]:
+def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callable[[Lease], bool]) -> list[UsageRow]:
+    """One row per pool, from the pool and the leases of its addresses."""
     return [
-        UsageRow(
-            usage.pool.bucket,
-            usage.capacity,
-            len(usage.leases),
-            sum(1 for lease in usage.leases if is_stale(lease)),
-        )
-        for usage in pools
+        UsageRow(usage.pool.bucket, usage.capacity, len(held), sum(1 for lease in held if is_stale(lease)))
+        for usage, held in pools
     ]
 
 
