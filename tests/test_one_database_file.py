@@ -259,3 +259,15 @@ def test_a_hard_linked_bolt_file_is_not_migrated(tmp_path):
     assert (code, error["code"]) == (1, 5)
     assert f"also {tmp_path / 'operator-copy.db'}" in error["msg"]
     assert files_snapshot(tmp_path) == before
+
+
+def test_without_proc_the_device_number_decides(tmp_path, monkeypatch):
+    # Where /proc/self/fdinfo says nothing, a file on its directory's device is served.
+    from ecs_ipam.kv import dbfile
+
+    monkeypatch.setattr(dbfile, "_mount_id", lambda fd: None)
+    path = tmp_path / "eni-ipam.db"
+    with kv.open_store(str(path)) as store:
+        store.put("k", b"v")
+    with kv.open_store(str(path), read_only=True) as store:
+        assert store.get("k").value == b"v"

@@ -30,8 +30,8 @@ def resolve(path: str) -> str:
 def check_single_name(fd: int, real: str, given: str) -> None:
     """Refuse a database file that LMDB could reach through a second lock file.
 
-    Costs an ``fstat``, a ``stat`` of the directory and two reads of ``/proc/self/fdinfo``
-    (about 40 microseconds); ``/proc/self/mountinfo`` is read only to name a refused mount.
+    Costs an ``fstat`` and two reads of ``/proc/self/fdinfo`` (about 40 microseconds);
+    ``/proc/self/mountinfo`` is read only to name a refused mount.
 
     :param fd: a descriptor of the file at *real*.
     :param real: the resolved path (:func:`resolve`).
@@ -44,9 +44,14 @@ def check_single_name(fd: int, real: str, given: str) -> None:
     directory = os.path.dirname(real) or "."
     dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # A file mounted on its own shows another device than its directory when it comes
-        # from another file system, and another mount id in any case.
-        mounted = os.fstat(dir_fd).st_dev != info.st_dev or _mount_id(fd) != _mount_id(dir_fd)
+        # A file mounted on its own lies on another mount than its directory.  The device
+        # number is the fallback where /proc does not say: it also differs for a file of
+        # an overlayfs whose layers lie on several file systems, which is no mount.
+        file_mount, dir_mount = _mount_id(fd), _mount_id(dir_fd)
+        if file_mount is not None and dir_mount is not None:
+            mounted = file_mount != dir_mount
+        else:
+            mounted = os.fstat(dir_fd).st_dev != info.st_dev
     finally:
         os.close(dir_fd)
     if mounted:
