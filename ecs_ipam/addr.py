@@ -3,31 +3,31 @@
 netaddr is how the plugin understands addresses, but importing it costs a CNI call more
 than everything else the call does.  This module parses and formats the strict forms the
 configuration accepts (``netaddr.IPAddress(text, flags=INET_PTON)``, and ``address/prefix``
-as :func:`ecs_ipam.config.parse_cidr` reads it) with the C library's ``inet_pton`` and
-``inet_ntop``, which are what netaddr itself calls for them.  tests/test_addr.py proves,
-with hypothesis, that it accepts, rejects, computes and writes exactly what netaddr does.
+as :func:`ecs_ipam.config.parse_cidr` reads it): IPv6 with the C library's ``inet_pton``
+and ``inet_ntop``, which are what netaddr itself calls; IPv4, the four decimal octets
+netaddr's ``inet_pton`` rules allow, in Python.  tests/test_addr.py proves, with
+hypothesis, that it accepts, rejects, computes and writes exactly what netaddr does.
 
 What it returns are small immutable values with the attribute names netaddr's objects
 have (``value``, ``version``, ``first``, ``last``, ``prefixlen``, ``ip``, ``cidr``), so
 the code that uses them reads as it did with netaddr.
 
-``_socket``, not ``socket``: the latter imports enum and selectors on top of the same
-two C functions.
+IPv6 only loads ``_socket`` (as late as that), and not ``socket``, which imports enum
+and selectors on top of the same two C functions: an IPv4 pool, the common case, loads
+neither.
 """
 
 from __future__ import annotations
 
-from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-
 WIDTH = {4: 32, 6: 128}
-_FAMILY = {4: AF_INET, 6: AF_INET6}
-_BYTES = {4: 4, 6: 16}
 
 
 class Address:
     """One IP address: ``value`` (an int) of IP ``version`` 4 or 6."""
 
     __slots__ = ("value", "version")
+    value: int
+    version: int
 
     def __init__(self, value: int, version: int) -> None:
         object.__setattr__(self, "value", value)
@@ -62,7 +62,11 @@ class Address:
 class Network:
     """An address with a prefix length, as netaddr's IPNetwork: host bits are kept in ``ip``."""
 
-    __slots__ = ("ip", "prefixlen", "first", "last")
+    __slots__ = ("first", "ip", "last", "prefixlen")
+    ip: Address
+    prefixlen: int
+    first: int
+    last: int
 
     def __init__(self, ip: Address, prefixlen: int) -> None:
         host_bits = WIDTH[ip.version] - prefixlen
@@ -104,8 +108,8 @@ class Network:
         if getattr(other, "version", None) != self.version:
             return False
         if hasattr(other, "prefixlen"):
-            return self.first <= other.first and other.last <= self.last  # type: ignore[attr-defined]
-        return self.first <= other.value <= self.last  # type: ignore[attr-defined]
+            return bool(self.first <= other.first and other.last <= self.last)  # type: ignore[attr-defined]
+        return bool(self.first <= other.value <= self.last)  # type: ignore[attr-defined]
 
     def __eq__(self, other: object) -> bool:
         # netaddr's rule: the same version and range, whatever the host bits.
@@ -119,10 +123,13 @@ class Network:
 
 
 def format_address(value: int, version: int) -> str:
-    """Exactly ``str(netaddr.IPAddress(value, version))``: netaddr writes IPv6 with
-    ``inet_ntop``, and IPv4 as four decimal octets, which is what ``inet_ntop`` writes too.
-    """
-    return inet_ntop(_FAMILY[version], value.to_bytes(_BYTES[version], "big"))
+    """Exactly ``str(netaddr.IPAddress(value, version))``: netaddr writes IPv4 as four
+    decimal octets, IPv6 with ``inet_ntop``."""
+    if version == 4:
+        return f"{value >> 24}.{value >> 16 & 0xFF}.{value >> 8 & 0xFF}.{value & 0xFF}"
+    from _socket import AF_INET6, inet_ntop
+
+    return inet_ntop(AF_INET6, value.to_bytes(16, "big"))
 
 
 def parse_address(text: object, version: int | None = None) -> Address | None:
@@ -133,23 +140,37 @@ def parse_address(text: object, version: int | None = None) -> Address | None:
     """
     if not isinstance(text, str):
         return None
+    if ":" not in text:
+        value = _parse_ipv4(text)
+        return None if value is None or version == 6 else Address(value, 4)
+    if version == 4:
+        return None
+    from _socket import AF_INET6, inet_pton
+
     try:
-        if ":" in text:
-            found = 6
-            packed = inet_pton(AF_INET6, text)
-        else:
-            found = 4
-            # netaddr refuses leading zeros itself, whatever the C library does with them.
-            if ".0" in text or text[:1] == "0":
-                for octet in text.split("."):
-                    if len(octet) > 1 and octet[0] == "0":
-                        return None
-            packed = inet_pton(AF_INET, text)
+        packed = inet_pton(AF_INET6, text)
     except (OSError, ValueError):  # ValueError: NUL, or text that is not encodable
         return None
-    if version is not None and version != found:
+    return Address(int.from_bytes(packed, "big"), 6)
+
+
+def _parse_ipv4(text: str) -> int | None:
+    # inet_pton's IPv4 form: four decimal octets of at most 255, nothing else.  netaddr
+    # also refuses leading zeros, which some C libraries would read as octal.
+    octets = text.split(".")
+    if len(octets) != 4:
         return None
-    return Address(int.from_bytes(packed, "big"), found)
+    value = 0
+    for octet in octets:
+        if not 0 < len(octet) <= 3 or not octet.isascii() or not octet.isdigit():
+            return None
+        if len(octet) > 1 and octet[0] == "0":
+            return None
+        number = int(octet)
+        if number > 255:
+            return None
+        value = value << 8 | number
+    return value
 
 
 def parse_prefix(text: str, version: int) -> int | None:

@@ -7,7 +7,8 @@ import re
 
 import netaddr
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ecs_ipam.addr import Address, Network, format_address, parse_address, parse_network
 from ecs_ipam.config import parse_cidr, parse_ip
@@ -17,6 +18,7 @@ MAX = {4: 2**32 - 1, 6: 2**128 - 1}
 
 
 # --- references: what the plugin did with netaddr alone -------------------------------
+
 
 def netaddr_ip(text: str) -> netaddr.IPAddress | None:
     try:
@@ -38,12 +40,18 @@ def netaddr_cidr(text: str) -> netaddr.IPNetwork | None:
 
 # --- strategies ----------------------------------------------------------------------
 
+
 def v6_values() -> st.SearchStrategy[int]:
     # Words drawn so that runs of zeros (what "::" compresses), ffff (IPv4-mapped) and
     # the IPv4-compatible forms inet_ntop writes with a dotted tail all come up often.
     word = st.one_of(st.just(0), st.just(0xFFFF), st.integers(0, 0xFF), st.integers(0, 0xFFFF))
     words = st.lists(word, min_size=8, max_size=8).map(lambda ws: int("".join(f"{w:04x}" for w in ws), 16))
-    return st.one_of(words, st.integers(0, MAX[6]), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF).map(lambda v: v | 0xFFFF << 32))
+    return st.one_of(
+        words,
+        st.integers(0, MAX[6]),
+        st.integers(0, 0xFFFFFFFF),
+        st.integers(0, 0xFFFFFFFF).map(lambda v: v | 0xFFFF << 32),
+    )
 
 
 def values() -> st.SearchStrategy[tuple[int, int]]:
@@ -96,11 +104,28 @@ cidr_texts = st.one_of(
     st.text(alphabet=ADDRESS_ALPHABET, max_size=50),
 )
 
-ODD_STRINGS = ["", "\ud800", "1.2.3.4\x00", "1.2.3.4\n", " 1.2.3.4", "1.2.3.04", "01.2.3.4", "1.2.3", "1.2.3.256",
-               "::ffff:1.2.3.4", "::1.2.3.4", "1::2::3", "fe80::1%eth0", "１.2.3.4", "0x1.2.3.4", "1.2.3.4/24"]
+ODD_STRINGS = [
+    "",
+    "\ud800",
+    "1.2.3.4\x00",
+    "1.2.3.4\n",
+    " 1.2.3.4",
+    "1.2.3.04",
+    "01.2.3.4",
+    "1.2.3",
+    "1.2.3.256",
+    "::ffff:1.2.3.4",
+    "::1.2.3.4",
+    "1::2::3",
+    "fe80::1%eth0",
+    "１.2.3.4",
+    "0x1.2.3.4",
+    "1.2.3.4/24",
+]
 
 
 # --- addresses -----------------------------------------------------------------------
+
 
 def assert_same_address(ours: Address | None, theirs: netaddr.IPAddress | None) -> None:
     if theirs is None:
@@ -125,7 +150,9 @@ def test_parse_address_on_odd_strings(text):
 @given(address_texts, st.sampled_from([4, 6]))
 def test_parse_address_of_one_version(text, version):
     theirs = netaddr_ip(text)
-    assert_same_address(parse_address(text, version), theirs if theirs is not None and theirs.version == version else None)
+    assert_same_address(
+        parse_address(text, version), theirs if theirs is not None and theirs.version == version else None
+    )
 
 
 @settings(max_examples=200)
@@ -158,13 +185,21 @@ def test_address_values_are_immutable_and_ordered():
 
 # --- networks ------------------------------------------------------------------------
 
+
 def assert_same_network(ours: Network | None, theirs: netaddr.IPNetwork | None) -> None:
     if theirs is None:
         assert ours is None
         return
     assert ours is not None
     assert (str(ours), ours.version, ours.prefixlen, ours.first, ours.last, ours.value, ours.size) == (
-        str(theirs), theirs.version, theirs.prefixlen, theirs.first, theirs.last, theirs.value, theirs.size)
+        str(theirs),
+        theirs.version,
+        theirs.prefixlen,
+        theirs.first,
+        theirs.last,
+        theirs.value,
+        theirs.size,
+    )
     assert_same_address(ours.ip, theirs.ip)
     assert (str(ours.cidr), ours.cidr.first, ours.cidr.last) == (str(theirs.cidr), theirs.cidr.first, theirs.cidr.last)
     assert ours == theirs and ours.cidr == theirs.cidr
