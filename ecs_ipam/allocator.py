@@ -21,10 +21,10 @@ holds it for all of them.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
-import msgpack
-
+from . import minipack
 from .addr import Network, format_address, parse_address, parse_network
 from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
@@ -44,23 +44,41 @@ INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
 LEGACY_BUCKET = "go-plugin-IPAM"
 
 
-class Owner(NamedTuple):
-    """Who an address is handed to: the config's id, and the CNI attachment for GC.
+class Owner(tuple):
+    """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
+    (``container_id``, ``ifname``: str or None).
 
     An empty id is an anonymous owner, as in the original plugin: any number of them
     coexist, none has an id-index entry, and only a DEL naming the address releases one.
+    Written out rather than made by namedtuple: see ecs_ipam.config.
     """
 
-    id: str
-    container_id: str | None = None
-    ifname: str | None = None
+    __slots__ = ()
+
+    def __new__(cls, id: str, container_id: str | None = None, ifname: str | None = None) -> Owner:
+        return tuple.__new__(cls, (id, container_id, ifname))
+
+    id = property(itemgetter(0))
+    container_id = property(itemgetter(1))
+    ifname = property(itemgetter(2))
 
 
 def encode(value: object) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    packed = minipack.packb(value)
+    if packed is minipack.UNSURE:
+        import msgpack
+
+        packed = msgpack.packb(value, use_bin_type=True)
+    return packed  # type: ignore[return-value]
 
 
 def decode(raw: bytes) -> object:
+    """The value msgpack reads in *raw*, or None for anything it cannot read."""
+    value = minipack.unpackb(raw)
+    if value is not minipack.UNSURE:
+        return value
+    import msgpack
+
     try:
         return msgpack.unpackb(raw, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):

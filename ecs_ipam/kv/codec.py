@@ -3,13 +3,17 @@ value (LMDB): a two-element msgpack array ``[last_index, value]``."""
 
 from __future__ import annotations
 
-import msgpack
-
+from .. import minipack
 from ..errors import CorruptDatabaseError
 
 
 def encode_record(value: bytes, last_index: int) -> bytes:
-    return msgpack.packb((last_index, value), use_bin_type=True)
+    packed = minipack.packb((last_index, value))
+    if packed is minipack.UNSURE:
+        import msgpack
+
+        packed = msgpack.packb((last_index, value), use_bin_type=True)
+    return packed  # type: ignore[return-value]
 
 
 def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
@@ -19,10 +23,17 @@ def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
 
     :raises CorruptDatabaseError: the record was not written by this codec.
     """
-    try:
-        last_index, value = msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record") from None
+    record: object = minipack.unpackb(raw)
+    if record is minipack.UNSURE:
+        import msgpack
+
+        try:
+            record = msgpack.unpackb(raw, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record") from None
+    if not isinstance(record, (list, tuple)) or len(record) != 2:
+        raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record")
+    last_index, value = record
     if not isinstance(last_index, int) or not isinstance(value, bytes):
         raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record")
     return value, last_index
