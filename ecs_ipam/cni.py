@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import IO, Mapping
 
 from . import __version__
 from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
 from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError, cut
 from .log import Log
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import IO
 
 CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
 

@@ -6,10 +6,15 @@ error names the offending field and value.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from operator import itemgetter
 
 from .addr import WIDTH, Address, Network, parse_address
 from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError, cut, quoted
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -24,29 +29,47 @@ MAX_DB_PATH = 4096
 MAX_PREFIX = {4: 30, 6: 126}
 FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
 
-# The values below are NamedTuples rather than frozen dataclasses: the plugin imports
-# this module in every container start, and generating a dataclass's methods costs
-# about half a millisecond per class, a NamedTuple a tenth of that.
+# The values below are tuples with named fields, written out: the plugin imports this
+# module in every container start, and each class made by collections.namedtuple compiles
+# its constructor from source there, a dataclass its methods, and typing.NamedTuple needs
+# typing, which costs more than all of them.
 
 
-class Route(NamedTuple):
-    """A route copied into the result as configured."""
+class Route(tuple):
+    """A route copied into the result as configured: ``dst`` (str), ``gw`` (str or None)."""
 
-    dst: str
-    gw: str | None = None
+    __slots__ = ()
+
+    def __new__(cls, dst: str, gw: str | None = None) -> Route:
+        return tuple.__new__(cls, (dst, gw))
+
+    dst = property(itemgetter(0))
+    gw = property(itemgetter(1))
 
     def to_json(self) -> dict:
         return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
 
 
-class Pool(NamedTuple):
-    """One address family of the configuration: where addresses come from."""
+class Pool(tuple):
+    """One address family of the configuration: where addresses come from.
 
-    version: int
-    subnet: Network
-    gateway: Address
-    fixed_address: Network | None
-    routes: tuple[Route, ...]
+    ``version`` (4 or 6), ``subnet`` (:class:`Network`, host bits clear), ``gateway``
+    (:class:`Address`), ``fixed_address`` (:class:`Network` or None), ``routes``
+    (tuple of :class:`Route`).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, version: int, subnet: Network, gateway: Address, fixed_address: Network | None, routes: tuple
+    ) -> Pool:
+        return tuple.__new__(cls, (version, subnet, gateway, fixed_address, routes))
+
+    version = property(itemgetter(0))
+    subnet = property(itemgetter(1))
+    gateway = property(itemgetter(2))
+    fixed_address = property(itemgetter(3))
+    routes = property(itemgetter(4))
 
     @property
     def bucket(self) -> str:
@@ -79,32 +102,64 @@ class Pool(NamedTuple):
         return cls(subnet.version, subnet, gateway_ip, None, ())
 
 
-class Attachment(NamedTuple):
-    container_id: str
-    ifname: str
+class Attachment(tuple):
+    """A CNI attachment: ``container_id``, ``ifname``."""
+
+    __slots__ = ()
+
+    def __new__(cls, container_id: str, ifname: str) -> Attachment:
+        return tuple.__new__(cls, (container_id, ifname))
+
+    container_id = property(itemgetter(0))
+    ifname = property(itemgetter(1))
 
 
-class NetConf(NamedTuple):
-    """The parts of a CNI network configuration this plugin uses."""
+class NetConf(tuple):
+    """The parts of a CNI network configuration this plugin uses.
 
-    cni_version: str
-    owner_id: str | None
-    pools: tuple[Pool, ...]  # IPv4 first
-    prev_result: Mapping | None = None
-    valid_attachments: tuple[Attachment, ...] | None = None
+    ``cni_version`` (str), ``owner_id`` (str or None), ``pools`` (tuple of :class:`Pool`,
+    IPv4 first), ``prev_result`` (mapping or None), ``valid_attachments`` (tuple of
+    :class:`Attachment` or None).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        cni_version: str,
+        owner_id: str | None,
+        pools: tuple,
+        prev_result: Mapping | None = None,
+        valid_attachments: tuple | None = None,
+    ) -> NetConf:
+        return tuple.__new__(cls, (cni_version, owner_id, pools, prev_result, valid_attachments))
+
+    cni_version = property(itemgetter(0))
+    owner_id = property(itemgetter(1))
+    pools = property(itemgetter(2))
+    prev_result = property(itemgetter(3))
+    valid_attachments = property(itemgetter(4))
 
 
-class Environment(NamedTuple):
-    """The CNI_* and plugin variables of one invocation."""
+class Environment(tuple):
+    """The CNI_* and plugin variables of one invocation (all str but ``timeout``, seconds)."""
 
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    db_path: str
-    timeout: float
-    log_file: str
-    log_level: str
+    __slots__ = ()
+
+    def __new__(
+        cls, command: str, container_id: str, netns: str, ifname: str, db_path: str, timeout: float,
+        log_file: str, log_level: str,
+    ) -> Environment:
+        return tuple.__new__(cls, (command, container_id, netns, ifname, db_path, timeout, log_file, log_level))
+
+    command = property(itemgetter(0))
+    container_id = property(itemgetter(1))
+    netns = property(itemgetter(2))
+    ifname = property(itemgetter(3))
+    db_path = property(itemgetter(4))
+    timeout = property(itemgetter(5))
+    log_file = property(itemgetter(6))
+    log_level = property(itemgetter(7))
 
 
 # --- network configuration ----------------------------------------------------------------

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
-import random
 import time
-from typing import Callable
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def flock_before(fd: int, operation: int, deadline: float, busy: Callable[[], Exception]) -> None:
@@ -24,6 +27,9 @@ def flock_before(fd: int, operation: int, deadline: float, busy: Callable[[], Ex
             if remaining <= 0:
                 raise busy() from None
             # Jitter keeps a crowd of waiting plugins from polling in lockstep; the cap
-            # keeps a freed lock from sitting idle long.
+            # keeps a freed lock from sitting idle long.  Imported here: only a process
+            # that waits needs it.
+            import random
+
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 0.01)

@@ -9,7 +9,6 @@ opens the database and applies the version rules of the CNI specification.
 from __future__ import annotations
 
 import time
-from typing import Mapping
 
 from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, overlapping_buckets
 from .config import NetConf, Pool, parse_netconf
@@ -25,6 +24,11 @@ from .errors import (
 )
 from .kv.base import Store, Tx
 from .results import Allocation, format_result, result_addresses
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> PoolAllocator:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Mapping
 
 from .addr import Address, Network, parse_network
 from .config import Pool
+
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 Allocation = tuple[Pool, Network]
 

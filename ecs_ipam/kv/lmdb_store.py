@@ -31,8 +31,6 @@ import fcntl
 import os
 import struct
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import lmdb
 
@@ -278,9 +276,13 @@ class _Environment:
             self.env.set_mapsize(size)
             return True
 
-    @contextmanager
-    def writer(self, timeout: float) -> Iterator[None]:
-        """Hold this file's writer lock, waiting at most *timeout* seconds for it."""
+    # The writer lock and the transaction below are plain methods and classes, not
+    # contextlib.contextmanager generators: importing contextlib costs a CNI call more
+    # than the transaction itself.
+
+    def lock_writer(self, timeout: float) -> None:
+        """Take this file's writer lock, waiting at most *timeout* seconds for it; the
+        caller must :meth:`unlock_writer` after."""
         if self.read_only:
             raise StoreError(f"database {self.path} is open read-only")
         deadline = time.monotonic() + timeout
@@ -288,11 +290,18 @@ class _Environment:
             raise self._busy(timeout)
         try:
             flock_before(self.lock_fd, fcntl.LOCK_EX, deadline, lambda: self._busy(timeout))
-            try:
-                self._grow_if_nearly_full()
-                yield
-            finally:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        except BaseException:
+            self.thread_lock.release()
+            raise
+        try:
+            self._grow_if_nearly_full()
+        except BaseException:
+            self.unlock_writer()
+            raise
+
+    def unlock_writer(self) -> None:
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
         finally:
             self.thread_lock.release()
 
@@ -574,6 +583,45 @@ class _LMDBTx(Tx):
         return sorted(key.decode("utf-8") for key in self._txn.txn.cursor().iternext(values=False))
 
 
+class _Transaction:
+    """``LMDBStore.transaction()``: one LMDB transaction (a write one under the writer
+    lock), committed if the block ends normally, else aborted."""
+
+    __slots__ = ("env", "store", "txn", "write")
+
+    def __init__(self, store: LMDBStore, write: bool) -> None:
+        self.store = store
+        self.write = write
+
+    def __enter__(self) -> Tx:
+        store = self.store
+        env = self.env = store._environment()
+        if not self.write:
+            self.txn = _ReadTxn(env)
+            return _LMDBTx(self.txn, store.bucket_name)
+        if store.read_only:
+            raise StoreError(f"database {store.path} is open read-only")
+        env.lock_writer(store.timeout)
+        try:
+            self.txn = _WriteTxn(env)
+        except BaseException:
+            env.unlock_writer()
+            raise
+        return _LMDBTx(self.txn, store.bucket_name)
+
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        try:
+            if exc_type is None:
+                self.txn.commit()
+                return
+            self.txn.abort()
+            if isinstance(error, lmdb.Error):
+                raise _failure(self.store.path, error) from None
+        finally:
+            if self.write:
+                self.env.unlock_writer()
+
+
 class LMDBStore(Store):
     """A bucket of an LMDB database file.
 
@@ -615,34 +663,8 @@ class LMDBStore(Store):
             raise StoreError(f"store for {self.path} is closed")
         return self._env
 
-    @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Tx]:
-        env = self._environment()
-        if not write:
-            txn = _ReadTxn(env)
-            try:
-                yield _LMDBTx(txn, self.bucket_name)
-            except lmdb.Error as e:
-                txn.abort()
-                raise _failure(self.path, e) from None
-            except BaseException:
-                txn.abort()
-                raise
-            txn.commit()
-            return
-        if self.read_only:
-            raise StoreError(f"database {self.path} is open read-only")
-        with env.writer(self.timeout):
-            txn = _WriteTxn(env)
-            try:
-                yield _LMDBTx(txn, self.bucket_name)
-            except lmdb.Error as e:
-                txn.abort()
-                raise _failure(self.path, e) from None
-            except BaseException:
-                txn.abort()
-                raise
-            txn.commit()
+    def transaction(self, write: bool = True) -> _Transaction:
+        return _Transaction(self, write)
 
     def bucket(self, name: str) -> "LMDBStore":
         env = self._environment()
