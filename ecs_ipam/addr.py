@@ -48,7 +48,7 @@ class Address:
     def __eq__(self, other: object) -> bool:
         # Duck-typed, so that an address compares equal to netaddr's IPAddress of it.
         try:
-            return (self.version, self.value) == (other.version, other.value)  # type: ignore[attr-defined]
+            return (self.version, self.value) == (other.version, other.value)  # type: ignore[attr-defined]  # duck-typed: AttributeError is the answer
         except AttributeError:
             return NotImplemented
 
@@ -108,13 +108,13 @@ class Network:
         if getattr(other, "version", None) != self.version:
             return False
         if hasattr(other, "prefixlen"):
-            return bool(self.first <= other.first and other.last <= self.last)  # type: ignore[attr-defined]
-        return bool(self.first <= other.value <= self.last)  # type: ignore[attr-defined]
+            return bool(self.first <= other.first and other.last <= self.last)  # type: ignore[attr-defined]  # a network: has prefixlen
+        return bool(self.first <= other.value <= self.last)  # type: ignore[attr-defined]  # same version: an address
 
     def __eq__(self, other: object) -> bool:
         # netaddr's rule: the same version and range, whatever the host bits.
         try:
-            return (self.version, self.first, self.last) == (other.version, other.first, other.last)  # type: ignore[attr-defined]
+            return (self.version, self.first, self.last) == (other.version, other.first, other.last)  # type: ignore[attr-defined]  # duck-typed, as __eq__ above
         except AttributeError:
             return NotImplemented
 

@@ -65,11 +65,11 @@ class Owner(tuple):
 
 def encode(value: object) -> bytes:
     packed = minipack.packb(value)
-    if packed is minipack.UNSURE:
+    if packed is None:
         import msgpack
 
         packed = msgpack.packb(value, use_bin_type=True)
-    return packed  # type: ignore[return-value]
+    return packed
 
 
 def decode(raw: bytes) -> object:

@@ -4,8 +4,9 @@ Importing msgpack costs a CNI call about a quarter of a bare interpreter's start
 package loads ``datetime`` for the timestamp extension, which the plugin never stores).
 The records the plugin reads and writes on every call are small: maps of strings, None,
 booleans, integers and floats; strings; the backend's ``[last_index, value]`` pairs.
-This module packs and unpacks exactly those, and answers :data:`UNSURE` for anything
-else, which the caller then hands to msgpack itself (imported only then).
+This module packs and unpacks exactly those, and answers None (packing) or :data:`UNSURE`
+(unpacking) for anything else, which the caller then hands to msgpack itself (imported
+only then).
 tests/test_minipack.py proves, with hypothesis, that whatever it packs is byte for byte
 what ``msgpack.packb(value, use_bin_type=True)`` writes, and whatever it unpacks is what
 ``msgpack.unpackb(raw, raw=False)`` reads.
@@ -23,39 +24,38 @@ class _Unsure(Exception):
     pass
 
 
-def packb(value: object) -> bytes | object:
-    """``msgpack.packb(value, use_bin_type=True)``, or :data:`UNSURE`."""
+def packb(value: object) -> bytes | None:
+    """``msgpack.packb(value, use_bin_type=True)``, or None: msgpack's to pack."""
     out: list[bytes] = []
     try:
         _pack(value, out)
     except (_Unsure, UnicodeEncodeError, RecursionError):
-        return UNSURE
+        return None
     return b"".join(out)
 
 
 def _pack(value: object, out: list[bytes]) -> None:
-    kind = type(value)
     if value is None:
         out.append(b"\xc0")
-    elif kind is bool:
+    elif type(value) is bool:
         out.append(b"\xc3" if value else b"\xc2")
-    elif kind is int:
-        out.append(_pack_int(value))  # type: ignore[arg-type]
-    elif kind is float:
+    elif type(value) is int:
+        out.append(_pack_int(value))
+    elif type(value) is float:
         out.append(b"\xcb" + _struct_pack(">d", value))
-    elif kind is str:
-        data = value.encode("utf-8")  # type: ignore[attr-defined]
+    elif type(value) is str:
+        data = value.encode("utf-8")
         out.append(_header(len(data), 0xA0, 31, b"\xd9", b"\xda", b"\xdb") + data)
-    elif kind is bytes:
-        out.append(_header(len(value), None, 0, b"\xc4", b"\xc5", b"\xc6") + value)  # type: ignore[arg-type, operator]
-    elif kind is dict:
-        out.append(_header(len(value), 0x80, 15, None, b"\xde", b"\xdf"))  # type: ignore[arg-type]
-        for key, item in value.items():  # type: ignore[attr-defined]
+    elif type(value) is bytes:
+        out.append(_header(len(value), None, 0, b"\xc4", b"\xc5", b"\xc6") + value)
+    elif type(value) is dict:
+        out.append(_header(len(value), 0x80, 15, None, b"\xde", b"\xdf"))
+        for key, item in value.items():
             _pack(key, out)
             _pack(item, out)
-    elif kind is list or kind is tuple:
-        out.append(_header(len(value), 0x90, 15, None, b"\xdc", b"\xdd"))  # type: ignore[arg-type]
-        for item in value:  # type: ignore[attr-defined]
+    elif type(value) is list or type(value) is tuple:
+        out.append(_header(len(value), 0x90, 15, None, b"\xdc", b"\xdd"))
+        for item in value:
             _pack(item, out)
     else:
         raise _Unsure

@@ -1,5 +1,5 @@
 """The record fast path (ecs_ipam.minipack) against msgpack: byte for byte the same packing,
-the same values unpacked, and UNSURE (never a different answer) for anything else."""
+the same values unpacked, and None or UNSURE (never a different answer) for anything else."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import math
 
 import msgpack
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ecs_ipam import minipack
 from ecs_ipam.allocator import decode, encode
 from ecs_ipam.errors import CorruptDatabaseError
 from ecs_ipam.kv.codec import decode_record, encode_record
+
+# Values of up to 64 KiB (the edges of msgpack's 32-bit headers) are slow to draw on a busy
+# machine; their size is the point.
+SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 # What the plugin stores: what minipack must handle itself, not leave to msgpack.  Sizes
 # and values cluster at the edges where msgpack switches to a longer header.
@@ -77,28 +81,28 @@ def same(ours: object, theirs: object) -> bool:
     return repr(ours) == repr(theirs)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=SLOW_OK)
 @given(handled)
 def test_packs_what_the_plugin_stores_byte_for_byte_as_msgpack(value):
     packed = minipack.packb(value)
-    assert packed is not minipack.UNSURE
+    assert packed is not None
     assert packed == msgpack.packb(value, use_bin_type=True)
     assert encode(value) == packed
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=SLOW_OK)
 @given(anything)
 def test_packs_anything_as_msgpack_or_leaves_it_to_msgpack(value):
     packed = minipack.packb(value)
     expected = msgpack_packb(value)
-    if packed is minipack.UNSURE:
+    if packed is None:
         if not isinstance(expected, Exception):
             assert encode(value) == expected
         return
     assert packed == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=SLOW_OK)
 @given(handled)
 def test_unpacks_what_the_plugin_stores_as_msgpack(value):
     raw = msgpack.packb(value, use_bin_type=True)
@@ -119,7 +123,7 @@ def raw_inputs() -> st.SearchStrategy[bytes]:
     )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, suppress_health_check=SLOW_OK)
 @given(raw_inputs())
 @example(b"\x81\x01\x02")  # an int key: msgpack refuses it
 @example(b"\xa2\xff\xfe")  # not UTF-8
@@ -135,6 +139,7 @@ def test_unpacks_anything_as_msgpack_or_leaves_it_to_msgpack(raw):
     assert same(decode(raw), None if isinstance(theirs, Exception) else theirs)
 
 
+@settings(suppress_health_check=SLOW_OK)
 @given(st.binary(max_size=64), st.integers(0, 2**64 - 1))
 def test_kv_records_round_trip_and_are_msgpack(value, last_index):
     raw = encode_record(value, last_index)

@@ -9,11 +9,11 @@ from ..errors import CorruptDatabaseError
 
 def encode_record(value: bytes, last_index: int) -> bytes:
     packed = minipack.packb((last_index, value))
-    if packed is minipack.UNSURE:
+    if packed is None:
         import msgpack
 
         packed = msgpack.packb((last_index, value), use_bin_type=True)
-    return packed  # type: ignore[return-value]
+    return packed
 
 
 def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
