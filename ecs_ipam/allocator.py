@@ -22,7 +22,6 @@ holds it for all of them.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, NamedTuple
 
 from . import minipack
 from .addr import Network, format_address, parse_address, parse_network
@@ -30,6 +29,8 @@ from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
 
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -112,11 +113,19 @@ def address_text(value: int, version: int) -> str:
     return format_address(value, version)
 
 
-class Overlap(NamedTuple):
-    """Another pool's bucket, whose subnet shares addresses with this pool's."""
+class Overlap(tuple):
+    """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's.
 
-    subnet: Network
-    tx: Tx
+    Written out rather than made by namedtuple: see ecs_ipam.config.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, subnet: Network, tx: Tx) -> Overlap:
+        return tuple.__new__(cls, (subnet, tx))
+
+    subnet = property(itemgetter(0))
+    tx = property(itemgetter(1))
 
 
 def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overlap]:
