@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from . import minipack
 from .addr import Network, format_address, parse_address, parse_network
 from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
+
+# Names, not the module: `from . import minipack` would ask the package's lazy __getattr__
+# first, which imports importlib.
+from .minipack import UNSURE, packb, unpackb
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
@@ -65,7 +68,7 @@ class Owner(tuple):
 
 
 def encode(value: object) -> bytes:
-    packed = minipack.packb(value)
+    packed = packb(value)
     if packed is None:
         import msgpack
 
@@ -75,8 +78,8 @@ def encode(value: object) -> bytes:
 
 def decode(raw: bytes) -> object:
     """The value msgpack reads in *raw*, or None for anything it cannot read."""
-    value = minipack.unpackb(raw)
-    if value is not minipack.UNSURE:
+    value = unpackb(raw)
+    if value is not UNSURE:
         return value
     import msgpack
 

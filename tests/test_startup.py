@@ -159,9 +159,10 @@ def test_the_recorder_sees_an_import_made_by_the_plugin(tmp_path):
 # --- the whole import list of a real process ------------------------------------------------
 
 # What an ADD or DEL needs to import, run as a floor process of its own: the JSON codec,
-# the store, and the C modules the store and the record fast path call.  Whatever these
-# pull in themselves is the floor's, not the plugin's doing.
-NEEDED = "import json, lmdb, struct, fcntl, errno, collections.abc, operator, io"
+# the store, the C modules the store and the record fast path call, and __future__ (every
+# module's "from __future__ import annotations").  Whatever these pull in themselves is
+# the floor's, not the plugin's doing.
+NEEDED = "import __future__, json, lmdb, struct, fcntl, errno, collections.abc, operator, io"
 # The plugin's own modules on the warm path.
 OWN = {
     "ecs_ipam", "ecs_ipam.cni", "ecs_ipam.config", "ecs_ipam.addr", "ecs_ipam.errors", "ecs_ipam.log",

@@ -3,12 +3,12 @@ value (LMDB): a two-element msgpack array ``[last_index, value]``."""
 
 from __future__ import annotations
 
-from .. import minipack
 from ..errors import CorruptDatabaseError
+from ..minipack import UNSURE, packb, unpackb
 
 
 def encode_record(value: bytes, last_index: int) -> bytes:
-    packed = minipack.packb((last_index, value))
+    packed = packb((last_index, value))
     if packed is None:
         import msgpack
 
@@ -23,8 +23,8 @@ def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
 
     :raises CorruptDatabaseError: the record was not written by this codec.
     """
-    record: object = minipack.unpackb(raw)
-    if record is minipack.UNSURE:
+    record: object = unpackb(raw)
+    if record is UNSURE:
         import msgpack
 
         try:
