@@ -35,10 +35,7 @@ class BuildPyWithGitState(build_py):
         dirty, short_hash = git_state()
         target = os.path.join(self.build_lib, "ecs_ipam", "_build.py")
         with open(target, "w", encoding="utf-8") as f:
-            f.write(
-                '"""Written at build time by setup.py."""\n\n'
-                f"DIRTY = {dirty!r}\nGIT_SHORT_HASH = {short_hash!r}\n"
-            )
+            f.write(f'"""Written at build time by setup.py."""\n\nDIRTY = {dirty!r}\nGIT_SHORT_HASH = {short_hash!r}\n')
 
 
 setup(cmdclass={"build_py": BuildPyWithGitState})

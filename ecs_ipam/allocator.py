@@ -298,9 +298,7 @@ class PoolAllocator:
                 )
             self.tx.put(address, encode({"id": self.gateway_owner}))
         elif owner_of(record) != self.gateway_owner:
-            raise AddressInUseError(
-                f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}"
-            )
+            raise AddressInUseError(f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}")
 
     def allocate(self, owner: Owner, now: float) -> Network:
         """Claim the pool's fixed address, or the next free one after the last-known address.

@@ -29,13 +29,13 @@ VERSION = 2
 # bolt takes the OS page size when it creates a file; used only when meta page 0 is bad.
 _FALLBACK_PAGE_SIZE = 4096
 
-_PAGE_HEADER = struct.Struct("<QHHI")     # id, flags, count, overflow
-_META = struct.Struct("<IIIIQQQQQQ")      # magic, version, page size, flags, root,
-                                          # sequence, freelist, pgid, txid, checksum
-_CHECKSUMMED = _META.size - 8             # the checksum covers everything before it
-_BRANCH_ELEMENT = struct.Struct("<IIQ")   # pos, ksize, pgid
-_LEAF_ELEMENT = struct.Struct("<IIII")    # flags, pos, ksize, vsize
-_BUCKET_HEADER = struct.Struct("<QQ")     # root pgid, sequence
+_PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
+_META = struct.Struct("<IIIIQQQQQQ")  # magic, version, page size, flags, root,
+# sequence, freelist, pgid, txid, checksum
+_CHECKSUMMED = _META.size - 8  # the checksum covers everything before it
+_BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, ksize, pgid
+_LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, ksize, vsize
+_BUCKET_HEADER = struct.Struct("<QQ")  # root pgid, sequence
 
 _BRANCH_PAGE, _LEAF_PAGE, _META_PAGE = 0x01, 0x02, 0x04
 _BUCKET_ELEMENT = 0x01
@@ -55,7 +55,7 @@ class BucketNotFoundError(CorruptDatabaseError, KeyNotFoundError):
 class _Meta(NamedTuple):
     page_size: int
     root: int
-    high_water: int   # first page id past the data; pages at or above it are unused
+    high_water: int  # first page id past the data; pages at or above it are unused
     txid: int
 
 
@@ -77,7 +77,7 @@ def _parse_meta(page: bytes) -> tuple[_Meta | None, str]:
         return None, f"bad magic 0x{magic:08x}"
     if version != VERSION:
         return None, f"unsupported version {version}"
-    body = page[_PAGE_HEADER.size:_PAGE_HEADER.size + _CHECKSUMMED]
+    body = page[_PAGE_HEADER.size : _PAGE_HEADER.size + _CHECKSUMMED]
     if checksum != _fnv1a64(body):
         return None, "bad checksum"
     if flags != _META_PAGE:
@@ -174,9 +174,11 @@ class BoltFile:
         :return: the bucket names in key order.
         :raises CorruptDatabaseError: if the root tree is damaged.
         """
-        return [key.decode("utf-8", "surrogateescape")
-                for flags, key, _ in self._walk(self._meta.root, None)
-                if flags & _BUCKET_ELEMENT]
+        return [
+            key.decode("utf-8", "surrogateescape")
+            for flags, key, _ in self._walk(self._meta.root, None)
+            if flags & _BUCKET_ELEMENT
+        ]
 
     def items(self, bucket: str) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over the plain key/value pairs of a top-level bucket.
@@ -190,8 +192,7 @@ class BoltFile:
             once some pairs have been yielded: pages are read as iteration goes).
         """
         root, inline = self._find_bucket(bucket)
-        return ((key, value) for flags, key, value in self._walk(root, inline)
-                if not flags & _BUCKET_ELEMENT)
+        return ((key, value) for flags, key, value in self._walk(root, inline) if not flags & _BUCKET_ELEMENT)
 
     # --- internals ------------------------------------------------------------------
 
@@ -201,8 +202,7 @@ class BoltFile:
     def _pread(self, offset: int, length: int) -> bytes:
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
-            raise self._corrupt(f"truncated: {length} bytes wanted at offset {offset}, "
-                                f"the file has {self._size}")
+            raise self._corrupt(f"truncated: {length} bytes wanted at offset {offset}, the file has {self._size}")
         return data
 
     def _select_meta(self) -> _Meta:
@@ -220,8 +220,10 @@ class BoltFile:
             raise self._corrupt(f"no valid meta page (page 0: {why0}; page 1: {why1})")
         meta = max(valid, key=lambda m: m.txid)
         if self._size < meta.high_water * meta.page_size:
-            raise self._corrupt(f"truncated: {meta.high_water} pages of {meta.page_size} "
-                                f"bytes in use but the file has only {self._size} bytes")
+            raise self._corrupt(
+                f"truncated: {meta.high_water} pages of {meta.page_size} "
+                f"bytes in use but the file has only {self._size} bytes"
+            )
         return meta
 
     def _page(self, pgid: int) -> tuple[int, int, bytes]:
@@ -230,15 +232,13 @@ class BoltFile:
         if not 2 <= pgid < meta.high_water:
             raise self._corrupt(f"page id {pgid} out of range 2..{meta.high_water - 1}")
         offset = pgid * meta.page_size
-        stored_id, flags, count, overflow = _PAGE_HEADER.unpack(
-            self._pread(offset, _PAGE_HEADER.size))
+        stored_id, flags, count, overflow = _PAGE_HEADER.unpack(self._pread(offset, _PAGE_HEADER.size))
         if stored_id != pgid:
             raise self._corrupt(f"page {pgid} is labelled as page {stored_id}")
         if pgid + 1 + overflow > meta.high_water:
             raise self._corrupt(f"page {pgid} overflows past the last page in use")
         if flags not in (_BRANCH_PAGE, _LEAF_PAGE):
-            raise self._corrupt(f"page {pgid} has flags 0x{flags:x} where a branch or "
-                                f"leaf page was expected")
+            raise self._corrupt(f"page {pgid} has flags 0x{flags:x} where a branch or leaf page was expected")
         return flags, count, self._pread(offset, (1 + overflow) * meta.page_size)
 
     def _find_bucket(self, name: str) -> tuple[int, bytes | None]:
@@ -249,11 +249,10 @@ class BoltFile:
                 if len(value) < _BUCKET_HEADER.size:
                     raise self._corrupt(f"bucket {name!r} has a {len(value)}-byte header")
                 root, _ = _BUCKET_HEADER.unpack_from(value)
-                return root, (value[_BUCKET_HEADER.size:] if root == 0 else None)
+                return root, (value[_BUCKET_HEADER.size :] if root == 0 else None)
         raise BucketNotFoundError(f"bucket {name!r} not found in bolt file {self.path}")
 
-    def _walk(self, root: int, inline: bytes | None
-              ) -> Iterator[tuple[int, bytes, bytes]]:
+    def _walk(self, root: int, inline: bytes | None) -> Iterator[tuple[int, bytes, bytes]]:
         """Yield (flags, key, value) of every leaf element of a tree, in key order."""
         if inline is not None:
             if len(inline) < _PAGE_HEADER.size:
@@ -282,14 +281,12 @@ class BoltFile:
 
         yield from self._ordered(pages())
 
-    def _ordered(self, elements: Iterator[tuple[int, bytes, bytes]]
-                 ) -> Iterator[tuple[int, bytes, bytes]]:
+    def _ordered(self, elements: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
         # bolt keeps keys unique and sorted; anything else means pages got mixed up.
         previous: bytes | None = None
         for element in elements:
             if previous is not None and element[1] <= previous:
-                raise self._corrupt(f"key {element[1]!r} is out of order after "
-                                    f"{previous!r}")
+                raise self._corrupt(f"key {element[1]!r} is out of order after {previous!r}")
             previous = element[1]
             yield element
 
@@ -297,14 +294,11 @@ class BoltFile:
         if count == 0:
             raise self._corrupt(f"branch page {pgid} has no elements")
         if _PAGE_HEADER.size + count * _BRANCH_ELEMENT.size > len(data):
-            raise self._corrupt(f"branch page {pgid} claims {count} elements, too many "
-                                f"to fit")
+            raise self._corrupt(f"branch page {pgid} claims {count} elements, too many to fit")
         first = _PAGE_HEADER.size
-        return [_BRANCH_ELEMENT.unpack_from(data, first + i * _BRANCH_ELEMENT.size)[2]
-                for i in range(count)]
+        return [_BRANCH_ELEMENT.unpack_from(data, first + i * _BRANCH_ELEMENT.size)[2] for i in range(count)]
 
-    def _leaf_elements(self, data: bytes, count: int, where: str
-                       ) -> Iterator[tuple[int, bytes, bytes]]:
+    def _leaf_elements(self, data: bytes, count: int, where: str) -> Iterator[tuple[int, bytes, bytes]]:
         if _PAGE_HEADER.size + count * _LEAF_ELEMENT.size > len(data):
             raise self._corrupt(f"{where} claims {count} elements, too many to fit")
         for i in range(count):
@@ -317,7 +311,7 @@ class BoltFile:
             value_at = key_at + ksize
             if value_at + vsize > len(data):
                 raise self._corrupt(f"element {i} of {where} points past the page end")
-            yield flags, data[key_at:value_at], data[value_at:value_at + vsize]
+            yield flags, data[key_at:value_at], data[value_at : value_at + vsize]
 
 
 def read_libkv_bucket(path: StrPath, bucket: str = "IPAM") -> dict[str, str]:
@@ -338,8 +332,7 @@ def read_libkv_bucket(path: StrPath, bucket: str = "IPAM") -> dict[str, str]:
         pairs: dict[str, str] = {}
         for key, value in db.items(bucket):
             if len(value) < _LIBKV_INDEX_BYTES:
-                raise db._corrupt(f"value of key {key!r} in bucket {bucket!r} is "
-                                  f"shorter than libkv's index prefix")
+                raise db._corrupt(f"value of key {key!r} in bucket {bucket!r} is shorter than libkv's index prefix")
             try:
                 pairs[key.decode("utf-8")] = value[_LIBKV_INDEX_BYTES:].decode("utf-8")
             except UnicodeDecodeError as exc:

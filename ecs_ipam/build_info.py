@@ -27,11 +27,17 @@ def read_git_state(directory: str) -> tuple[bool, str]:
     try:
         short_hash = subprocess.run(
             ["git", "-C", directory, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         changes = subprocess.run(
             ["git", "-C", directory, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return False, ""

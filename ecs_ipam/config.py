@@ -147,8 +147,15 @@ class Environment(tuple):
     __slots__ = ()
 
     def __new__(
-        cls, command: str, container_id: str, netns: str, ifname: str, db_path: str, timeout: float,
-        log_file: str, log_level: str,
+        cls,
+        command: str,
+        container_id: str,
+        netns: str,
+        ifname: str,
+        db_path: str,
+        timeout: float,
+        log_file: str,
+        log_level: str,
     ) -> Environment:
         return tuple.__new__(cls, (command, container_id, netns, ifname, db_path, timeout, log_file, log_level))
 
@@ -163,6 +170,7 @@ class Environment(tuple):
 
 
 # --- network configuration ----------------------------------------------------------------
+
 
 def cni_version_of(data: object) -> str:
     """The cniVersion a configuration asks for (0.1.0 when absent, as libcni assumes)."""
@@ -199,9 +207,7 @@ def parse_netconf(data: object) -> NetConf:
         raise InvalidConfigError(f"ipam.id must be a string, got {_show(owner_id)}")
     if owner_id is not None and not _is_text(owner_id):
         raise InvalidConfigError(f"ipam.id {_show(owner_id)} is not valid unicode text")
-    pools = tuple(
-        pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None
-    )
+    pools = tuple(pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None)
     if not pools:
         raise InvalidConfigError("ipam.ipv4-subnet or ipam.ipv6-subnet is required")
     prev_result = data.get("prevResult")
@@ -226,15 +232,12 @@ def _parse_pool(ipam: dict, version: int) -> Pool | None:
             parse_cidr("", f"ipam.{family}-address", version)
         for field in ("address", "gateway", "routes"):
             if ipam.get(f"{family}-{field}") not in (None, "", []):
-                raise InvalidConfigError(
-                    f"ipam.{family}-{field} is set but ipam.{subnet_field} is missing"
-                )
+                raise InvalidConfigError(f"ipam.{family}-{field} is set but ipam.{subnet_field} is missing")
         return None
     subnet = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version).cidr
     if subnet.prefixlen > MAX_PREFIX[version]:
         raise InvalidConfigError(
-            f"ipam.{subnet_field} {subnet}: no available ip in the subnet "
-            f"(prefix longer than /{MAX_PREFIX[version]})"
+            f"ipam.{subnet_field} {subnet}: no available ip in the subnet (prefix longer than /{MAX_PREFIX[version]})"
         )
 
     gateway_field = f"ipam.{family}-gateway"
@@ -304,14 +307,13 @@ def _parse_attachments(data: dict) -> tuple[Attachment, ...] | None:
             raise InvalidConfigError(f"{field}[{i}] must be an object, got {_show(item)}")
         container_id, ifname = item.get("containerID"), item.get("ifname")
         if not isinstance(container_id, str) or not isinstance(ifname, str):
-            raise InvalidConfigError(
-                f"{field}[{i}] needs string containerID and ifname, got {_show(item)}"
-            )
+            raise InvalidConfigError(f"{field}[{i}] needs string containerID and ifname, got {_show(item)}")
         attachments.append(Attachment(container_id, ifname))
     return tuple(attachments)
 
 
 # --- addresses ----------------------------------------------------------------------------
+
 
 def parse_ip(raw: object, field: str, version: int | None = None) -> Address:
     """Parse a plain address strictly (no shorthand forms such as ``10.1``)."""
@@ -390,9 +392,7 @@ def parse_go_duration(text: str, name: str) -> float:
     while position < len(text):
         match = part.match(text, position)
         if not match or match.group(1) in ("", "."):
-            raise InvalidEnvironmentError(
-                f"{name} {_show(text)} is not a duration such as 5s, 500ms or 1m30s"
-            )
+            raise InvalidEnvironmentError(f"{name} {_show(text)} is not a duration such as 5s, 500ms or 1m30s")
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         position = match.end()
     if not text:
@@ -431,9 +431,7 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
     # As the original plugin: a setting that is blank (not just empty) means the default.
     raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
     timeout = (
-        DEFAULT_TIMEOUT
-        if not raw_timeout.strip()
-        else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
+        DEFAULT_TIMEOUT if not raw_timeout.strip() else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
     )
     db_path = environ.get("IPAM_DB_PATH") or ""
     if len(db_path) > MAX_DB_PATH:

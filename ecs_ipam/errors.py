@@ -106,6 +106,7 @@ class ECSIPAMError(Exception):
 
 # --- request errors: the caller sent something we cannot serve -------------------------
 
+
 class IncompatibleVersionError(ECSIPAMError, ValueError):
     """The requested CNI version is not supported for this command."""
 
@@ -137,6 +138,7 @@ class InvalidConfigError(ECSIPAMError, ValueError):
 
 
 # --- allocation outcomes ----------------------------------------------------------------
+
 
 class AllocationError(ECSIPAMError):
     """An address could not be allocated."""
@@ -173,6 +175,7 @@ class NotAvailableError(ECSIPAMError):
 
 
 # --- store errors (ecs_ipam.kv re-exports these) ----------------------------------------
+
 
 class StoreError(ECSIPAMError):
     """The key/value store failed."""
@@ -230,6 +233,7 @@ class DatabaseAliasError(NotADatabaseError):
 
 
 # --- the operator tool (ecs-ipamctl) ------------------------------------------------------
+
 
 class OperatorRequestError(ECSIPAMError, ValueError):
     """ecs-ipamctl was asked for something it must not do (such as releasing a gateway)."""

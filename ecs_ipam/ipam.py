@@ -108,14 +108,11 @@ def check(store: Store, conf: NetConf) -> None:
             found = _allocator(tx, pool, names, write=False).held_anywhere(conf.owner_id)
             held = None if found is None else found[0]
             if held is None:
-                raise ReservationMismatchError(
-                    f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}"
-                )
+                raise ReservationMismatchError(f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}")
             expected = [str(ip) for ip in previous if ip in pool.subnet]
             if expected and held not in expected:
                 raise ReservationMismatchError(
-                    f"id {quoted(conf.owner_id)} holds {held} in {pool.subnet}, "
-                    f"prevResult says {', '.join(expected)}"
+                    f"id {quoted(conf.owner_id)} holds {held} in {pool.subnet}, prevResult says {', '.join(expected)}"
                 )
 
     store.transact(body, write=False)
@@ -127,16 +124,12 @@ def _check_anonymous(store: Store, conf: NetConf, previous: list) -> None:
         for pool in conf.pools:
             expected = [str(ip) for ip in previous if ip in pool.subnet]
             if not expected:
-                raise ReservationMismatchError(
-                    f"no id and no prevResult address in {pool.subnet}: nothing to check"
-                )
+                raise ReservationMismatchError(f"no id and no prevResult address in {pool.subnet}: nothing to check")
             allocator = _allocator(tx, pool, names, write=False)
             for address in expected:
                 found = allocator.holder(address)
                 if found is None or found[1].get("id") != "":
-                    raise ReservationMismatchError(
-                        f"{address} in {pool.subnet} is not held anonymously any more"
-                    )
+                    raise ReservationMismatchError(f"{address} in {pool.subnet} is not held anonymously any more")
 
     store.transact(body, write=False)
 
@@ -197,9 +190,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 def _require_version(conf: NetConf, command: str, minimum: str) -> None:
     if _version(conf.cni_version) < _version(minimum):
-        raise IncompatibleVersionError(
-            f"{command} needs cniVersion {minimum} or later, got {conf.cni_version}"
-        )
+        raise IncompatibleVersionError(f"{command} needs cniVersion {minimum} or later, got {conf.cni_version}")
 
 
 class IPAM:
@@ -278,16 +269,16 @@ class IPAM:
         allocations = add(self._open(create=True), conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
-    def delete(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> list[str]:
+    def delete(
+        self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None
+    ) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
         :return: the released addresses ([] when nothing was held or there is no database).
         """
         conf = _parsed(netconf)
         if conf.owner_id is None and all(pool.fixed_address is None for pool in conf.pools):
-            raise InvalidConfigError(
-                "ip address (ipv4 or ipv6) and id can not all be empty for deletion"
-            )
+            raise InvalidConfigError("ip address (ipv4 or ipv6) and id can not all be empty for deletion")
         store = self._open(create=False)
         return [] if store is None else delete(store, conf)
 

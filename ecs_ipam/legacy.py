@@ -90,9 +90,9 @@ class Adoption(NamedTuple):
     """What a pool takes from the legacy bucket, translated into the pool bucket's layout."""
 
     version: int
-    legacy_keys: tuple[str, ...]       # the legacy pairs taken
-    records: dict[str, bytes]          # address -> encoded record (tasks and gateway)
-    addresses_of: dict[str, str]       # owner id -> the address its index entry names
+    legacy_keys: tuple[str, ...]  # the legacy pairs taken
+    records: dict[str, bytes]  # address -> encoded record (tasks and gateway)
+    addresses_of: dict[str, str]  # owner id -> the address its index entry names
     last_known: str | None
 
     @classmethod
@@ -151,7 +151,7 @@ def legacy_key_address(key: str, version: int) -> Address | None:
     if version == 6:
         if not key.startswith(GO_IPV6_KEY_PREFIX) or ":" not in key:
             return None
-        return _parse(key[len(GO_IPV6_KEY_PREFIX):], 6)
+        return _parse(key[len(GO_IPV6_KEY_PREFIX) :], 6)
     if ":" in key or not key[:1].isdigit():
         return None
     return _parse(key, 4)
@@ -181,9 +181,7 @@ class AdoptedView(Tx):
         return pair
 
     def _scan(self, prefix: str) -> list[KVPair]:
-        merged = {
-            key: KVPair(key, value, 0) for key, value in self._adopted.items() if key.startswith(prefix)
-        }
+        merged = {key: KVPair(key, value, 0) for key, value in self._adopted.items() if key.startswith(prefix)}
         merged.update((pair.key, pair) for pair in self._bucket.list(prefix))
         return [merged[key] for key in sorted(merged)]
 

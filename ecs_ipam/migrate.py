@@ -281,7 +281,7 @@ def _copy_file(source_fd: int, target: str) -> None:
                 break
             view = memoryview(chunk)
             while view:
-                view = view[os.write(out, view):]
+                view = view[os.write(out, view) :]
             offset += len(chunk)
         os.fchmod(out, mode)
         os.fsync(out)
@@ -335,4 +335,3 @@ def _step(checkpoint: Checkpoint | None, name: str) -> None:
 
 def _encode(value: str) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
-

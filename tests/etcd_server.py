@@ -86,8 +86,13 @@ class EtcdServer:
         if self.tls is None:
             return []
         return [
-            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
-            "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+            "--cert-file",
+            str(self.tls.cert),
+            "--key-file",
+            str(self.tls.key),
+            "--trusted-ca-file",
+            str(self.tls.ca),
+            "--client-cert-auth",
         ]
 
     def start(self, timeout: float = 30.0) -> None:
@@ -104,14 +109,22 @@ class EtcdServer:
             self.process = subprocess.Popen(
                 [
                     ETCD,
-                    "--name", "test",
-                    "--data-dir", str(self.directory / "data"),
-                    "--listen-client-urls", client,
-                    "--advertise-client-urls", client,
-                    "--listen-peer-urls", peer,
-                    "--initial-advertise-peer-urls", peer,
-                    "--initial-cluster", f"test={peer}",
-                    "--log-level", "warn",
+                    "--name",
+                    "test",
+                    "--data-dir",
+                    str(self.directory / "data"),
+                    "--listen-client-urls",
+                    client,
+                    "--advertise-client-urls",
+                    client,
+                    "--listen-peer-urls",
+                    peer,
+                    "--initial-advertise-peer-urls",
+                    peer,
+                    "--initial-cluster",
+                    f"test={peer}",
+                    "--log-level",
+                    "warn",
                     *self._tls_args(),
                     *self.extra_args,
                 ],

@@ -75,11 +75,7 @@ def plugin_environment(
     :param env_overrides: variables to set; ``None`` removes one (a missing variable).
     :raises ValueError: no database path at all: the plugin would use the host's default.
     """
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CNI_", "IPAM_", "ECS_CNI_"))
-    }
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("CNI_", "IPAM_", "ECS_CNI_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.update(
         CNI_COMMAND=command,
@@ -323,7 +319,7 @@ class PausedTransaction:
         if not line.startswith("inside "):
             self.proc.kill()
             raise AssertionError(f"no transaction: {line!r} {self.proc.stderr.read().decode()[-2000:]}")
-        self.claimed: list[str] = json.loads(line[len("inside "):])
+        self.claimed: list[str] = json.loads(line[len("inside ") :])
 
     @property
     def pid(self) -> int:
@@ -373,6 +369,7 @@ def result_ips(result: Mapping) -> list[str]:
 
 
 # --- the database, read back ------------------------------------------------------------------
+
 
 def files_snapshot(directory: str | os.PathLike) -> dict[str, bytes | str]:
     """Every entry under *directory* with its bytes: what a rejected command must not change.

@@ -58,8 +58,14 @@ def newer_ipam(netns: str, **fixed: str) -> dict:
 
 def bridge_config(ipam: dict) -> dict:
     """The bridge plugin's config; it execs the IPAM plugin with this very stdin."""
-    return {"type": "ecs-bridge", "cniVersion": "0.3.0", "name": "ecs-bridge", "bridge": "ecs-bridge", "mtu": 1500,
-            "ipam": ipam}
+    return {
+        "type": "ecs-bridge",
+        "cniVersion": "0.3.0",
+        "name": "ecs-bridge",
+        "bridge": "ecs-bridge",
+        "mtu": 1500,
+        "ipam": ipam,
+    }
 
 
 def ipam_config(ipam: dict) -> dict:
@@ -154,7 +160,9 @@ def test_classic_add_for_several_tasks(host):
         "dns": {},
     }
     assert [addresses(result) for result in results] == [
-        ["169.254.172.2/22"], ["169.254.172.3/22"], ["169.254.172.4/22"],
+        ["169.254.172.2/22"],
+        ["169.254.172.3/22"],
+        ["169.254.172.4/22"],
     ]
     assert host.holders(V4_SUBNET) == {
         "169.254.172.1": "GateWay",
@@ -310,7 +318,9 @@ def churn(host: Host, subnet: str, cycles: int, running: int) -> set[str]:
     live: list[int] = []
     for n in range(cycles):
         code, out = in_process(
-            host, "ADD", bridge_config(classic_ipam(mac(n), subnet)),
+            host,
+            "ADD",
+            bridge_config(classic_ipam(mac(n), subnet)),
             {"CNI_CONTAINERID": docker_id(n), "CNI_NETNS": f"/proc/{n}/ns/net", "CNI_IFNAME": "eth0"},
         )
         assert code == 0, out
@@ -318,8 +328,7 @@ def churn(host: Host, subnet: str, cycles: int, running: int) -> set[str]:
         live.append(n)
         if len(live) > running:
             gone = live.pop(0)
-            code, out = in_process(host, "DEL", ipam_config(classic_ipam(mac(gone), subnet)),
-                                   RELEASE_ENV)
+            code, out = in_process(host, "DEL", ipam_config(classic_ipam(mac(gone), subnet)), RELEASE_ENV)
             assert (code, out) == (0, "")
     return seen
 

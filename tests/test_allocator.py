@@ -329,14 +329,25 @@ def test_records_as_stored():
     bucket = "10.0.0.0/24"
     assert store.buckets() == [bucket]
     assert sorted(store.db.buckets[bucket]) == [
-        "10.0.0.1", "10.0.0.2", "10.0.0.3", "id/0a:1b:2c:3d:4e:5f", "id/bare", "lastKnownIP",
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.0.3",
+        "id/0a:1b:2c:3d:4e:5f",
+        "id/bare",
+        "lastKnownIP",
     ]
     assert read(store, bucket, "10.0.0.1") == {"id": "GateWay"}
     assert read(store, bucket, "10.0.0.2") == {
-        "id": "0a:1b:2c:3d:4e:5f", "container_id": "cid", "ifname": "eth0", "allocated_at": 1234.5,
+        "id": "0a:1b:2c:3d:4e:5f",
+        "container_id": "cid",
+        "ifname": "eth0",
+        "allocated_at": 1234.5,
     }
     assert read(store, bucket, "10.0.0.3") == {
-        "id": "bare", "container_id": None, "ifname": None, "allocated_at": 99.0,
+        "id": "bare",
+        "container_id": None,
+        "ifname": None,
+        "allocated_at": 99.0,
     }
     assert read(store, bucket, "id/0a:1b:2c:3d:4e:5f") == "10.0.0.2"
     assert read(store, bucket, "lastKnownIP") == "10.0.0.3"
@@ -460,6 +471,7 @@ def test_used_and_reservations_leave_out_the_bookkeeping():
 
 # --- the walk against a model ---------------------------------------------------------------
 
+
 class WalkModel:
     """The original plugin's rules, written as plainly as possible."""
 
@@ -485,7 +497,7 @@ class WalkModel:
             address = fixed
         else:
             start = self.pointer if self.pointer in self.hosts else None
-            order = self.hosts if start is None else self.hosts[self.hosts.index(start) + 1:] + self.hosts
+            order = self.hosts if start is None else self.hosts[self.hosts.index(start) + 1 :] + self.hosts
             free = [candidate for candidate in order if candidate not in held]
             if not free:
                 return PoolExhaustedError
@@ -572,13 +584,15 @@ def test_walk_matches_the_model(subnet, gateway, data):
 
 
 @settings(max_examples=300)
-@given(st.one_of(
-    st.tuples(st.integers(0, 2**32 - 1), st.just(4)),
-    st.tuples(st.integers(0, 2**128 - 1), st.just(6)),
-    # IPv4-mapped and -compatible IPv6 addresses are where text forms differ most.
-    st.tuples(st.integers(0, 2**32 - 1).map(lambda v: (0xFFFF << 32) | v), st.just(6)),
-    st.tuples(st.integers(0, 2**32 - 1), st.just(6)),
-))
+@given(
+    st.one_of(
+        st.tuples(st.integers(0, 2**32 - 1), st.just(4)),
+        st.tuples(st.integers(0, 2**128 - 1), st.just(6)),
+        # IPv4-mapped and -compatible IPv6 addresses are where text forms differ most.
+        st.tuples(st.integers(0, 2**32 - 1).map(lambda v: (0xFFFF << 32) | v), st.just(6)),
+        st.tuples(st.integers(0, 2**32 - 1), st.just(6)),
+    )
+)
 def test_address_text_is_netaddrs_text(value_and_version):
     # Keys must be the text everything else (config, migration, dump) produces.
     value, version = value_and_version

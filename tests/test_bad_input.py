@@ -97,8 +97,21 @@ wrong_types = st.one_of(
 # Text that cannot be an address: it has a character no address has.
 not_address_text = st.one_of(
     st.text(max_size=40).map(lambda text: text + "g"),
-    st.sampled_from(["1.2.3", "1.2.3.4.5", "256.0.0.1", "010.0.0.1", "１６９.254.172.2", " 169.254.172.2",
-                     "169.254.172.2\n", "fd00::ec2::1", "::g", "169.254.172.2%eth0", "0x1.2.3.4"]),
+    st.sampled_from(
+        [
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.0.0.1",
+            "010.0.0.1",
+            "１６９.254.172.2",
+            " 169.254.172.2",
+            "169.254.172.2\n",
+            "fd00::ec2::1",
+            "::g",
+            "169.254.172.2%eth0",
+            "0x1.2.3.4",
+        ]
+    ),
     huge,
 )
 bad_prefixes = st.one_of(
@@ -126,8 +139,10 @@ def malformed_cidrs(version: int):
 
 def v4_outside_pool():
     pool = range(0xA9FEAC00, 0xA9FEB000)
-    return st.integers(0, 2**32 - 1).filter(lambda n: n not in pool).map(
-        lambda n: ".".join(str((n >> shift) & 255) for shift in (24, 16, 8, 0))
+    return (
+        st.integers(0, 2**32 - 1)
+        .filter(lambda n: n not in pool)
+        .map(lambda n: ".".join(str((n >> shift) & 255) for shift in (24, 16, 8, 0)))
     )
 
 
@@ -211,11 +226,18 @@ def structural_mistakes(draw) -> Invocation:
         family = draw(st.sampled_from(["ipv4", "ipv6"]))
         orphan = draw(st.sampled_from(["address", "gateway", "routes"]))
         other = {"ipv4": "ipv6", "ipv6": "ipv4"}[family]
-        value = conf["ipam"].get(f"{family}-{orphan}") or {
-            "ipv4": {"address": "169.254.172.5/22", "gateway": "169.254.172.1"},
-            "ipv6": {"address": "fd00:ec2::172:5/112", "gateway": "fd00:ec2::172:1"},
-        }[family][orphan]
-        conf["ipam"] = {"id": "task-new", f"{other}-subnet": conf["ipam"][f"{other}-subnet"], f"{family}-{orphan}": value}
+        value = (
+            conf["ipam"].get(f"{family}-{orphan}")
+            or {
+                "ipv4": {"address": "169.254.172.5/22", "gateway": "169.254.172.1"},
+                "ipv6": {"address": "fd00:ec2::172:5/112", "gateway": "fd00:ec2::172:1"},
+            }[family][orphan]
+        )
+        conf["ipam"] = {
+            "id": "task-new",
+            f"{other}-subnet": conf["ipam"][f"{other}-subnet"],
+            f"{family}-{orphan}": value,
+        }
     elif kind == "version type":
         conf["cniVersion"] = draw(wrong_types)
         return Invocation(command, conf, {INVALID_CONFIG})
@@ -253,7 +275,9 @@ def undecodable_stdin(draw) -> Invocation:
 @st.composite
 def json_but_not_an_object(draw) -> Invocation:
     command = draw(st.sampled_from(COMMANDS))
-    value = draw(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3)))
+    value = draw(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3))
+    )
     return Invocation(command, None, {INVALID_CONFIG}, stdin=json.dumps(value).encode())
 
 
@@ -264,7 +288,9 @@ def bad_environments(draw) -> Invocation:
     conf = full_conf(draw(st.sampled_from(["task-new", HELD_ID])), "1.1.0")
     kind = draw(st.sampled_from(["command", "required", "timeout", "not utf-8"]))
     if kind == "command":
-        value = draw(st.one_of(st.none(), st.just(""), st.text(max_size=20).filter(lambda v: v not in COMMANDS + ("VERSION",))))
+        value = draw(
+            st.one_of(st.none(), st.just(""), st.text(max_size=20).filter(lambda v: v not in COMMANDS + ("VERSION",)))
+        )
         env = {"CNI_COMMAND": value}
     elif kind == "required":
         command = draw(st.sampled_from(["ADD", "CHECK"]))
@@ -294,12 +320,26 @@ def refused_by_state(draw) -> Invocation:
     """A valid request that the seeded database's contents refuse."""
     version = draw(st.sampled_from(SUPPORTED_VERSIONS))
     kind = draw(
-        st.sampled_from(["id held", "fixed held", "gateway held", "pool full", "check", "check moved", "old", "gc list", "del nothing named"])
+        st.sampled_from(
+            [
+                "id held",
+                "fixed held",
+                "gateway held",
+                "pool full",
+                "check",
+                "check moved",
+                "old",
+                "gc list",
+                "del nothing named",
+            ]
+        )
     )
     if kind == "id held":
         return Invocation("ADD", full_conf(HELD_ID, version), {ID_ALREADY_ALLOCATED}, needs_state=True)
     if kind == "fixed held":
-        return Invocation("ADD", netconf("task-new", cni_version=version, ipv4_address=FIXED_V4), {ADDRESS_IN_USE}, needs_state=True)
+        return Invocation(
+            "ADD", netconf("task-new", cni_version=version, ipv4_address=FIXED_V4), {ADDRESS_IN_USE}, needs_state=True
+        )
     if kind == "gateway held":
         conf = netconf("task-new", cni_version=version, ipv4_gateway=HELD_V4)
         return Invocation("ADD", conf, {ADDRESS_IN_USE}, needs_state=True)
@@ -311,8 +351,13 @@ def refused_by_state(draw) -> Invocation:
         version = draw(st.sampled_from(["0.4.0", "1.0.0", "1.1.0"]))
         return Invocation("CHECK", full_conf("task-new", version), {RESERVATION_MISMATCH}, needs_state=True)
     if kind == "check moved":
-        conf = {**netconf(HELD_ID, cni_version="1.0.0"), "prevResult": {
-            "cniVersion": "1.0.0", "ips": [{"address": "169.254.172.77/22", "gateway": "169.254.172.1"}]}}
+        conf = {
+            **netconf(HELD_ID, cni_version="1.0.0"),
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "ips": [{"address": "169.254.172.77/22", "gateway": "169.254.172.1"}],
+            },
+        }
         return Invocation("CHECK", conf, {RESERVATION_MISMATCH}, needs_state=True)
     if kind == "old":
         command = draw(st.sampled_from(["CHECK", "GC", "STATUS"]))
@@ -341,6 +386,7 @@ any_bad_invocation = st.one_of(
 
 
 # --- running them -------------------------------------------------------------------------------
+
 
 @dataclass
 class Database:
@@ -469,7 +515,9 @@ AS_PROCESSES = [
 ]
 
 
-@pytest.mark.parametrize(("conf", "env", "code"), [case[1:] for case in AS_PROCESSES], ids=[case[0] for case in AS_PROCESSES])
+@pytest.mark.parametrize(
+    ("conf", "env", "code"), [case[1:] for case in AS_PROCESSES], ids=[case[0] for case in AS_PROCESSES]
+)
 def test_bad_input_to_the_plugin_process(tmp_path, conf, env, code):
     db = Database(str(tmp_path / "data"), str(tmp_path / "data" / "eni-ipam.db"), str(tmp_path / "plugin.log"))
     os.mkdir(db.directory)

@@ -58,7 +58,7 @@ def ipam_header_offsets(data: bytes) -> list[int]:
     """Offsets of the IPAM bucket header in every root leaf (current and previous)."""
     offsets, at = [], data.find(b"IPAM")
     while at >= 0:
-        offsets.append(at + 4)   # the value (bucket header) follows the key
+        offsets.append(at + 4)  # the value (bucket header) follows the key
         at = data.find(b"IPAM", at + 1)
     assert offsets
     return offsets
@@ -71,8 +71,10 @@ class Hang(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """Turn a hang into a test failure instead of a stuck test run."""
+
     def on_alarm(signum, frame):
         raise Hang(f"reader still busy after {seconds}s")
+
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -100,6 +102,7 @@ def write(tmp_path: Path, data: bytes, name: str = "damaged.db") -> Path:
 
 
 # --- the real files -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_read_libkv_bucket_matches_expected_pair_for_pair(name):
@@ -146,17 +149,20 @@ def test_reader_never_modifies_the_file(tmp_path, name):
     assert path.stat().st_mtime_ns == stat.st_mtime_ns
     assert path.stat().st_size == stat.st_size
     assert open_fds() == fds
-    assert sorted(os.listdir(tmp_path)) == ["copy.db"]   # no lock or journal file left
+    assert sorted(os.listdir(tmp_path)) == ["copy.db"]  # no lock or journal file left
 
 
-@pytest.mark.parametrize("name, diff_key", [
-    ("ecs-agent-classic-2019", "lastKnownIP"),       # newest meta is page 0
-    ("ecs-agent-dualstack-2026", "lastKnownIPv6"),   # newest meta is page 1
-])
+@pytest.mark.parametrize(
+    "name, diff_key",
+    [
+        ("ecs-agent-classic-2019", "lastKnownIP"),  # newest meta is page 0
+        ("ecs-agent-dualstack-2026", "lastKnownIPv6"),  # newest meta is page 1
+    ],
+)
 def test_damaged_newest_meta_falls_back_to_previous_commit(tmp_path, name, diff_key):
     data = bytearray(fixture(name).read_bytes())
     newest, _ = current_meta(data)
-    data[newest * PAGE + HEADER.size + 48] ^= 0xFF   # inside the txid
+    data[newest * PAGE + HEADER.size + 48] ^= 0xFF  # inside the txid
     got = boltdb.read_libkv_bucket(write(tmp_path, data))
     want = expected(name)
     # The plugin records the last known address in its own commit, after the allocation.
@@ -165,6 +171,7 @@ def test_damaged_newest_meta_falls_back_to_previous_commit(tmp_path, name, diff_
 
 
 # --- not bolt files -----------------------------------------------------------------
+
 
 def make_lmdb(path: Path) -> None:
     env = lmdb.open(str(path), subdir=False)
@@ -191,7 +198,7 @@ def test_is_bolt_file_false_for_other_files(tmp_path, kind):
 
 def test_is_bolt_file_still_true_when_page_0_is_damaged(tmp_path):
     data = bytearray(fixture("ecs-agent-classic-2019").read_bytes())
-    data[HEADER.size:HEADER.size + 4] = b"\0\0\0\0"
+    data[HEADER.size : HEADER.size + 4] = b"\0\0\0\0"
     assert boltdb.is_bolt_file(write(tmp_path, data))
 
 
@@ -217,6 +224,7 @@ def test_missing_bucket_message(tmp_path):
 
 # --- damaged copies -----------------------------------------------------------------
 
+
 def truncated(name: str, length: int) -> bytes:
     return fixture(name).read_bytes()[:length]
 
@@ -225,7 +233,7 @@ def both_metas(name: str, offset: int, value: bytes) -> bytes:
     data = bytearray(fixture(name).read_bytes())
     for page in (0, 1):
         at = page * PAGE + HEADER.size + offset
-        data[at:at + len(value)] = value
+        data[at : at + len(value)] = value
     return bytes(data)
 
 
@@ -244,7 +252,7 @@ def meta_root_pointing_to(name: str, pgid: int) -> bytes:
         fields = list(META.unpack_from(data, at))
         fields[4] = pgid
         body = struct.pack("<IIIIQQQQQ", *fields[:9])
-        data[at:at + META.size] = body + struct.pack("<Q", fnv1a64(body))
+        data[at : at + META.size] = body + struct.pack("<Q", fnv1a64(body))
     return bytes(data)
 
 
@@ -283,39 +291,28 @@ DAMAGE = {
     "half": (lambda: truncated("full-slash20-2026", 40 * PAGE), "truncated"),
     "last byte": (lambda: truncated("full-slash20-2026", 79 * PAGE - 1), "truncated"),
     "small truncated": (lambda: truncated("ecs-agent-classic-2019", 5 * PAGE), "truncated"),
-    "meta byte flipped": (lambda: both_metas("ecs-agent-classic-2019", 40, b"\x7f"),
-                          "bad checksum"),
+    "meta byte flipped": (lambda: both_metas("ecs-agent-classic-2019", 40, b"\x7f"), "bad checksum"),
     "meta magic": (lambda: both_metas("ecs-agent-dualstack-2026", 0, b"\0"), "bad magic"),
-    "meta version": (lambda: both_metas("ecs-agent-dualstack-2026", 4, b"\x09"),
-                     "unsupported version"),
-    "meta root out of range": (lambda: meta_root_pointing_to("ecs-agent-classic-2026", 9),
-                               "out of range"),
-    "meta root is a meta page": (lambda: meta_root_pointing_to("full-slash20-2026", 1),
-                                 "out of range"),
-    "bucket root out of range": (
-        lambda: ipam_root_pointing_to("ecs-agent-classic-2026", 2**63), "out of range"),
-    "bucket root is the freelist": (
-        lambda: ipam_root_pointing_to("ecs-agent-classic-2026", 6), "flags 0x10"),
+    "meta version": (lambda: both_metas("ecs-agent-dualstack-2026", 4, b"\x09"), "unsupported version"),
+    "meta root out of range": (lambda: meta_root_pointing_to("ecs-agent-classic-2026", 9), "out of range"),
+    "meta root is a meta page": (lambda: meta_root_pointing_to("full-slash20-2026", 1), "out of range"),
+    "bucket root out of range": (lambda: ipam_root_pointing_to("ecs-agent-classic-2026", 2**63), "out of range"),
+    "bucket root is the freelist": (lambda: ipam_root_pointing_to("ecs-agent-classic-2026", 6), "flags 0x10"),
     "branch child out of range": (
         lambda: first_child_pointing_to("full-slash20-2026", lambda page: 10**6),
-        "out of range"),
+        "out of range",
+    ),
     "branch child is itself": (
         lambda: first_child_pointing_to("full-slash20-2026", lambda page: page),
-        "referenced twice"),
-    "unknown leaf flags": (lambda: ipam_root_header("ecs-agent-dualstack-2026", "<H", 8, 0x40),
-                           "flags 0x40"),
-    "leaf count too large": (lambda: ipam_root_header("ecs-agent-classic-2019", "<H", 10, 300),
-                             "too many"),
-    "branch count too large": (lambda: ipam_root_header("full-slash20-2026", "<H", 10, 0xFFFF),
-                               "too many"),
-    "branch count zero": (lambda: ipam_root_header("full-slash20-2026", "<H", 10, 0),
-                          "no elements"),
-    "page labelled wrong": (lambda: ipam_root_header("ecs-agent-classic-2026", "<Q", 0, 3),
-                            "labelled as page 3"),
-    "overflow past the end": (lambda: ipam_root_header("ecs-agent-classic-2026", "<I", 12, 9),
-                              "overflows"),
-    "key outside page": (lambda: key_position("ecs-agent-classic-2019", 0xFFFFFFF0),
-                         "past the page end"),
+        "referenced twice",
+    ),
+    "unknown leaf flags": (lambda: ipam_root_header("ecs-agent-dualstack-2026", "<H", 8, 0x40), "flags 0x40"),
+    "leaf count too large": (lambda: ipam_root_header("ecs-agent-classic-2019", "<H", 10, 300), "too many"),
+    "branch count too large": (lambda: ipam_root_header("full-slash20-2026", "<H", 10, 0xFFFF), "too many"),
+    "branch count zero": (lambda: ipam_root_header("full-slash20-2026", "<H", 10, 0), "no elements"),
+    "page labelled wrong": (lambda: ipam_root_header("ecs-agent-classic-2026", "<Q", 0, 3), "labelled as page 3"),
+    "overflow past the end": (lambda: ipam_root_header("ecs-agent-classic-2026", "<I", 12, 9), "overflows"),
+    "key outside page": (lambda: key_position("ecs-agent-classic-2019", 0xFFFFFFF0), "past the page end"),
 }
 
 
@@ -332,11 +329,12 @@ def test_damaged_file_raises_corrupt_database_error(tmp_path, kind):
 
 # --- hand-built files: inline buckets, nested buckets, short libkv values ----------
 
+
 def leaf_page(pgid: int, elements: list[tuple[int, bytes, bytes]], overflow: int = 0) -> bytes:
     head = HEADER.pack(pgid, 0x02, len(elements), overflow)
     table, blob = b"", b""
     for i, (flags, key, value) in enumerate(elements):
-        pos = 16 * (len(elements) - i) + len(blob)   # from this element to its key
+        pos = 16 * (len(elements) - i) + len(blob)  # from this element to its key
         table += struct.pack("<IIII", flags, pos, len(key), len(value))
         blob += key + value
     return head + table + blob
@@ -356,6 +354,7 @@ def build_bolt(root_elements: list[tuple[int, bytes, bytes]], *more_pages: bytes
         body = struct.pack("<IIIIQQQQQ", MAGIC, 2, PAGE, 0, 3, 0, 2, high_water, txid)
         page = HEADER.pack(pgid, 0x04, 0, 0) + body + struct.pack("<Q", fnv1a64(body))
         return page.ljust(PAGE, b"\0")
+
     return meta(0, 2) + meta(1, 1) + b"".join(pages)
 
 
@@ -364,27 +363,30 @@ def libkv(index: int, text: str) -> bytes:
 
 
 def test_inline_bucket_and_nested_bucket_entries(tmp_path):
-    ipam = inline_bucket([
-        (0, b"10.0.0.1", libkv(1, "GateWay")),
-        (0, b"10.0.0.2", libkv(2, "task-a")),
-        (0, b"lastKnownIP", libkv(4, "10.0.0.2")),
-        (1, b"nested", inline_bucket([(0, b"k", libkv(3, "v"))])),
-    ])
+    ipam = inline_bucket(
+        [
+            (0, b"10.0.0.1", libkv(1, "GateWay")),
+            (0, b"10.0.0.2", libkv(2, "task-a")),
+            (0, b"lastKnownIP", libkv(4, "10.0.0.2")),
+            (1, b"nested", inline_bucket([(0, b"k", libkv(3, "v"))])),
+        ]
+    )
     path = write(tmp_path, build_bolt([(1, b"IPAM", ipam), (1, b"other", inline_bucket([]))]))
     assert boltdb.is_bolt_file(path)
     with boltdb.BoltFile(path) as db:
         assert db.buckets() == ["IPAM", "other"]
         assert list(db.items("other")) == []
-        assert [key for key, _ in db.items("IPAM")] == [b"10.0.0.1", b"10.0.0.2",
-                                                        b"lastKnownIP"]
-    assert boltdb.read_libkv_bucket(path) == {
-        "10.0.0.1": "GateWay", "10.0.0.2": "task-a", "lastKnownIP": "10.0.0.2"}
+        assert [key for key, _ in db.items("IPAM")] == [b"10.0.0.1", b"10.0.0.2", b"lastKnownIP"]
+    assert boltdb.read_libkv_bucket(path) == {"10.0.0.1": "GateWay", "10.0.0.2": "task-a", "lastKnownIP": "10.0.0.2"}
 
 
-@pytest.mark.parametrize("value, message", [
-    (b"\x01\0\0\0", "prefix"),
-    (libkv(1, "") + b"\xff\xfe", "utf-8"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (b"\x01\0\0\0", "prefix"),
+        (libkv(1, "") + b"\xff\xfe", "utf-8"),
+    ],
+)
 def test_values_that_are_not_libkv_text(tmp_path, value, message):
     path = write(tmp_path, build_bolt([(1, b"IPAM", inline_bucket([(0, b"k", value)]))]))
     with pytest.raises(CorruptDatabaseError, match=message):
@@ -393,8 +395,7 @@ def test_values_that_are_not_libkv_text(tmp_path, value, message):
 
 def test_value_spanning_an_overflow_page(tmp_path):
     big = "x" * 6000
-    ipam_page = leaf_page(4, [(0, b"big", libkv(1, big)), (0, b"small", libkv(2, "y"))],
-                          overflow=1)
+    ipam_page = leaf_page(4, [(0, b"big", libkv(1, big)), (0, b"small", libkv(2, "y"))], overflow=1)
     assert PAGE < len(ipam_page) <= 2 * PAGE
     path = write(tmp_path, build_bolt([(1, b"IPAM", struct.pack("<QQ", 4, 0))], ipam_page))
     assert boltdb.read_libkv_bucket(path) == {"big": big, "small": "y"}
@@ -404,13 +405,16 @@ def ipam_inline(*elements: tuple[int, bytes, bytes]) -> list[tuple[int, bytes, b
     return [(1, b"IPAM", inline_bucket(list(elements)))]
 
 
-@pytest.mark.parametrize("root, message", [
-    (ipam_inline((0, b"b", libkv(1, "x")), (0, b"a", libkv(2, "y"))), "out of order"),
-    (ipam_inline((0, b"a", libkv(1, "x")), (0, b"a", libkv(2, "y"))), "out of order"),
-    (ipam_inline((0x02, b"a", libkv(1, "x"))), "flags 0x2"),
-    ([(1, b"IPAM", b"short")], "header"),
-    ([(1, b"IPAM", struct.pack("<QQ", 0, 0) + HEADER.pack(0, 0x01, 1, 0))], "inline"),
-])
+@pytest.mark.parametrize(
+    "root, message",
+    [
+        (ipam_inline((0, b"b", libkv(1, "x")), (0, b"a", libkv(2, "y"))), "out of order"),
+        (ipam_inline((0, b"a", libkv(1, "x")), (0, b"a", libkv(2, "y"))), "out of order"),
+        (ipam_inline((0x02, b"a", libkv(1, "x"))), "flags 0x2"),
+        ([(1, b"IPAM", b"short")], "header"),
+        ([(1, b"IPAM", struct.pack("<QQ", 0, 0) + HEADER.pack(0, 0x01, 1, 0))], "inline"),
+    ],
+)
 def test_hand_built_damage(tmp_path, root, message):
     path = write(tmp_path, build_bolt(root))
     with pytest.raises(CorruptDatabaseError, match=message):
@@ -424,7 +428,7 @@ def with_meta_page_size(data: bytes, page: int, page_size: int, txid: int) -> by
     fields = list(META.unpack_from(data, at))
     fields[2], fields[8] = page_size, txid
     body = struct.pack("<IIIIQQQQQ", *fields[:9])
-    data[at:at + META.size] = body + struct.pack("<Q", fnv1a64(body))
+    data[at : at + META.size] = body + struct.pack("<Q", fnv1a64(body))
     return bytes(data)
 
 
@@ -462,7 +466,7 @@ def mutated_fixture(draw) -> bytes:
         offset = draw(st.one_of(st.integers(0, 127), st.integers(0, PAGE - 1)))
         data[page * PAGE + offset] = draw(st.integers(0, 255))
     if draw(st.integers(0, 9)) == 0:
-        del data[draw(st.integers(0, len(data))):]
+        del data[draw(st.integers(0, len(data))) :]
     return bytes(data)
 
 

@@ -60,9 +60,12 @@ def seeded_database(path: Path, tasks: int = 40) -> bytes:
 def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A small filesystem of its own at *mount_point* (needs root; skips otherwise)."""
     mount_point.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)], capture_output=True
-    ).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
     try:
         yield mount_point
@@ -75,6 +78,7 @@ def remount(mount_point: Path, mode: str) -> None:
 
 
 # --- where the file should be -------------------------------------------------------------------
+
 
 def test_path_in_a_missing_directory(tmp_path):
     db_path = tmp_path / "missing" / "eni-ipam.db"
@@ -127,6 +131,7 @@ def test_directory_at_the_lock_path(tmp_path):
 
 # --- what is in the file ------------------------------------------------------------------------
 
+
 def assert_refused_untouched(db_path: Path) -> None:
     """ADD and DEL fail with code 5; the file is unchanged and no ``-lock`` appeared."""
     before = files_snapshot(db_path.parent)
@@ -168,8 +173,17 @@ def random_file(seed: int, size: int, magic: int | None = None, version: int | N
         random_file(8, 65536, magic=BOLT_MAGIC, version=2),
         b"not a database, just some text that happens to sit at this path\n" * 100,
     ],
-    ids=["1 byte", "100 bytes", "one page", "16 pages", "LMDB magic", "LMDB magic and version",
-         "bolt magic", "bolt magic and version", "text"],
+    ids=[
+        "1 byte",
+        "100 bytes",
+        "one page",
+        "16 pages",
+        "LMDB magic",
+        "LMDB magic and version",
+        "bolt magic",
+        "bolt magic and version",
+        "text",
+    ],
 )
 def test_random_bytes_at_the_path(tmp_path, data):
     db_path = tmp_path / "eni-ipam.db"

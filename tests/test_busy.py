@@ -43,9 +43,7 @@ def test_write_gives_up_with_code_11_while_another_process_holds_the_lock(tmp_pa
         elapsed = time.monotonic() - started
         assert code == 1 and stderr == ""
         assert result["code"] == 11
-        assert result["msg"] == (
-            f"database {db_path} is locked by another writer; gave up after {seconds:g}s"
-        )
+        assert result["msg"] == (f"database {db_path} is locked by another writer; gave up after {seconds:g}s")
         assert seconds <= elapsed < seconds + MARGIN
         assert files_snapshot(tmp_path) == before
         writer.commit()

@@ -108,7 +108,9 @@ def test_check_prints_nothing(plugin):
     assert plugin.run("CHECK", netconf("0.4.0", id="a", **SUBNET)) == (0, "")
     plugin.ok("DEL", netconf("0.4.0", id="a", **SUBNET))
     assert plugin.error("CHECK", netconf("0.4.0", id="a", **SUBNET)) == {
-        "cniVersion": "0.4.0", "code": 103, "msg": "id 'a' holds no address in 10.0.0.0/24",
+        "cniVersion": "0.4.0",
+        "code": 103,
+        "msg": "id 'a' holds no address in 10.0.0.0/24",
     }
 
 
@@ -126,7 +128,9 @@ def test_status(plugin):
     assert plugin.run("STATUS", netconf("1.1.0", **small)) == (0, "")
     plugin.ok("ADD", netconf("1.1.0", id="a", **small))
     assert plugin.error("STATUS", netconf("1.1.0", **small)) == {
-        "cniVersion": "1.1.0", "code": 50, "msg": "no free address left in 10.0.0.0/30",
+        "cniVersion": "1.1.0",
+        "code": 50,
+        "msg": "no free address left in 10.0.0.0/30",
     }
     assert plugin.error("ADD", netconf("1.1.0", id="b", **small))["code"] == 102
 
@@ -171,30 +175,82 @@ def test_unknown_flags(plugin, argv, capsys):
         ("ADD", b"\xff\xfe", {}, {"cniVersion": "1.1.0", "code": 6}),
         ("ADD", "{not json", {}, {"cniVersion": "1.1.0", "code": 6}),
         ("ADD", "[1, 2]", {}, {"cniVersion": "1.1.0", "code": 7}),
-        ("ADD", "", {"CNI_COMMAND": "FROB"},
-         {"cniVersion": "1.1.0", "code": 4,
-          "msg": "CNI_COMMAND 'FROB' is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"}),
-        ("ADD", netconf(id="a", **SUBNET), {"CNI_COMMAND": None},
-         {"cniVersion": "1.1.0", "code": 4, "msg": "CNI_COMMAND is not set"}),
-        ("ADD", netconf(id="a", **SUBNET), {"CNI_NETNS": ""},
-         {"cniVersion": "1.1.0", "code": 4, "msg": "CNI_NETNS is required for ADD"}),
-        ("ADD", netconf(id="a", **SUBNET), {"IPAM_DB_CONNECTION_TIMEOUT": "5"},
-         {"cniVersion": "1.1.0", "code": 4,
-          "msg": "IPAM_DB_CONNECTION_TIMEOUT '5' is not a duration such as 5s, 500ms or 1m30s"}),
-        ("ADD", netconf("0.5.0", id="a", **SUBNET), {},
-         {"cniVersion": "1.1.0", "code": 1,
-          "msg": "incompatible CNI version 0.5.0; supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"}),
-        ("ADD", netconf("0.2.0", id="a"), {},
-         {"cniVersion": "0.2.0", "code": 7, "msg": "ipam.ipv4-subnet or ipam.ipv6-subnet is required"}),
-        ("ADD", netconf("1.0.0", id=5, **SUBNET), {},
-         {"cniVersion": "1.0.0", "code": 7, "msg": "ipam.id must be a string, got 5"}),
-        ("DEL", netconf("0.3.0", **SUBNET), {},
-         {"cniVersion": "0.3.0", "code": 7,
-          "msg": "ip address (ipv4 or ipv6) and id can not all be empty for deletion"}),
-        ("CHECK", netconf("0.3.0", id="a", **SUBNET), {},
-         {"cniVersion": "0.3.0", "code": 1, "msg": "CHECK needs cniVersion 0.4.0 or later, got 0.3.0"}),
-        ("GC", netconf("1.1.0", **SUBNET), {},
-         {"cniVersion": "1.1.0", "code": 7, "msg": "cni.dev/valid-attachments is required for GC"}),
+        (
+            "ADD",
+            "",
+            {"CNI_COMMAND": "FROB"},
+            {
+                "cniVersion": "1.1.0",
+                "code": 4,
+                "msg": "CNI_COMMAND 'FROB' is not one of ADD, DEL, CHECK, GC, STATUS, VERSION",
+            },
+        ),
+        (
+            "ADD",
+            netconf(id="a", **SUBNET),
+            {"CNI_COMMAND": None},
+            {"cniVersion": "1.1.0", "code": 4, "msg": "CNI_COMMAND is not set"},
+        ),
+        (
+            "ADD",
+            netconf(id="a", **SUBNET),
+            {"CNI_NETNS": ""},
+            {"cniVersion": "1.1.0", "code": 4, "msg": "CNI_NETNS is required for ADD"},
+        ),
+        (
+            "ADD",
+            netconf(id="a", **SUBNET),
+            {"IPAM_DB_CONNECTION_TIMEOUT": "5"},
+            {
+                "cniVersion": "1.1.0",
+                "code": 4,
+                "msg": "IPAM_DB_CONNECTION_TIMEOUT '5' is not a duration such as 5s, 500ms or 1m30s",
+            },
+        ),
+        (
+            "ADD",
+            netconf("0.5.0", id="a", **SUBNET),
+            {},
+            {
+                "cniVersion": "1.1.0",
+                "code": 1,
+                "msg": "incompatible CNI version 0.5.0; supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0",
+            },
+        ),
+        (
+            "ADD",
+            netconf("0.2.0", id="a"),
+            {},
+            {"cniVersion": "0.2.0", "code": 7, "msg": "ipam.ipv4-subnet or ipam.ipv6-subnet is required"},
+        ),
+        (
+            "ADD",
+            netconf("1.0.0", id=5, **SUBNET),
+            {},
+            {"cniVersion": "1.0.0", "code": 7, "msg": "ipam.id must be a string, got 5"},
+        ),
+        (
+            "DEL",
+            netconf("0.3.0", **SUBNET),
+            {},
+            {
+                "cniVersion": "0.3.0",
+                "code": 7,
+                "msg": "ip address (ipv4 or ipv6) and id can not all be empty for deletion",
+            },
+        ),
+        (
+            "CHECK",
+            netconf("0.3.0", id="a", **SUBNET),
+            {},
+            {"cniVersion": "0.3.0", "code": 1, "msg": "CHECK needs cniVersion 0.4.0 or later, got 0.3.0"},
+        ),
+        (
+            "GC",
+            netconf("1.1.0", **SUBNET),
+            {},
+            {"cniVersion": "1.1.0", "code": 7, "msg": "cni.dev/valid-attachments is required for GC"},
+        ),
     ],
 )
 def test_error_objects(plugin, command, stdin, overrides, expected):
@@ -210,8 +266,18 @@ def test_stdin_that_cannot_be_read(plugin):
             raise OSError("Input/output error")
 
     out = io.StringIO()
-    code = main([], {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/n", "CNI_IFNAME": "e",
-                     "ECS_CNI_LOG_FILE": plugin.log}, Broken(), out)
+    code = main(
+        [],
+        {
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": "c",
+            "CNI_NETNS": "/n",
+            "CNI_IFNAME": "e",
+            "ECS_CNI_LOG_FILE": plugin.log,
+        },
+        Broken(),
+        out,
+    )
     assert code == 1
     assert json.loads(out.getvalue())["code"] == 6
 
@@ -226,7 +292,11 @@ def test_unexpected_exception_is_code_199_without_traceback(plugin, monkeypatch,
     monkeypatch.setattr(core, function, explode)
     command = {"add": "ADD", "delete": "DEL", "check": "CHECK", "gc": "GC", "status": "STATUS"}[function]
     stdin = netconf("1.1.0", id="b", **SUBNET) | {"cni.dev/valid-attachments": []}
-    assert plugin.error(command, stdin) == {"cniVersion": "1.1.0", "code": 199, "msg": "internal error: RuntimeError: boom"}
+    assert plugin.error(command, stdin) == {
+        "cniVersion": "1.1.0",
+        "code": 199,
+        "msg": "internal error: RuntimeError: boom",
+    }
     with open(plugin.log) as f:
         log = f.read()
     assert f"{command} failed unexpectedly" in log and "Traceback" in log and "RuntimeError: boom" in log
@@ -282,7 +352,9 @@ def test_rejected_command_leaves_the_database_unchanged(plugin, command, stdin, 
 
 
 def test_commands_that_find_no_database_create_none(plugin, tmp_path):
-    plugin.ok("DEL", netconf(id="a", **SUBNET), CNI_CONTAINERID="", CNI_NETNS="/host/proc//ns/net", CNI_IFNAME="ecs-eth0")
+    plugin.ok(
+        "DEL", netconf(id="a", **SUBNET), CNI_CONTAINERID="", CNI_NETNS="/host/proc//ns/net", CNI_IFNAME="ecs-eth0"
+    )
     plugin.ok("STATUS", netconf("1.1.0", **SUBNET))
     plugin.ok("GC", netconf("1.1.0", **SUBNET) | {"cni.dev/valid-attachments": []})
     plugin.error("CHECK", netconf("1.1.0", id="a", **SUBNET))

@@ -45,13 +45,15 @@ def rejected(data: dict) -> InvalidConfigError:
 
 
 def test_both_families_are_parsed_ipv4_first():
-    conf = parse_netconf(
-        netconf(id="task", ipv6_subnet="fd00:ec2::172:0/112", ipv4_subnet="169.254.172.0/22")
-    )
+    conf = parse_netconf(netconf(id="task", ipv6_subnet="fd00:ec2::172:0/112", ipv4_subnet="169.254.172.0/22"))
     assert [pool.version for pool in conf.pools] == [4, 6]
     v4, v6 = conf.pools
     assert (str(v4.subnet), str(v4.gateway), v4.bucket) == ("169.254.172.0/22", "169.254.172.1", "169.254.172.0/22")
-    assert (str(v6.subnet), str(v6.gateway), v6.bucket) == ("fd00:ec2::172:0/112", "fd00:ec2::172:1", "fd00:ec2::172:0/112")
+    assert (str(v6.subnet), str(v6.gateway), v6.bucket) == (
+        "fd00:ec2::172:0/112",
+        "fd00:ec2::172:1",
+        "fd00:ec2::172:0/112",
+    )
     assert conf.owner_id == "task"
     assert conf.cni_version == "0.3.0"
 
@@ -98,7 +100,9 @@ def test_an_empty_subnet_or_address_is_an_error(ipam, field, owner):
     assert error.msg == f"ipam.{field} '' is not in CIDR notation (address/prefix)"
 
 
-@pytest.mark.parametrize("ipam", [{"ipv4_gateway": ""}, {"ipv6_gateway": ""}, {"ipv6_gateway": "", "ipv6_subnet": "fd00::/64"}])
+@pytest.mark.parametrize(
+    "ipam", [{"ipv4_gateway": ""}, {"ipv6_gateway": ""}, {"ipv6_gateway": "", "ipv6_subnet": "fd00::/64"}]
+)
 def test_an_empty_gateway_is_the_default(ipam):
     conf = parse_netconf(netconf(ipv4_subnet="10.0.0.0/24", **ipam))
     assert [str(pool.gateway) for pool in conf.pools][0] == "10.0.0.1"
@@ -112,12 +116,18 @@ def test_no_id_is_anonymous(owner):
 @pytest.mark.parametrize(
     "ipam, message",
     [
-        ({"ipv4_address": "10.0.0.2/24", "ipv6_subnet": "fd00::/64"},
-         "ipam.ipv4-address is set but ipam.ipv4-subnet is missing"),
-        ({"ipv4_gateway": "10.0.0.1", "ipv6_subnet": "fd00::/64"},
-         "ipam.ipv4-gateway is set but ipam.ipv4-subnet is missing"),
-        ({"ipv6_routes": [{"dst": "::/0"}], "ipv4_subnet": "10.0.0.0/24"},
-         "ipam.ipv6-routes is set but ipam.ipv6-subnet is missing"),
+        (
+            {"ipv4_address": "10.0.0.2/24", "ipv6_subnet": "fd00::/64"},
+            "ipam.ipv4-address is set but ipam.ipv4-subnet is missing",
+        ),
+        (
+            {"ipv4_gateway": "10.0.0.1", "ipv6_subnet": "fd00::/64"},
+            "ipam.ipv4-gateway is set but ipam.ipv4-subnet is missing",
+        ),
+        (
+            {"ipv6_routes": [{"dst": "::/0"}], "ipv4_subnet": "10.0.0.0/24"},
+            "ipam.ipv6-routes is set but ipam.ipv6-subnet is missing",
+        ),
     ],
 )
 def test_family_settings_without_their_subnet(ipam, message):
@@ -164,28 +174,50 @@ def test_prefix_limit_messages_are_pinned():
 @pytest.mark.parametrize(
     "ipam, message",
     [
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.1.5/24"},
-         "ipam.ipv4-address 10.0.1.5 is not in subnet 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.0/24"},
-         "ipam.ipv4-address 10.0.0.0 is the network address of 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.255/24"},
-         "ipam.ipv4-address 10.0.0.255 is the broadcast address of 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.1/24"},
-         "ipam.ipv4-address 10.0.0.1/24 is the gateway address"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.9", "ipv4_address": "10.0.0.9/32"},
-         "ipam.ipv4-address 10.0.0.9/32 is the gateway address"),
-        ({"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00:1::5/64"},
-         "ipam.ipv6-address fd00:1::5 is not in subnet fd00::/64"),
-        ({"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00::/64"},
-         "ipam.ipv6-address fd00:: is the network address of fd00::/64"),
-        ({"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00::1/128"},
-         "ipam.ipv6-address fd00::1/128 is the gateway address"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.9"},
-         "ipam.ipv4-address '10.0.0.9' is not in CIDR notation (address/prefix)"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "fd00::9/64"},
-         "ipam.ipv4-address 'fd00::9' is not an IPv4 address"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.9/33"},
-         "ipam.ipv4-address '10.0.0.9/33' has an invalid prefix length"),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.1.5/24"},
+            "ipam.ipv4-address 10.0.1.5 is not in subnet 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.0/24"},
+            "ipam.ipv4-address 10.0.0.0 is the network address of 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.255/24"},
+            "ipam.ipv4-address 10.0.0.255 is the broadcast address of 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.1/24"},
+            "ipam.ipv4-address 10.0.0.1/24 is the gateway address",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.9", "ipv4_address": "10.0.0.9/32"},
+            "ipam.ipv4-address 10.0.0.9/32 is the gateway address",
+        ),
+        (
+            {"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00:1::5/64"},
+            "ipam.ipv6-address fd00:1::5 is not in subnet fd00::/64",
+        ),
+        (
+            {"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00::/64"},
+            "ipam.ipv6-address fd00:: is the network address of fd00::/64",
+        ),
+        (
+            {"ipv6_subnet": "fd00::/64", "ipv6_address": "fd00::1/128"},
+            "ipam.ipv6-address fd00::1/128 is the gateway address",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.9"},
+            "ipam.ipv4-address '10.0.0.9' is not in CIDR notation (address/prefix)",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "fd00::9/64"},
+            "ipam.ipv4-address 'fd00::9' is not an IPv4 address",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_address": "10.0.0.9/33"},
+            "ipam.ipv4-address '10.0.0.9/33' has an invalid prefix length",
+        ),
     ],
 )
 def test_fixed_address_rules(ipam, message):
@@ -236,22 +268,35 @@ def test_gateway_default_and_explicit(ipam, gateway):
 @pytest.mark.parametrize(
     "ipam, message",
     [
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.1.1"},
-         "ipam.ipv4-gateway 10.0.1.1 is not in subnet 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.0"},
-         "ipam.ipv4-gateway 10.0.0.0 is the network address of 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.255"},
-         "ipam.ipv4-gateway 10.0.0.255 is the broadcast address of 10.0.0.0/24"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.1/24"},
-         "ipam.ipv4-gateway '10.0.0.1/24' is not a valid IP address"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.1"},
-         "ipam.ipv4-gateway '10.1' is not a valid IP address"),
-        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "fd00::1"},
-         "ipam.ipv4-gateway 'fd00::1' is not an IPv4 address"),
-        ({"ipv6_subnet": "fd00::/64", "ipv6_gateway": "fd00::"},
-         "ipam.ipv6-gateway fd00:: is the network address of fd00::/64"),
-        ({"ipv6_subnet": "fd00::/64", "ipv6_gateway": "10.0.0.1"},
-         "ipam.ipv6-gateway '10.0.0.1' is not an IPv6 address"),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.1.1"},
+            "ipam.ipv4-gateway 10.0.1.1 is not in subnet 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.0"},
+            "ipam.ipv4-gateway 10.0.0.0 is the network address of 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.255"},
+            "ipam.ipv4-gateway 10.0.0.255 is the broadcast address of 10.0.0.0/24",
+        ),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.0.0.1/24"},
+            "ipam.ipv4-gateway '10.0.0.1/24' is not a valid IP address",
+        ),
+        ({"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "10.1"}, "ipam.ipv4-gateway '10.1' is not a valid IP address"),
+        (
+            {"ipv4_subnet": "10.0.0.0/24", "ipv4_gateway": "fd00::1"},
+            "ipam.ipv4-gateway 'fd00::1' is not an IPv4 address",
+        ),
+        (
+            {"ipv6_subnet": "fd00::/64", "ipv6_gateway": "fd00::"},
+            "ipam.ipv6-gateway fd00:: is the network address of fd00::/64",
+        ),
+        (
+            {"ipv6_subnet": "fd00::/64", "ipv6_gateway": "10.0.0.1"},
+            "ipam.ipv6-gateway '10.0.0.1' is not an IPv6 address",
+        ),
     ],
 )
 def test_gateway_rules(ipam, message):
@@ -298,15 +343,24 @@ def test_no_routes(routes):
     "family, routes, message",
     [
         ("ipv4", [{"dst": "fd00::/64"}], "ipam.ipv4-routes[0].dst 'fd00::' is not an IPv4 address"),
-        ("ipv4", [{"dst": "0.0.0.0/0"}, {"dst": "10.0.0.0/8", "gw": "fd00::1"}],
-         "ipam.ipv4-routes[1].gw 'fd00::1' is not an IPv4 address"),
+        (
+            "ipv4",
+            [{"dst": "0.0.0.0/0"}, {"dst": "10.0.0.0/8", "gw": "fd00::1"}],
+            "ipam.ipv4-routes[1].gw 'fd00::1' is not an IPv4 address",
+        ),
         ("ipv6", [{"dst": "0.0.0.0/0"}], "ipam.ipv6-routes[0].dst '0.0.0.0' is not an IPv6 address"),
-        ("ipv4", [{"dst": "169.254.170.2"}],
-         "ipam.ipv4-routes[0].dst '169.254.170.2' is not in CIDR notation (address/prefix)"),
+        (
+            "ipv4",
+            [{"dst": "169.254.170.2"}],
+            "ipam.ipv4-routes[0].dst '169.254.170.2' is not in CIDR notation (address/prefix)",
+        ),
         ("ipv4", [{"dst": "nonsense/8"}], "ipam.ipv4-routes[0].dst 'nonsense' is not a valid IP address"),
         ("ipv4", [{"gw": "10.0.0.1"}], "ipam.ipv4-routes[0].dst must be a string in CIDR notation, got None"),
-        ("ipv4", [{"dst": "10.0.0.0/8", "gw": "10.0.0.1/8"}],
-         "ipam.ipv4-routes[0].gw '10.0.0.1/8' is not a valid IP address"),
+        (
+            "ipv4",
+            [{"dst": "10.0.0.0/8", "gw": "10.0.0.1/8"}],
+            "ipam.ipv4-routes[0].gw '10.0.0.1/8' is not a valid IP address",
+        ),
         ("ipv4", ["10.0.0.0/8"], "ipam.ipv4-routes[0] must be an object, got '10.0.0.0/8'"),
     ],
 )
@@ -324,20 +378,25 @@ BAD_VALUES = {"number": 5, "list": ["10.0.0.0/24"], "object": {"ip": "10.0.0.2"}
 # Falsy values that are valid where they are put: no routes, no attachments, an empty
 # previous result.
 VALID_FALSY = [
-    ("ipv4-routes", []), ("ipv6-routes", []), ("/cni.dev/valid-attachments", []),
-    ("/cni.dev/attachments", []), ("/prevResult", {}),
+    ("ipv4-routes", []),
+    ("ipv6-routes", []),
+    ("/cni.dev/valid-attachments", []),
+    ("/cni.dev/attachments", []),
+    ("/prevResult", {}),
 ]
 
 
 @pytest.mark.parametrize("value", [0, [], {}, False, 0.0])
 def test_falsy_wrong_types_are_not_taken_for_absent(value):
     for where, field, _ in TYPED_FIELDS:
-        if any(where == valid_where and type(value) is type(valid) and value == valid
-               for valid_where, valid in VALID_FALSY):
+        if any(
+            where == valid_where and type(value) is type(valid) and value == valid for valid_where, valid in VALID_FALSY
+        ):
             continue
         error = rejected(_with_bad_value(where, value))
         # The field itself, or the first thing missing inside it ({} as a route).
         assert error.msg.startswith(field), (where, error.msg)
+
 
 # (where the bad value goes, the field the message must name, which bad values apply)
 TYPED_FIELDS = [
@@ -396,8 +455,10 @@ def test_wrong_type_names_the_field(where, field, kind):
         ({"cniVersion": "0.3.0"}, "ipam"),
         (netconf(id="x", ipv4_subnet="10.0.0.0/24", ipv4_routes=[None]), "ipam.ipv4-routes[0]"),
         (netconf(id="x", ipv4_subnet="10.0.0.0/24", ipv4_routes=[{"dst": None}]), "ipam.ipv4-routes[0].dst"),
-        ({"cniVersion": "1.1.0", "ipam": {"ipv4-subnet": "10.0.0.0/24"}, "cni.dev/valid-attachments": None},
-         "cni.dev/valid-attachments"),
+        (
+            {"cniVersion": "1.1.0", "ipam": {"ipv4-subnet": "10.0.0.0/24"}, "cni.dev/valid-attachments": None},
+            "cni.dev/valid-attachments",
+        ),
     ],
 )
 def test_null_where_a_value_is_required(data, field):
@@ -548,7 +609,9 @@ def test_bad_go_durations_are_code_4(text):
 
 
 def test_bad_duration_message_is_pinned():
-    with pytest.raises(InvalidEnvironmentError, match=r"^IPAM_DB_CONNECTION_TIMEOUT '5' is not a duration such as 5s, 500ms or 1m30s$"):
+    with pytest.raises(
+        InvalidEnvironmentError, match=r"^IPAM_DB_CONNECTION_TIMEOUT '5' is not a duration such as 5s, 500ms or 1m30s$"
+    ):
         parse_go_duration("5", "IPAM_DB_CONNECTION_TIMEOUT")
 
 
@@ -568,10 +631,15 @@ def test_environment_defaults():
     env = parse_environment(ADD_ENV)
     assert (env.command, env.container_id, env.netns, env.ifname) == ("ADD", "abc", "/proc/1/ns/net", "eth0")
     assert (env.db_path, env.timeout, env.log_file, env.log_level) == (
-        DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info"
+        DEFAULT_DB_PATH,
+        DEFAULT_TIMEOUT,
+        DEFAULT_LOG_FILE,
+        "info",
     )
     assert (DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE) == (
-        "/data/eni-ipam.db", 5.0, "/log/ecs-cni-ipam-plugin.log"
+        "/data/eni-ipam.db",
+        5.0,
+        "/log/ecs-cni-ipam-plugin.log",
     )
 
 

@@ -217,6 +217,7 @@ def test_plugin_works_after_readers_filling_the_whole_reader_table_were_killed(t
 
 # --- random kills -----------------------------------------------------------------------------
 
+
 class Ledger:
     """What the plugins reported: the addresses each id holds for sure, and the ids in doubt."""
 

@@ -29,9 +29,7 @@ V6 = "fd00:ec2::172:0/112"
 
 
 def record(owner: str, container_id: str | None = None, ifname: str | None = None) -> bytes:
-    return msgpack.packb(
-        {"id": owner, "container_id": container_id, "ifname": ifname, "allocated_at": 1767225600.5}
-    )
+    return msgpack.packb({"id": owner, "container_id": container_id, "ifname": ifname, "allocated_at": 1767225600.5})
 
 
 def text(value: str) -> bytes:
@@ -66,8 +64,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_lists_buckets_with_entry_counts(capsys, db_path):
     assert run(capsys, "--db", db_path) == (
         0,
-        "169.254.172.0/22     6 entries\n"
-        "fd00:ec2::172:0/112  4 entries\n",
+        "169.254.172.0/22     6 entries\nfd00:ec2::172:0/112  4 entries\n",
         "",
     )
 
@@ -122,9 +119,7 @@ def test_json_bucket_holds_decoded_records_and_indexes(capsys, db_path):
 def test_json_bucket_list(capsys, db_path):
     code, out, _ = run(capsys, "--db", db_path, "--json")
     assert code == 0
-    assert json.loads(out) == {
-        "buckets": [{"name": V4, "entries": 6}, {"name": V6, "entries": 4}]
-    }
+    assert json.loads(out) == {"buckets": [{"name": V4, "entries": 6}, {"name": V6, "entries": 4}]}
 
 
 @pytest.fixture

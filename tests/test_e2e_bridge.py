@@ -55,8 +55,9 @@ def sandbox():
     try:
         # A namespace may start with IPv6 disabled, depending on the host's defaults.
         for scope in ("all", "default"):
-            command("ip", "netns", "exec", namespace, "sysctl", "-qw",
-                    f"net.ipv6.conf.{scope}.disable_ipv6=0", check=False)
+            command(
+                "ip", "netns", "exec", namespace, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=0", check=False
+            )
         yield namespace, bridge
     finally:
         command("ip", "netns", "del", namespace, check=False)
@@ -165,11 +166,7 @@ class Host:
 
     def addresses(self) -> set[tuple[str, str, int]]:
         links = json.loads(command("ip", "-n", self.namespace, "-j", "addr", "show", "dev", "eth0").stdout)
-        return {
-            (info["family"], info["local"], info["prefixlen"])
-            for link in links
-            for info in link["addr_info"]
-        }
+        return {(info["family"], info["local"], info["prefixlen"]) for link in links for info in link["addr_info"]}
 
     def routes(self, family: str) -> list[dict]:
         return json.loads(command("ip", "-n", self.namespace, "-j", family, "route", "show").stdout)
@@ -177,7 +174,9 @@ class Host:
     def dump(self, bucket: str) -> list[str]:
         done = subprocess.run(
             [sys.executable, str(DUMP_DB), "--db", str(self.db), "--bucket", bucket],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.splitlines()
@@ -199,9 +198,10 @@ class Host:
         assert {"dst": "169.254.170.2/32"} in result["routes"]
         assert ("inet", v4, 22) in self.addresses()
         assert ("inet6", v6, 112) in self.addresses()
-        assert {
-            (r["dst"], r.get("gateway"), r.get("dev")) for r in self.routes("-4")
-        } >= {("169.254.170.2", "169.254.172.1", "eth0"), (V4, None, "eth0")}
+        assert {(r["dst"], r.get("gateway"), r.get("dev")) for r in self.routes("-4")} >= {
+            ("169.254.170.2", "169.254.172.1", "eth0"),
+            (V4, None, "eth0"),
+        }
         assert (V6, "eth0") in {(r["dst"], r.get("dev")) for r in self.routes("-6")}
         assert f"key={v4} - value={self.owner}" in self.dump(V4)
         assert f"key={v6} - value={self.owner}" in self.dump(V6)

@@ -114,13 +114,16 @@ def test_dual_stack_claims_neither_when_the_ipv4_address_is_taken(store):
 
 def test_dual_stack_fixed_pair_under_one_id(store):
     daemon = {
-        "ipv4_subnet": V4, "ipv4_address": "169.254.172.2/32",
-        "ipv6_subnet": V6, "ipv6_address": "fd00:ec2::172:2/128",
+        "ipv4_subnet": V4,
+        "ipv4_address": "169.254.172.2/32",
+        "ipv6_subnet": V6,
+        "ipv6_address": "fd00:ec2::172:2/128",
     }
     assert add(store, "daemon", **daemon) == ["169.254.172.2/32", "fd00:ec2::172:2/128"]
     assert add(store, "task", ipv4_subnet=V4, ipv6_subnet=V6) == ["169.254.172.3/22", "fd00:ec2::172:3/112"]
     assert core.delete(store, conf(id="daemon", ipv4_subnet=V4, ipv6_subnet=V6)) == [
-        "169.254.172.2", "fd00:ec2::172:2",
+        "169.254.172.2",
+        "fd00:ec2::172:2",
     ]
     assert record(store, V4, "169.254.172.3")["id"] == "task"
 
@@ -166,7 +169,9 @@ def test_del_with_id_does_not_release_another_ids_fixed_address(store):
 
 def test_del_never_releases_the_gateway(store):
     add(store, "a", ipv4_subnet="10.0.0.0/24")
-    assert core.delete(store, conf(ipv4_subnet="10.0.0.0/24", ipv4_gateway="10.0.0.254", ipv4_address="10.0.0.1/24")) == []
+    assert (
+        core.delete(store, conf(ipv4_subnet="10.0.0.0/24", ipv4_gateway="10.0.0.254", ipv4_address="10.0.0.1/24")) == []
+    )
     assert record(store, "10.0.0.0/24", "10.0.0.1") == {"id": "GateWay"}
 
 
@@ -185,9 +190,7 @@ def test_check_status_and_gc_functions(store):
     core.check(store, conf("0.4.0", id="a", ipv4_subnet="10.0.0.0/30"))
     with pytest.raises(NotAvailableError):
         core.status(store, conf("1.1.0", ipv4_subnet="10.0.0.0/30"))
-    gc_conf = parse_netconf(
-        netconf("1.1.0", ipv4_subnet="10.0.0.0/30") | {"cni.dev/valid-attachments": []}
-    )
+    gc_conf = parse_netconf(netconf("1.1.0", ipv4_subnet="10.0.0.0/30") | {"cni.dev/valid-attachments": []})
     assert core.gc(store, gc_conf) == ["10.0.0.2"]
     core.status(store, conf("1.1.0", ipv4_subnet="10.0.0.0/30"))
     with pytest.raises(ReservationMismatchError):
@@ -209,9 +212,7 @@ def digest(path: str) -> str:
 
 def test_add_returns_the_cni_result(db_path):
     with IPAM(db_path, clock=lambda: 42.0) as ipam:
-        result = ipam.add(
-            netconf(id="a", ipv4_subnet=V4, ipv4_routes=[{"dst": "169.254.170.2/32"}]), "cid", "eth0"
-        )
+        result = ipam.add(netconf(id="a", ipv4_subnet=V4, ipv4_routes=[{"dst": "169.254.170.2/32"}]), "cid", "eth0")
     assert result == {
         "cniVersion": "0.3.0",
         "ips": [{"version": "4", "address": "169.254.172.2/22", "gateway": "169.254.172.1"}],
@@ -220,7 +221,10 @@ def test_add_returns_the_cni_result(db_path):
     }
     with kv.open_store(db_path, V4, read_only=True) as store:
         assert record(store, V4, "169.254.172.2") == {
-            "id": "a", "container_id": "cid", "ifname": "eth0", "allocated_at": 42.0,
+            "id": "a",
+            "container_id": "cid",
+            "ifname": "eth0",
+            "allocated_at": 42.0,
         }
 
 
@@ -241,8 +245,10 @@ def test_state_survives_reopening(db_path):
         ({"id": "a", "ipv4_subnet": "10.0.0.0/30"}, PoolExhaustedError),
         ({"id": "b", "ipv4_subnet": "10.0.0.0/30"}, PoolExhaustedError),
         ({"id": "b", "ipv4_subnet": "10.0.0.0/30", "ipv4_address": "10.0.0.2/30"}, AddressInUseError),
-        ({"id": "c", "ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": "fd00::/126", "ipv6_gateway": "fd00::2"},
-         AddressInUseError),
+        (
+            {"id": "c", "ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": "fd00::/126", "ipv6_gateway": "fd00::2"},
+            AddressInUseError,
+        ),
         ({"id": "c", "ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": "fd00::/126"}, PoolExhaustedError),
     ],
 )
@@ -282,7 +288,8 @@ def test_del_by_a_long_id(db_path):
         ipam.add(netconf(id=long_id, ipv4_subnet=V4, ipv6_subnet=V6))
         ipam.add(netconf(id="tâche-日本", ipv4_subnet=V4))
         assert ipam.delete(netconf(id=long_id, ipv4_subnet=V4, ipv6_subnet=V6)) == [
-            "169.254.172.2", "fd00:ec2::172:2",
+            "169.254.172.2",
+            "fd00:ec2::172:2",
         ]
         assert ipam.delete(netconf(id="tâche-日本", ipv4_subnet=V4)) == ["169.254.172.3"]
 
@@ -307,8 +314,10 @@ def test_check_passes_while_the_reservation_exists(checked, version):
 @pytest.mark.parametrize(
     "prev_result",
     [
-        {"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.0.0.2/24"},
-                                        {"version": "6", "address": "fd00::2/64"}]},
+        {
+            "cniVersion": "0.4.0",
+            "ips": [{"version": "4", "address": "10.0.0.2/24"}, {"version": "6", "address": "fd00::2/64"}],
+        },
         {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]},
         {"cniVersion": "0.2.0", "ip4": {"ip": "10.0.0.2/24"}, "ip6": {"ip": "fd00::2/64"}},
     ],

@@ -208,8 +208,11 @@ def test_first_add_adopts_every_lease_and_continues_after_the_last_known(tmp_pat
         for key, record in pairs.items():
             if isinstance(record, dict) and record.get("migrated"):
                 assert record == {
-                    "id": record["id"], "container_id": None, "ifname": None,
-                    "allocated_at": None, "migrated": True,
+                    "id": record["id"],
+                    "container_id": None,
+                    "ifname": None,
+                    "allocated_at": None,
+                    "migrated": True,
                 }
                 held[key] = record["id"]
                 assert pairs[id_index_key(record["id"])] == key
@@ -288,8 +291,12 @@ def test_check_sees_migrated_leases_without_writing(tmp_path):
     with IPAM(path) as ipam:
         ipam.check(dict(netconf(subnets, "/var/run/netns/task8", "1.0.0"), prevResult=prev))
         with pytest.raises(ReservationMismatchError, match="holds 169.254.172.10"):
-            ipam.check(dict(netconf(subnets, "/var/run/netns/task8", "1.0.0"),
-                            prevResult={"cniVersion": "1.0.0", "ips": [{"address": "169.254.172.11/22"}]}))
+            ipam.check(
+                dict(
+                    netconf(subnets, "/var/run/netns/task8", "1.0.0"),
+                    prevResult={"cniVersion": "1.0.0", "ips": [{"address": "169.254.172.11/22"}]},
+                )
+            )
         with pytest.raises(ReservationMismatchError, match="holds no address"):
             ipam.check(netconf(subnets, "/var/run/netns/task7", "1.0.0"))
     # CHECK reads: the legacy bucket still waits for a write.
@@ -301,8 +308,14 @@ def test_status_counts_leases_not_yet_adopted(tmp_path):
     try:
         with store.transaction() as tx:
             legacy = tx.bucket(LEGACY_BUCKET)
-            for host, owner in [("10.9.0.1", "GateWay"), ("10.9.0.2", "a"), ("10.9.0.3", "b"),
-                                ("10.9.0.4", "c"), ("10.9.0.5", "d"), ("10.9.0.6", "e")]:
+            for host, owner in [
+                ("10.9.0.1", "GateWay"),
+                ("10.9.0.2", "a"),
+                ("10.9.0.3", "b"),
+                ("10.9.0.4", "c"),
+                ("10.9.0.5", "d"),
+                ("10.9.0.6", "e"),
+            ]:
                 legacy.put(host, msgpack.packb(owner))
         conf = parse_netconf(netconf(["10.9.0.0/29"], "z", "1.1.0"))
         with pytest.raises(NotAvailableError, match="10.9.0.0/29"):
@@ -347,15 +360,24 @@ def test_whichever_subnet_comes_first_takes_only_its_own_addresses(tmp_path):
     owners = {}
     for pairs in (narrow, elsewhere):
         owners.update({k: v["id"] for k, v in pairs.items() if isinstance(v, dict) and v.get("migrated")})
-    assert owners == {a: o for a, o in leases.items()
-                      if netaddr.IPAddress(a) in netaddr.IPNetwork("169.254.172.0/27")
-                      or netaddr.IPAddress(a) in netaddr.IPNetwork("169.254.175.192/26")}
+    assert owners == {
+        a: o
+        for a, o in leases.items()
+        if netaddr.IPAddress(a) in netaddr.IPNetwork("169.254.172.0/27")
+        or netaddr.IPAddress(a) in netaddr.IPNetwork("169.254.175.192/26")
+    }
     # The /22's gateway (.1) lies in the /27 too; the /27's own one is the same address.
     assert narrow["169.254.172.1"] == {"id": "GateWay"}
     # lastKnownIP (169.254.175.200) went to the subnet holding it; the walk continued after it.
     assert elsewhere["lastKnownIP"] == "169.254.175.201"
-    assert set(waiting) == {"169.254.172.32", "169.254.172.33", "169.254.172.34",
-                            "169.254.172.35", "169.254.172.36", "169.254.172.37"}
+    assert set(waiting) == {
+        "169.254.172.32",
+        "169.254.172.33",
+        "169.254.172.34",
+        "169.254.172.35",
+        "169.254.172.36",
+        "169.254.172.37",
+    }
 
 
 def test_adoption_keeps_what_the_pool_bucket_already_records(tmp_path):
@@ -364,8 +386,9 @@ def test_adoption_keeps_what_the_pool_bucket_already_records(tmp_path):
     pool = conf.pools[0]
     try:
         with store.transaction() as tx:
-            tx.bucket(pool.bucket).put("10.9.0.2", encode({"id": "newer", "container_id": "c",
-                                                           "ifname": "eth0", "allocated_at": 1.0}))
+            tx.bucket(pool.bucket).put(
+                "10.9.0.2", encode({"id": "newer", "container_id": "c", "ifname": "eth0", "allocated_at": 1.0})
+            )
             tx.bucket(pool.bucket).put(id_index_key("newer"), encode("10.9.0.2"))
             legacy = tx.bucket(LEGACY_BUCKET)
             legacy.put("10.9.0.2", msgpack.packb("older"))
@@ -419,7 +442,8 @@ def test_a_host_that_never_ran_the_go_plugin_never_loads_the_migration_code(tmp_
         "assert ipam.LEGACY_BUCKET == legacy.LEGACY_BUCKET\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "db")],
-                         capture_output=True, text=True, env=env, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "db")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == "[]\n"

@@ -60,9 +60,11 @@ def bolt_copy(tmp_path: Path, name: str) -> Path:
 
 
 def migrated_addresses(name: str) -> set[str]:
-    return {key[1:] if key.startswith("6") and ":" in key else key
-            for key, value in expected(name)["entries"].items()
-            if not key.startswith("lastKnown")}
+    return {
+        key[1:] if key.startswith("6") and ":" in key else key
+        for key, value in expected(name)["entries"].items()
+        if not key.startswith("lastKnown")
+    }
 
 
 def plugin_env(path: Path, timeout: str = "30s", **extra: str) -> dict:
@@ -90,8 +92,11 @@ def netconf(subnets: list[str], owner: str) -> bytes:
 def start_plugin(path: Path, subnets: list[str], owner: str, **env: str) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "ecs_ipam"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=plugin_env(path, **env), cwd=path.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=plugin_env(path, **env),
+        cwd=path.parent,
     )
     process.stdin.write(netconf(subnets, owner))
     process.stdin.close()
@@ -122,15 +127,20 @@ def listing(directory: Path) -> dict[str, bytes | None]:
     An LMDB lock file is listed without its bytes: it is the readers' shared memory,
     which every reader of the database writes to, dump_db included.
     """
-    return {entry.name: None if entry.name.endswith("-lock") else entry.read_bytes()
-            for entry in sorted(directory.iterdir())}
+    return {
+        entry.name: None if entry.name.endswith("-lock") else entry.read_bytes()
+        for entry in sorted(directory.iterdir())
+    }
 
 
-@pytest.mark.parametrize("name, processes", [
-    ("ecs-agent-classic-2019", 16),
-    ("ecs-agent-dualstack-2026", 16),
-    pytest.param("full-slash20-2026", 48, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name, processes",
+    [
+        ("ecs-agent-classic-2019", 16),
+        ("ecs-agent-dualstack-2026", 16),
+        pytest.param("full-slash20-2026", 48, marks=pytest.mark.slow),
+    ],
+)
 def test_parallel_first_invocations_all_get_distinct_fresh_addresses(tmp_path, name, processes):
     path = bolt_copy(tmp_path, name)
     subnets = expected(name)["subnets"]
@@ -155,7 +165,9 @@ def test_a_migration_killed_part_way_is_completed_by_the_next_run(tmp_path, stag
     original = path.read_bytes()
     migrator = subprocess.Popen(
         [sys.executable, "-c", FREEZE_AT, str(path), stage],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
     )
     try:
         wait_for_line(migrator, "frozen")
@@ -184,7 +196,10 @@ def test_a_go_plugin_holding_the_file_makes_the_plugin_try_later(tmp_path):
     path = bolt_copy(tmp_path, "ecs-agent-classic-2019")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_FLOCK, str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
     )
     try:
         wait_for_line(holder, "locked")
@@ -216,8 +231,9 @@ def test_dry_run_writes_nothing(tmp_path):
     before = listing(tmp_path)
     stat_before = os.stat(path)
 
-    run = subprocess.run([sys.executable, str(TOOL), str(path), "--dry-run"],
-                         capture_output=True, env=ENV, cwd=tmp_path, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(TOOL), str(path), "--dry-run"], capture_output=True, env=ENV, cwd=tmp_path, timeout=60
+    )
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().splitlines()[-1].startswith("would migrate 3524 pairs")
@@ -232,8 +248,13 @@ def test_dry_run_into_another_database_writes_nothing_there_either(tmp_path):
         store.put("169.254.172.99", msgpack.packb({"id": "someone"}))
     before = listing(tmp_path)
 
-    run = subprocess.run([sys.executable, str(TOOL), str(path), "--db", str(dest), "--dry-run"],
-                         capture_output=True, env=ENV, cwd=tmp_path, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(TOOL), str(path), "--db", str(dest), "--dry-run"],
+        capture_output=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=60,
+    )
 
     assert run.returncode == 0, run.stderr
     assert listing(tmp_path) == before

@@ -136,16 +136,21 @@ def test_a_destination_whose_subnet_holds_an_address_otherwise_gets_nothing(tmp_
 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
-    assert all("fd00:ec2::172:a is held by 'live-task' in bucket fd00:ec2::172:0/112, "
-               "not '/var/run/netns/task8'" in line for line in err)
+    assert all(
+        "fd00:ec2::172:a is held by 'live-task' in bucket fd00:ec2::172:0/112, not '/var/run/netns/task8'" in line
+        for line in err
+    )
     assert "fd00:ec2::172:1 " not in err[1]  # both say gateway: no conflict
     assert LEGACY_BUCKET not in kv.list_buckets(str(dest))
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no file at {path}"),
-    (b"\0" * 8192, "{path} is not a bolt database of the Go plugin"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no file at {path}"),
+        (b"\0" * 8192, "{path} is not a bolt database of the Go plugin"),
+    ],
+)
 def test_refuses_what_is_no_bolt_file(tmp_path, capsys, content, message):
     path = tmp_path / "eni-ipam.db"
     if content is not None:

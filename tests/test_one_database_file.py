@@ -56,8 +56,11 @@ def test_a_storm_through_three_names_hands_out_distinct_addresses(tmp_path):
     real, names = names_of_one_file(tmp_path)
     count = 72
     runs = [
-        ("ADD", netconf(f"task-{n:03d}", ipv4_subnet=SUBNET),
-         {"IPAM_DB_PATH": names[n % len(names)], "IPAM_DB_CONNECTION_TIMEOUT": "60s", "CNI_CONTAINERID": f"c-{n}"})
+        (
+            "ADD",
+            netconf(f"task-{n:03d}", ipv4_subnet=SUBNET),
+            {"IPAM_DB_PATH": names[n % len(names)], "IPAM_DB_CONNECTION_TIMEOUT": "60s", "CNI_CONTAINERID": f"c-{n}"},
+        )
         for n in range(count)
     ]
     plugins = start_together(runs, real)
@@ -76,8 +79,11 @@ def test_a_storm_through_three_names_hands_out_distinct_addresses(tmp_path):
 def test_a_relative_path_is_relative_to_the_working_directory(tmp_path):
     (tmp_path / "data").mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "ecs_ipam"], input=json.dumps(netconf("a", ipv4_subnet=SUBNET)).encode(),
-        capture_output=True, env=plugin_environment("ADD", "data/eni-ipam.db"), cwd=tmp_path,
+        [sys.executable, "-m", "ecs_ipam"],
+        input=json.dumps(netconf("a", ipv4_subnet=SUBNET)).encode(),
+        capture_output=True,
+        env=plugin_environment("ADD", "data/eni-ipam.db"),
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done
     assert sorted(os.listdir(tmp_path / "data")) == ["eni-ipam.db", "eni-ipam.db-lock"]
@@ -94,7 +100,9 @@ def test_the_writer_lock_is_the_data_file_itself(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         started = time.monotonic()
         code, error, _ = run_plugin(
-            "ADD", netconf("b", ipv4_subnet=SUBNET), db_path=names[2],
+            "ADD",
+            netconf("b", ipv4_subnet=SUBNET),
+            db_path=names[2],
             env_overrides={"IPAM_DB_CONNECTION_TIMEOUT": "300ms"},
         )
         waited = time.monotonic() - started
@@ -151,7 +159,9 @@ def test_a_hard_link_is_refused_by_the_dump_tool(tmp_path):
     os.link(real, tmp_path / "second.db")
     done = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "dump_db.py"), "--db", str(real)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert done.returncode == 1
     assert f"database {real} has 2 hard links (also {tmp_path / 'second.db'})" in done.stderr + done.stdout
@@ -200,10 +210,19 @@ def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem)
         )
     env = {
         **os.environ,
-        "REAL": str(real), "TARGET": str(target), "DIR": str(container), "CONF": str(conf),
-        "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
-        "IPAM_DB_PATH": str(target), "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x",
-        "CNI_IFNAME": "eth0", "CNI_PATH": str(ROOT), "ECS_CNI_LOG_FILE": os.devnull,
+        "REAL": str(real),
+        "TARGET": str(target),
+        "DIR": str(container),
+        "CONF": str(conf),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "IPAM_DB_PATH": str(target),
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(ROOT),
+        "ECS_CNI_LOG_FILE": os.devnull,
     }
     before = files_snapshot(host)
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, env=env, cwd=ROOT)

@@ -195,7 +195,9 @@ def test_plugins_see_one_address_space(tmp_path):
         else:
             assert code == 0 and address_of(result) == expected, (result, stderr)
     code, result, _ = run_plugin(
-        "DEL", conf("a", "10.0.0.0/24"), db_path=db,
+        "DEL",
+        conf("a", "10.0.0.0/24"),
+        db_path=db,
         env_overrides={"CNI_CONTAINERID": "", "CNI_IFNAME": "ecs-eth0"},
     )
     assert code == 0
@@ -211,16 +213,28 @@ def test_a_storm_alternating_between_two_overlapping_pools_never_doubles(tmp_pat
     db = tmp_path / "eni-ipam.db"
     count = 64
     runs = [
-        ("ADD", conf(f"task-{n:03d}", subnets[n % 2]),
-         {"IPAM_DB_CONNECTION_TIMEOUT": "60s", "CNI_CONTAINERID": f"c-{n}"})
+        (
+            "ADD",
+            conf(f"task-{n:03d}", subnets[n % 2]),
+            {"IPAM_DB_CONNECTION_TIMEOUT": "60s", "CNI_CONTAINERID": f"c-{n}"},
+        )
         for n in range(count)
     ]
     # A few fixed claims race the walks for the same addresses.
     runs += [
-        ("ADD", conf(f"fixed-{n}", subnets[n % 2], **{
-            ("ipv6-address" if ":" in subnets[0] else "ipv4-address"):
-                (f"fd00::{n + 2:x}/128" if ":" in subnets[0] else f"10.0.0.{n + 2}/32")
-        }), {"IPAM_DB_CONNECTION_TIMEOUT": "60s"})
+        (
+            "ADD",
+            conf(
+                f"fixed-{n}",
+                subnets[n % 2],
+                **{
+                    ("ipv6-address" if ":" in subnets[0] else "ipv4-address"): (
+                        f"fd00::{n + 2:x}/128" if ":" in subnets[0] else f"10.0.0.{n + 2}/32"
+                    )
+                },
+            ),
+            {"IPAM_DB_CONNECTION_TIMEOUT": "60s"},
+        )
         for n in range(8)
     ]
     plugins = start_together(runs, db)

@@ -77,9 +77,7 @@ def test_the_packages_found_include_every_subpackage_and_no_tests_or_tools():
 
     exclude = [line.strip() for line in setup_cfg()["options.packages.find"]["exclude"].splitlines() if line.strip()]
     found = set(setuptools.find_packages(str(ROOT), exclude=exclude))
-    subpackages = {
-        ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "ecs_ipam").rglob("__init__.py")
-    }
+    subpackages = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "ecs_ipam").rglob("__init__.py")}
     assert {"ecs_ipam", "ecs_ipam.kv", "ecs_ipam.ctl"} <= subpackages
     assert found == subpackages
 
@@ -201,14 +199,22 @@ def test_fresh_venv_install_runs_the_plugin(tmp_path):
 
     version = subprocess.run(
         [str(bin_dir / "ecs-ipam"), "--version"],
-        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert version.returncode == 0, version.stderr
     assert json.loads(version.stdout)["version"] == ecs_ipam.__version__
 
     cni_version = subprocess.run(
         [str(bin_dir / "ecs-ipam")],
-        input="", capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
         env=dict(clean_env, CNI_COMMAND="VERSION"),
     )
     assert cni_version.returncode == 0, cni_version.stderr
@@ -218,15 +224,26 @@ def test_fresh_venv_install_runs_the_plugin(tmp_path):
     # The operator tool is installed with it, and answers without a database.
     ctl = subprocess.run(
         [str(bin_dir / "ecs-ipamctl"), "--db", str(tmp_path / "none.db"), "usage"],
-        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert (ctl.returncode, ctl.stderr) == (1, f"ecs-ipamctl: error: no database at {tmp_path / 'none.db'}\n")
     assert not (tmp_path / "none.db").exists()
 
     # Only the package is installed: neither the tests nor the tools.
     probe = subprocess.run(
-        [str(bin_dir / "python"), "-c",
-         "import importlib.util as u; print([n for n in ('tests', 'tools') if u.find_spec(n)])"],
-        capture_output=True, text=True, env=clean_env, cwd=tmp_path, timeout=60,
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import importlib.util as u; print([n for n in ('tests', 'tools') if u.find_spec(n)])",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert probe.stdout.strip() == "[]", probe.stderr

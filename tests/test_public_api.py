@@ -138,9 +138,21 @@ def test_an_embedder_type_checks_against_the_shipped_annotations(tmp_path):
     pytest.importorskip("mypy", reason="mypy comes with the lint extra")
     (tmp_path / "embedder.py").write_text(EMBEDDER)
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
-         "--config-file=", "embedder.py"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, MYPYPATH=ROOT),
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",
+            "--no-incremental",
+            "--config-file=",
+            "embedder.py",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=dict(os.environ, MYPYPATH=ROOT),
     )
     revealed = [line.partition("Revealed type is ")[2] for line in done.stdout.splitlines() if "Revealed" in line]
     assert len(revealed) == 3, done.stdout

@@ -83,8 +83,10 @@ def test_single_family_has_no_other_family():
 def test_routes_are_copied_as_written():
     # Not normalised: the agent's consumers compare them as text.
     conf = parse_netconf(
-        {"cniVersion": "1.0.0", "ipam": {"ipv4-subnet": "10.0.0.0/24",
-                                          "ipv4-routes": [{"dst": "10.1.2.3/8", "gw": "10.0.0.1"}]}}
+        {
+            "cniVersion": "1.0.0",
+            "ipam": {"ipv4-subnet": "10.0.0.0/24", "ipv4-routes": [{"dst": "10.1.2.3/8", "gw": "10.0.0.1"}]},
+        }
     )
     result = format_result("1.0.0", [(conf.pools[0], netaddr.IPNetwork("10.0.0.2/24"))])
     assert result["routes"] == [{"dst": "10.1.2.3/8", "gw": "10.0.0.1"}]
@@ -117,8 +119,7 @@ def version_output(stdin: str) -> tuple[int, str]:
 def test_version_without_stdin(stdin):
     assert version_output(stdin) == (
         0,
-        '{"cniVersion":"1.1.0","supportedVersions":'
-        '["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n',
+        '{"cniVersion":"1.1.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n',
     )
 
 

@@ -84,15 +84,23 @@ def test_ids_are_data_never_paths_or_keys_of_their_own(tmp_path):
 def test_an_id_cannot_pose_as_the_gateway(tmp_path, owner):
     db_path = tmp_path / "eni-ipam.db"
     add_ok(db_path, "task-1", ipv6_subnet=V6_SUBNET)
-    gateways = {bucket: pairs[address] for bucket, pairs in read_buckets(db_path).items()
-                for address in pairs if address in ("169.254.172.1", "fd00:ec2::172:1")}
+    gateways = {
+        bucket: pairs[address]
+        for bucket, pairs in read_buckets(db_path).items()
+        for address in pairs
+        if address in ("169.254.172.1", "fd00:ec2::172:1")
+    }
     code, error, _ = run_plugin("ADD", netconf(owner, ipv6_subnet=V6_SUBNET), db_path=db_path)
     assert (code, error["code"]) == (1, 101), error
     # A DEL by that id releases no gateway.
     assert run_plugin("DEL", netconf(owner, ipv6_subnet=V6_SUBNET), db_path=db_path) == (0, None, "")
     after = read_buckets(db_path)
-    assert {bucket: after[bucket][address] for bucket in gateways for address in after[bucket]
-            if address in ("169.254.172.1", "fd00:ec2::172:1")} == gateways
+    assert {
+        bucket: after[bucket][address]
+        for bucket in gateways
+        for address in after[bucket]
+        if address in ("169.254.172.1", "fd00:ec2::172:1")
+    } == gateways
     add_ok(db_path, "task-2", ipv6_subnet=V6_SUBNET)
 
 
@@ -112,8 +120,16 @@ def test_a_subnet_names_its_bucket_only_through_its_canonical_cidr(tmp_path):
 
 @pytest.mark.parametrize(
     "subnet",
-    ["IPAM", "go-plugin-IPAM", "agent", "../../outside/22", "169.254.172.0/22/../../outside", "outside/22",
-     "169.254.172.0/22\x00", "169.254.172.0%2F22"],
+    [
+        "IPAM",
+        "go-plugin-IPAM",
+        "agent",
+        "../../outside/22",
+        "169.254.172.0/22/../../outside",
+        "outside/22",
+        "169.254.172.0/22\x00",
+        "169.254.172.0%2F22",
+    ],
 )
 def test_a_subnet_that_is_not_a_cidr_names_nothing(tmp_path, subnet):
     data = tmp_path / "data"

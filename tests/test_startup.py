@@ -111,13 +111,22 @@ def floor_modules() -> set[str]:
 
 def run_command(tmp_path, command: str, owner: str = "task-startup") -> dict:
     netconf = {
-        "cniVersion": "1.0.0", "name": "startup", "type": "ecs-ipam",
-        "ipam": {"type": "ecs-ipam", "id": owner, "ipv4-subnet": "169.254.172.0/22",
-                 "ipv4-routes": [{"dst": "169.254.170.2/32"}]},
+        "cniVersion": "1.0.0",
+        "name": "startup",
+        "type": "ecs-ipam",
+        "ipam": {
+            "type": "ecs-ipam",
+            "id": owner,
+            "ipv4-subnet": "169.254.172.0/22",
+            "ipv4-routes": [{"dst": "169.254.170.2/32"}],
+        },
     }
     environ = {
-        "CNI_COMMAND": command, "CNI_CONTAINERID": "container-1", "CNI_NETNS": "/var/run/netns/x",
-        "CNI_IFNAME": "eth0", "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "container-1",
+        "CNI_NETNS": "/var/run/netns/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
         "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
     }
     args = {"root": REPO_ROOT, "environ": environ, "stdin": json.dumps(netconf)}
@@ -165,9 +174,22 @@ def test_the_recorder_sees_an_import_made_by_the_plugin(tmp_path):
 NEEDED = "import __future__, json, lmdb, struct, fcntl, errno, collections.abc, operator, io"
 # The plugin's own modules on the warm path.
 OWN = {
-    "ecs_ipam", "ecs_ipam.cni", "ecs_ipam.config", "ecs_ipam.addr", "ecs_ipam.errors", "ecs_ipam.log",
-    "ecs_ipam.ipam", "ecs_ipam.allocator", "ecs_ipam.results", "ecs_ipam.kv", "ecs_ipam.kv.base",
-    "ecs_ipam.kv.lmdb_store", "ecs_ipam.kv.dbfile", "ecs_ipam.kv.codec", "ecs_ipam.filelock", "ecs_ipam.minipack",
+    "ecs_ipam",
+    "ecs_ipam.cni",
+    "ecs_ipam.config",
+    "ecs_ipam.addr",
+    "ecs_ipam.errors",
+    "ecs_ipam.log",
+    "ecs_ipam.ipam",
+    "ecs_ipam.allocator",
+    "ecs_ipam.results",
+    "ecs_ipam.kv",
+    "ecs_ipam.kv.base",
+    "ecs_ipam.kv.lmdb_store",
+    "ecs_ipam.kv.dbfile",
+    "ecs_ipam.kv.codec",
+    "ecs_ipam.filelock",
+    "ecs_ipam.minipack",
 }
 # Never on the warm path, whatever the floor above loads: the address library of record
 # (the fast path reads a valid configuration), msgpack (ecs_ipam.minipack packs and reads
@@ -175,10 +197,25 @@ OWN = {
 # nothing the plugin does (typing: annotations only; socket: enum and selectors on top of
 # _socket, which an IPv4 pool does not need either; random: only a process that waits for
 # the lock needs jitter; contextlib: two context managers are written out instead).
-NOT_WARM = ("netaddr", "msgpack", "datetime", "typing", "contextlib", "socket", "_socket", "random", "hashlib",
-            "ipaddress",
-            "dataclasses", "inspect", "pathlib", "tempfile", "importlib.metadata", "importlib.resources",
-            "ecs_ipam.legacy")
+NOT_WARM = (
+    "netaddr",
+    "msgpack",
+    "datetime",
+    "typing",
+    "contextlib",
+    "socket",
+    "_socket",
+    "random",
+    "hashlib",
+    "ipaddress",
+    "dataclasses",
+    "inspect",
+    "pathlib",
+    "tempfile",
+    "importlib.metadata",
+    "importlib.resources",
+    "ecs_ipam.legacy",
+)
 
 ENTRY = "import sys; from ecs_ipam.cni import main; sys.exit(main())"
 
@@ -187,8 +224,14 @@ def imported_by(code: str, environ: dict | None = None, stdin: str = "") -> list
     """The modules a fresh ``python -c code`` imports, in order, from its -X importtime report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "PYTHON"))}
     env.update(environ or {}, PYTHONPATH=REPO_ROOT)
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     names = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
     return [name for name in names if name != "package"]  # the report's own header line
@@ -197,14 +240,25 @@ def imported_by(code: str, environ: dict | None = None, stdin: str = "") -> list
 def warm_call(tmp_path, command: str) -> list[str]:
     """Import list of one *command* process on a database that already serves the pool."""
     netconf = {
-        "cniVersion": "1.0.0", "name": "startup", "type": "ecs-ipam",
-        "ipam": {"type": "ecs-ipam", "id": f"warm-{command}", "ipv4-subnet": "169.254.172.0/22",
-                 "ipv4-gateway": "169.254.172.1", "ipv4-routes": [{"dst": "169.254.170.2/32"}]},
+        "cniVersion": "1.0.0",
+        "name": "startup",
+        "type": "ecs-ipam",
+        "ipam": {
+            "type": "ecs-ipam",
+            "id": f"warm-{command}",
+            "ipv4-subnet": "169.254.172.0/22",
+            "ipv4-gateway": "169.254.172.1",
+            "ipv4-routes": [{"dst": "169.254.170.2/32"}],
+        },
     }
     environ = {
-        "CNI_COMMAND": command, "CNI_CONTAINERID": "container-1", "CNI_NETNS": "/var/run/netns/x",
-        "CNI_IFNAME": "eth0", "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
-        "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"), "IPAM_DB_CONNECTION_TIMEOUT": "5s",
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "container-1",
+        "CNI_NETNS": "/var/run/netns/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+        "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
+        "IPAM_DB_CONNECTION_TIMEOUT": "5s",
     }
     if command == "DEL":
         imported_by(ENTRY, dict(environ, CNI_COMMAND="ADD"), json.dumps(netconf))
@@ -224,21 +278,39 @@ def test_a_warm_call_imports_only_what_it_needs(tmp_path, command):
     forbidden = [name for name in modules if (name.split(".")[0] in NOT_WARM or name in NOT_WARM) and name not in bare]
     listing = "\n  ".join(modules)
     assert unneeded == [] and forbidden == [], (
-        f"a warm {command} imports {unneeded + forbidden}; its whole import list:\n  {listing}")
+        f"a warm {command} imports {unneeded + forbidden}; its whole import list:\n  {listing}"
+    )
 
 
 def test_the_import_list_is_the_real_one(tmp_path):
     # The check above is worth something only if the list shows a lazy import when it
     # happens: a config the fast path refuses is judged by netaddr, imported just then.
-    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
-               "IPAM_DB_PATH": str(tmp_path / "ipam.db"), "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log")}
-    netconf = {"cniVersion": "1.0.0", "ipam": {"id": "x", "ipv4-subnet": "169.254.172.0/22",
-                                                 "ipv4-gateway": "169.254.172.01"}}
+    environ = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
+        "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
+    }
+    netconf = {
+        "cniVersion": "1.0.0",
+        "ipam": {"id": "x", "ipv4-subnet": "169.254.172.0/22", "ipv4-gateway": "169.254.172.01"},
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "PYTHON"))}
     env.update(environ, PYTHONPATH=REPO_ROOT)
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", ENTRY], input=json.dumps(netconf),
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", ENTRY],
+        input=json.dumps(netconf),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 1 and json.loads(done.stdout)["code"] == 7, done.stdout
     assert "is not a valid IP address" in json.loads(done.stdout)["msg"]
-    assert any(line.rsplit("|", 1)[1].strip() == "netaddr" for line in done.stderr.splitlines()
-               if line.startswith("import time:"))
+    assert any(
+        line.rsplit("|", 1)[1].strip() == "netaddr"
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    )

@@ -63,12 +63,24 @@ MAX_DEL_RATIO = 1.5
 SECTIONS = ("latency", "storm", "cli", "api")
 
 FULL = {
-    "runs": 60, "storm": 64, "storm_rounds": 3, "cli_subnet": "10.20.0.0/22", "api_subnet": "10.16.0.0/16",
-    "v6_subnet": "fd00:ec2:0:1::/64", "v6_count": 16382, "del_count": 200,
+    "runs": 60,
+    "storm": 64,
+    "storm_rounds": 3,
+    "cli_subnet": "10.20.0.0/22",
+    "api_subnet": "10.16.0.0/16",
+    "v6_subnet": "fd00:ec2:0:1::/64",
+    "v6_count": 16382,
+    "del_count": 200,
 }
 SMOKE = {
-    "runs": 3, "storm": 8, "storm_rounds": 1, "cli_subnet": "10.20.0.0/28", "api_subnet": "10.16.0.0/24",
-    "v6_subnet": "fd00:ec2:0:1::/64", "v6_count": 100, "del_count": 20,
+    "runs": 3,
+    "storm": 8,
+    "storm_rounds": 1,
+    "cli_subnet": "10.20.0.0/28",
+    "api_subnet": "10.16.0.0/24",
+    "v6_subnet": "fd00:ec2:0:1::/64",
+    "v6_count": 100,
+    "del_count": 20,
 }
 
 
@@ -77,6 +89,7 @@ class BenchError(Exception):
 
 
 # --- running processes ---------------------------------------------------------------------
+
 
 class Outcome:
     """One finished process: exit code, stdout, stderr, wall seconds, peak RSS in MB."""
@@ -154,8 +167,7 @@ def child_environment(extra: dict) -> dict:
 class Plugin:
     """ecs-ipam as a process, on one database."""
 
-    def __init__(self, argv: list[str], base_env: dict, workdir: str, name: str, subnet: str,
-                 label: str = "") -> None:
+    def __init__(self, argv: list[str], base_env: dict, workdir: str, name: str, subnet: str, label: str = "") -> None:
         self.argv = argv
         self.label = label
         self.base_env = base_env
@@ -164,17 +176,29 @@ class Plugin:
         self.subnet = subnet
 
     def conf(self, owner: str) -> bytes:
-        return json.dumps({
-            "cniVersion": "1.0.0", "name": "bench", "type": "ecs-ipam",
-            "ipam": {"type": "ecs-ipam", "id": owner, "ipv4-subnet": self.subnet,
-                     "ipv4-routes": [{"dst": "169.254.170.2/32"}]},
-        }).encode()
+        return json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "bench",
+                "type": "ecs-ipam",
+                "ipam": {
+                    "type": "ecs-ipam",
+                    "id": owner,
+                    "ipv4-subnet": self.subnet,
+                    "ipv4-routes": [{"dst": "169.254.170.2/32"}],
+                },
+            }
+        ).encode()
 
     def env(self, command: str, owner: str) -> dict:
         return dict(
-            self.base_env, CNI_COMMAND=command, CNI_CONTAINERID=f"container-{owner}",
-            CNI_NETNS=f"/var/run/netns/{owner}", CNI_IFNAME="eth0",
-            IPAM_DB_PATH=self.db_path, ECS_CNI_LOG_FILE=self.log_path,
+            self.base_env,
+            CNI_COMMAND=command,
+            CNI_CONTAINERID=f"container-{owner}",
+            CNI_NETNS=f"/var/run/netns/{owner}",
+            CNI_IFNAME="eth0",
+            IPAM_DB_PATH=self.db_path,
+            ECS_CNI_LOG_FILE=self.log_path,
         )
 
     def start(self, command: str, owner: str):
@@ -189,11 +213,19 @@ class Peer(Plugin):
     configuration, at the one cniVersion the Go original accepts."""
 
     def conf(self, owner: str) -> bytes:
-        return json.dumps({
-            "cniVersion": "0.3.0", "name": "bench", "type": "ecs-ipam",
-            "ipam": {"type": "ecs-ipam", "id": owner, "ipv4-subnet": self.subnet,
-                     "ipv4-routes": [{"dst": "169.254.170.2/32"}]},
-        }).encode()
+        return json.dumps(
+            {
+                "cniVersion": "0.3.0",
+                "name": "bench",
+                "type": "ecs-ipam",
+                "ipam": {
+                    "type": "ecs-ipam",
+                    "id": owner,
+                    "ipv4-subnet": self.subnet,
+                    "ipv4-routes": [{"dst": "169.254.170.2/32"}],
+                },
+            }
+        ).encode()
 
     def env(self, command: str, owner: str) -> dict:
         return dict(super().env(command, owner), CNI_PATH=os.path.dirname(self.argv[0]))
@@ -207,15 +239,23 @@ class HostLocal(Plugin):
         self.data_dir = os.path.join(workdir, f"{name}.d")
 
     def conf(self, owner: str) -> bytes:
-        return json.dumps({
-            "cniVersion": "1.0.0", "name": "bench", "type": "host-local",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]], "dataDir": self.data_dir},
-        }).encode()
+        return json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "bench",
+                "type": "host-local",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]], "dataDir": self.data_dir},
+            }
+        ).encode()
 
     def env(self, command: str, owner: str) -> dict:
         return dict(
-            self.base_env, CNI_COMMAND=command, CNI_CONTAINERID=f"container-{owner}",
-            CNI_NETNS=f"/var/run/netns/{owner}", CNI_IFNAME="eth0", CNI_PATH=os.path.dirname(HOST_LOCAL),
+            self.base_env,
+            CNI_COMMAND=command,
+            CNI_CONTAINERID=f"container-{owner}",
+            CNI_NETNS=f"/var/run/netns/{owner}",
+            CNI_IFNAME="eth0",
+            CNI_PATH=os.path.dirname(HOST_LOCAL),
         )
 
 
@@ -226,6 +266,7 @@ def checked(outcome: Outcome, what: str) -> Outcome:
 
 
 # --- statistics and tables -------------------------------------------------------------------
+
 
 def percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile."""
@@ -244,7 +285,9 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n## {title}\n")
     for n, row in enumerate(cells):
-        print("  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths))))
+        print(
+            "  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
+        )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
@@ -261,6 +304,7 @@ def ms(seconds: float) -> float:
 
 # --- sections -------------------------------------------------------------------------------
 
+
 def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, targets: dict) -> None:
     floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
     rows_of = [("floor", f"floor: 2 x python -I -c '{FLOOR_CODE}'"), ("ecs", f"ecs-ipam ADD+DEL: {plugin.label}")]
@@ -276,8 +320,13 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
         delete = checked(plugin.call("DEL", owner), "ecs-ipam DEL")
         pairs = [("floor", first, second), ("ecs", add, delete)]
         for key, other in enumerate(others):
-            pairs.append((key, checked(other.call("ADD", owner), f"{other.label} ADD"),
-                          checked(other.call("DEL", owner), f"{other.label} DEL")))
+            pairs.append(
+                (
+                    key,
+                    checked(other.call("ADD", owner), f"{other.label} ADD"),
+                    checked(other.call("DEL", owner), f"{other.label} DEL"),
+                )
+            )
         if n < warmup:
             continue  # bytecode caches, page cache, the database file itself
         for key, one, two in pairs:
@@ -305,11 +354,21 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
     rows = []
     for key, name in rows_of:
         values = [ms(s) for s in samples[key]]
-        rows.append([name, median(values), percentile(values, 0.9), max(values),
-                     median(samples[key]) / floor, max(rss[key])])
-    table(f"Process latency, {runs} interleaved samples (ms)",
-          ["pair", "median", "p90", "max", "/floor",
-           "peak RSS MB (1st)" if exact else "peak RSS MB (1st; upper bound: no GNU time)"], rows)
+        rows.append(
+            [name, median(values), percentile(values, 0.9), max(values), median(samples[key]) / floor, max(rss[key])]
+        )
+    table(
+        f"Process latency, {runs} interleaved samples (ms)",
+        [
+            "pair",
+            "median",
+            "p90",
+            "max",
+            "/floor",
+            "peak RSS MB (1st)" if exact else "peak RSS MB (1st; upper bound: no GNU time)",
+        ],
+        rows,
+    )
     targets["latency: ecs-ipam pair median / floor"] = (median(samples["ecs"]) / floor, MAX_LATENCY_RATIO)
     targets["memory: peak RSS of one ADD (MB)"] = (max(rss["ecs"]), max(rss["floor"]) + MAX_ADD_RSS_ABOVE_FLOOR_MB)
 
@@ -337,22 +396,34 @@ def storm(plugin: Plugin, others: list[Plugin], floor_env: dict, width: int, rou
             each[name].extend(ms(o.seconds) for o in outcomes)
             failed[name] += sum(o.code != 0 for o in outcomes)
             if command == "ADD":
-                distinct[name].append(len({ip.get("address") for o in outcomes if o.code == 0
-                                           for ip in o.json().get("ips", [])}))
+                distinct[name].append(
+                    len({ip.get("address") for o in outcomes if o.code == 0 for ip in o.json().get("ips", [])})
+                )
     floor_wall = median(walls[rows_of[0][0]])
     rows = []
     for name, target, command in rows_of:
         wall = median(walls[name])
-        rows.append([name, ms(wall), wall / floor_wall, median(each[name]), max(each[name]), failed[name],
-                     min(distinct[name]) if distinct[name] else ""])
+        rows.append(
+            [
+                name,
+                ms(wall),
+                wall / floor_wall,
+                median(each[name]),
+                max(each[name]),
+                failed[name],
+                min(distinct[name]) if distinct[name] else "",
+            ]
+        )
         if target is plugin:
             targets[f"storm: failed {command}s"] = (failed[name], 0)
             if command == "ADD":
                 targets["storm: ecs-ipam ADD wall / floor wall"] = (wall / floor_wall, MAX_STORM_RATIO)
                 targets["storm: ADDs without a distinct address"] = (width - min(distinct[name]), 0)
-    table(f"{width}-way parallel storm, one database, median of {rounds} interleaved rounds (ms)",
-          ["storm", "wall", "/floor", "median process", "max process", "failures", "distinct addresses (min)"],
-          rows)
+    table(
+        f"{width}-way parallel storm, one database, median of {rounds} interleaved rounds (ms)",
+        ["storm", "wall", "/floor", "median process", "max process", "failures", "distinct addresses (min)"],
+        rows,
+    )
 
 
 def window_ratio(seconds: list[float]) -> tuple[int, float, float, float, float]:
@@ -432,12 +503,16 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
 
     del_rows = []
     samples = params["del_count"]
-    for family, subnet, count in (("ipv4-subnet", params["api_subnet"], None),
-                                  ("ipv6-subnet", params["v6_subnet"], params["v6_count"])):
+    for family, subnet, count in (
+        ("ipv4-subnet", params["api_subnet"], None),
+        ("ipv6-subnet", params["v6_subnet"], params["v6_count"]),
+    ):
         total = pool_capacity(subnet) if count is None else count
         window = max(samples, min(1000, total // 4))
-        with IPAM(os.path.join(workdir, f"few-{family}.db")) as few, \
-                IPAM(os.path.join(workdir, f"full-{family}.db")) as full:
+        with (
+            IPAM(os.path.join(workdir, f"few-{family}.db")) as few,
+            IPAM(os.path.join(workdir, f"full-{family}.db")) as full,
+        ):
             seconds, owners = fill_api(full, subnet, family, total - window)
             # The first allocations of a fill (in a fresh pool) and the last ones (in this
             # nearly full pool) are timed alternately, so that a burst of load elsewhere on
@@ -453,8 +528,18 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
             if count is None and add_one(full, "one-too-many", family, subnet) is not None:
                 raise BenchError(f"{subnet} still had room after {total} allocations")
             ratio, median_ratio = sum(last) / sum(first), median(last) / median(first)
-            fill_rows.append([f"API {subnet}", total, window, ms(sum(first)), ms(sum(last)), ratio, median_ratio,
-                              ms(median(seconds + last))])
+            fill_rows.append(
+                [
+                    f"API {subnet}",
+                    total,
+                    window,
+                    ms(sum(first)),
+                    ms(sum(last)),
+                    ratio,
+                    median_ratio,
+                    ms(median(seconds + last)),
+                ]
+            )
             targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
             walk = ""
             if count is None:
@@ -469,14 +554,25 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
                 few_seconds.append(timed_delete(few, few_owner, family, subnet))
                 full_seconds.append(timed_delete(full, full_owner, family, subnet))
         del_ratio = median(full_seconds) / median(few_seconds)
-        del_rows.append([f"API {subnet}: {window} vs {len(owners)} in use", ms(median(few_seconds)),
-                         ms(median(full_seconds)), del_ratio, walk])
+        del_rows.append(
+            [
+                f"API {subnet}: {window} vs {len(owners)} in use",
+                ms(median(few_seconds)),
+                ms(median(full_seconds)),
+                del_ratio,
+                walk,
+            ]
+        )
         targets[f"DEL by id: full/few in use {subnet}"] = (del_ratio, MAX_DEL_RATIO)
-    table("DEL by id (median ms) and the worst walk", ["pool", "few in use", "full", "full/few",
-                                                       "ADD after early release, full (ms)"], del_rows)
+    table(
+        "DEL by id (median ms) and the worst walk",
+        ["pool", "few in use", "full", "full/few", "ADD after early release, full (ms)"],
+        del_rows,
+    )
 
 
 # --- main -----------------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -485,8 +581,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="latency samples per row")
     parser.add_argument("--storm", type=int, help="processes in the parallel storm")
     parser.add_argument("--plugin", help="the plugin's command line (default: the ecs-ipam console script)")
-    parser.add_argument("--peer", action="append", default=[], metavar="PATH",
-                        help="another ecs-ipam plugin binary (the Go original, say) to time side by side; repeatable")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="another ecs-ipam plugin binary (the Go original, say) to time side by side; repeatable",
+    )
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
@@ -519,15 +620,24 @@ def main(argv: list[str] | None = None) -> int:
     base_env = child_environment(extra_env)
     floor_env = child_environment({})
     print(f"# ecs-ipam benchmark{' (smoke sizes)' if args.smoke else ''}")
-    print(f"python {sys.version.split()[0]} at {sys.executable}; {os.cpu_count()} CPUs; "
-          f"load average {os.getloadavg()[0]:.2f}; databases in {workdir}")
+    print(
+        f"python {sys.version.split()[0]} at {sys.executable}; {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.2f}; databases in {workdir}"
+    )
     targets: dict[str, tuple[float, float]] = {}
     try:
         has_host_local = os.access(HOST_LOCAL, os.X_OK)
+
         def others(name: str) -> list[Plugin]:
             found: list[Plugin] = [
-                Peer([os.path.abspath(path)], floor_env, workdir, f"{name}-peer{n}", f"10.{40 + n}.0.0/22",
-                     os.path.basename(path))
+                Peer(
+                    [os.path.abspath(path)],
+                    floor_env,
+                    workdir,
+                    f"{name}-peer{n}",
+                    f"10.{40 + n}.0.0/22",
+                    os.path.basename(path),
+                )
                 for n, path in enumerate(args.peer)
             ]
             if has_host_local:
@@ -549,10 +659,20 @@ def main(argv: list[str] | None = None) -> int:
             os.sync()
             api_sections(workdir, params, fill_rows, targets)
         if fill_rows:
-            table("Filling a pool (ms per window of allocations)",
-                  ["pool", "allocations", "window", "first window", "last window", "last/first",
-                   "last/first medians", "median op"],
-                  fill_rows)
+            table(
+                "Filling a pool (ms per window of allocations)",
+                [
+                    "pool",
+                    "allocations",
+                    "window",
+                    "first window",
+                    "last window",
+                    "last/first",
+                    "last/first medians",
+                    "median op",
+                ],
+                fill_rows,
+            )
     except BenchError as error:
         print(f"\nbench: FAILED: {error}", file=sys.stderr)
         return 1
@@ -565,8 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         met = value <= limit
         missed += not met
         rows.append([name, value, f"<= {limit:g}", "met" if met else "MISSED"])
-    table("Targets of issue #5 and #12" + (" (smoke sizes: indicative only)" if args.smoke else ""),
-          ["target", "measured", "limit", ""], rows)
+    table(
+        "Targets of issue #5 and #12" + (" (smoke sizes: indicative only)" if args.smoke else ""),
+        ["target", "measured", "limit", ""],
+        rows,
+    )
     return 2 if args.check and missed else 0
 
 

@@ -94,8 +94,7 @@ def open_database(path: str, bucket: str = "IPAM") -> kv.Store:
     """
     if sniff(path) == "bolt":
         raise DumpError(
-            f"{path} is a bolt database of the Go ecs-ipam plugin, not LMDB; "
-            "convert it with tools/migrate_boltdb.py"
+            f"{path} is a bolt database of the Go ecs-ipam plugin, not LMDB; convert it with tools/migrate_boltdb.py"
         )
     return kv.open_store(path, bucket, read_only=True)
 

@@ -103,8 +103,17 @@ def open_store(
         from .etcd import EtcdStore
 
         return EtcdStore(
-            path, bucket, timeout, read_only=read_only, create=create, cacert=cacert, cert=cert,
-            key=key, user=user, password=password, environ=environ,
+            path,
+            bucket,
+            timeout,
+            read_only=read_only,
+            create=create,
+            cacert=cacert,
+            cert=cert,
+            key=key,
+            user=user,
+            password=password,
+            environ=environ,
         )
     from .lmdb_store import LMDBStore
 

@@ -71,7 +71,7 @@ def _mount_id(fd: int) -> int | None:
     start = text.find(b"\nmnt_id:")
     if start < 0:
         return None
-    return int(text[start + 8:text.index(b"\n", start + 1)])
+    return int(text[start + 8 : text.index(b"\n", start + 1)])
 
 
 def _hard_link_message(info: os.stat_result, real: str, given: str) -> str:

@@ -269,8 +269,7 @@ class _Environment:
                     )
                 if time.monotonic() > deadline:
                     raise StoreTimeoutError(
-                        f"database {self.path} must grow, but other threads kept "
-                        f"transactions open for {RESIZE_WAIT:g}s"
+                        f"database {self.path} must grow, but other threads kept transactions open for {RESIZE_WAIT:g}s"
                     )
                 time.sleep(0.0005)
             self.env.set_mapsize(size)
@@ -306,9 +305,7 @@ class _Environment:
             self.thread_lock.release()
 
     def _busy(self, timeout: float) -> StoreTimeoutError:
-        return StoreTimeoutError(
-            f"database {self.path} is locked by another writer; gave up after {timeout:g}s"
-        )
+        return StoreTimeoutError(f"database {self.path} is locked by another writer; gave up after {timeout:g}s")
 
     def _grow_if_nearly_full(self) -> None:
         info = self.env.info()

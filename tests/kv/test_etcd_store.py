@@ -244,9 +244,7 @@ def test_lmdb_path_never_imports_the_etcd_backend(tmp_path):
         f"kv.open_store({str(tmp_path / 'kv.db')!r}).close()\n"
         "print([m for m in sys.modules if m.startswith('ecs_ipam.kv.etcd')])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
@@ -256,9 +254,7 @@ def test_the_backend_imports_no_http_or_tls_stack():
         "import ecs_ipam.kv.etcd\n"
         "print([m for m in ('http.client', 'ssl', 'email.parser', 'urllib.request') if m in sys.modules])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
@@ -651,10 +647,7 @@ def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url)
     from plugin import V4_SUBNET, V6_SUBNET, finish_all, netconf, result_ips, start_together
 
     owners = [f"task-{n:02d}" for n in range(8)]
-    runs = [
-        ("ADD", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": f"c-{owner}"})
-        for owner in owners
-    ]
+    runs = [("ADD", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": f"c-{owner}"}) for owner in owners]
     outcomes = finish_all(start_together(runs, url), timeout=60)
 
     assigned = {}
@@ -712,9 +705,7 @@ def test_unreachable_etcd_fails_open_for_readers_too():
     "operation, outcome",
     [
         pytest.param(lambda store: store.get("k"), "", id="read"),
-        pytest.param(
-            lambda store: store.put("k", b"v"), "; the commit may or may not have been applied", id="commit"
-        ),
+        pytest.param(lambda store: store.put("k", b"v"), "; the commit may or may not have been applied", id="commit"),
     ],
 )
 def test_an_etcd_that_never_answers_is_a_timeout(operation, outcome):
@@ -793,9 +784,7 @@ class LossyProxy:
                 if lose == "answer":
                     self.lose, self.lost = None, self.lost + 1
                     return
-                client.sendall(
-                    f"HTTP/1.1 {answer.status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
-                )
+                client.sendall(f"HTTP/1.1 {answer.status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
 
     def close(self) -> None:
         self.listener.close()
@@ -924,7 +913,7 @@ def test_gc_of_500_stale_reservations_passes_etcds_transaction_limit(url):
     owners = [f"task-{n:03d}" for n in range(502)]
     with EtcdStore(url, "test", timeout=30) as store:
         for start in range(0, len(owners), 30):
-            store.transact(claim(owners[start:start + 30]))
+            store.transact(claim(owners[start : start + 30]))
         stale = [pair.key for pair in store.bucket(subnet).list() if pair.key.startswith("10.")]
         # What GC did before batching: one transaction for everything, refused by etcd.
         with pytest.raises(StoreError, match="too many operations"):

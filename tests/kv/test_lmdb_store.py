@@ -52,6 +52,7 @@ def path(tmp_path):
 
 # -- helpers: other processes ----------------------------------------------------------------
 
+
 class Child:
     """A Python process running *script* against the project, spoken to line by line."""
 
@@ -116,6 +117,7 @@ def reader_pids(env: lmdb.Environment) -> set[int]:
 
 
 # -- the files ---------------------------------------------------------------------------------
+
 
 def test_reopen_keeps_data_and_last_index_keeps_growing(path):
     with LMDBStore(path, "test") as store:
