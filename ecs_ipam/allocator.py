@@ -24,7 +24,6 @@ from __future__ import annotations
 from operator import itemgetter
 
 from .addr import Network, format_address, parse_address, parse_network
-from .config import Pool
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
 
@@ -36,6 +35,8 @@ from .minipack import UNSURE, packb, unpackb
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from .config import Pool
 
 GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
 LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}

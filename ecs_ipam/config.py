@@ -77,7 +77,7 @@ class Pool(tuple):
         return str(self.subnet)
 
     @classmethod
-    def of_bucket(cls, name: str, gateway: str | None = None) -> "Pool | None":
+    def of_bucket(cls, name: str, gateway: str | None = None) -> Pool | None:
         """The pool whose bucket is *name*, as far as a bucket tells (no fixed address, no routes).
 
         :param name: a bucket name; only a canonical CIDR that a configuration could name

@@ -22,13 +22,14 @@ from .errors import (
     ReservationMismatchError,
     quoted,
 )
-from .kv.base import Store, Tx
 from .results import Allocation, format_result, result_addresses
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from .kv.base import Store, Tx
 
 
 def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> PoolAllocator:
@@ -217,7 +218,7 @@ class IPAM:
         self._environ = environ
         self._store: Store | None = None
 
-    def __enter__(self) -> "IPAM":
+    def __enter__(self) -> IPAM:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

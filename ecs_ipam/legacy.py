@@ -23,7 +23,7 @@ never adopted and stays where it is.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .addr import Address, parse_address
 from .allocator import (
@@ -36,9 +36,11 @@ from .allocator import (
     id_index_key,
     owner_of,
 )
-from .config import Pool
 from .errors import StoreError
 from .kv.base import KVPair, Tx
+
+if TYPE_CHECKING:
+    from .config import Pool
 
 GO_IPV6_KEY_PREFIX = "6"
 LEGACY_GATEWAY_OWNERS = frozenset(GATEWAY_OWNER.values())
@@ -96,7 +98,7 @@ class Adoption(NamedTuple):
     last_known: str | None
 
     @classmethod
-    def of(cls, pairs: list[KVPair], pool: Pool) -> "Adoption":
+    def of(cls, pairs: list[KVPair], pool: Pool) -> Adoption:
         """Select and translate the legacy pairs that lie in *pool*'s subnet.
 
         :param pairs: the legacy bucket's pairs.

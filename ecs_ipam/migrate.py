@@ -32,22 +32,27 @@ In place, the switch must be safe against everything that may run at the same ti
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgpack
 
+from .allocator import LEGACY_BUCKET
 from .boltdb import BucketNotFoundError, has_bolt_magic, read_libkv_bucket
-from .filelock import flock_before
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
-from .kv.base import Tx
+from .filelock import flock_before
 from .kv.dbfile import check_single_name, resolve
-from .legacy import LEGACY_BUCKET, LEGACY_GATEWAY_OWNERS, legacy_key_address
+from .legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
+
+if TYPE_CHECKING:
+    from .kv.base import Tx
 
 BOLT_BUCKET = "IPAM"
 BACKUP_SUFFIX = ".bolt"
@@ -260,10 +265,9 @@ def _write_lmdb(temp: str, pairs: dict[str, str], timeout: float) -> None:
 
     # Leftovers of a migration that crashed: never build on a half-written file.
     _remove(temp, temp + "-lock")
-    with kv.open_store(temp, bucket=LEGACY_BUCKET, timeout=timeout) as store:
-        with store.transaction() as tx:
-            for key, value in pairs.items():
-                tx.put(key, _encode(value))
+    with kv.open_store(temp, bucket=LEGACY_BUCKET, timeout=timeout) as store, store.transaction() as tx:
+        for key, value in pairs.items():
+            tx.put(key, _encode(value))
     _fsync_path(temp)
     # The lock file belongs to the temporary name; the database gets its own at the path.
     _remove(temp + "-lock")
@@ -306,10 +310,8 @@ def _disable_orphan(fd: int) -> None:
 
 def _remove(*paths: str) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def _fsync_path(path: str) -> None:

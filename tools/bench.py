@@ -94,7 +94,7 @@ class BenchError(Exception):
 class Outcome:
     """One finished process: exit code, stdout, stderr, wall seconds, peak RSS in MB."""
 
-    __slots__ = ("code", "out", "err", "seconds", "rss_mb")
+    __slots__ = ("code", "err", "out", "rss_mb", "seconds")
 
     def __init__(self, code: int, out: bytes, err: bytes, seconds: float, rss_mb: float) -> None:
         self.code, self.out, self.err, self.seconds, self.rss_mb = code, out, err, seconds, rss_mb
@@ -108,10 +108,11 @@ class Outcome:
 
 def start(argv: list[str], env: dict, stdin: bytes) -> tuple[subprocess.Popen, object, object, float]:
     """Start *argv* reading *stdin* from a file (so no feeder thread is timed)."""
-    source = tempfile.TemporaryFile()
+    # Both files are handed to the caller: finish() closes them.
+    source = tempfile.TemporaryFile()  # noqa: SIM115
     source.write(stdin)
     source.seek(0)
-    errors = tempfile.TemporaryFile()
+    errors = tempfile.TemporaryFile()  # noqa: SIM115
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=errors, env=env)
     return proc, source, errors, began
@@ -286,7 +287,10 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     print(f"\n## {title}\n")
     for n, row in enumerate(cells):
         print(
-            "  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
+            "  "
+            + "  ".join(
+                text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
@@ -550,7 +554,7 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
             # DEL by id, alternating between the pools for the same reason.
             spread = owners[:: max(1, len(owners) // samples)][:samples]
             few_seconds, full_seconds = [], []
-            for few_owner, full_owner in zip(few_owners, spread):
+            for few_owner, full_owner in zip(few_owners, spread, strict=False):
                 few_seconds.append(timed_delete(few, few_owner, family, subnet))
                 full_seconds.append(timed_delete(full, full_owner, family, subnet))
         del_ratio = median(full_seconds) / median(few_seconds)

@@ -34,8 +34,6 @@ import time
 
 import lmdb
 
-from ..filelock import flock_before
-from .dbfile import check_single_name, resolve
 from ..errors import (
     CorruptDatabaseError,
     DatabaseNotFoundError,
@@ -44,8 +42,10 @@ from ..errors import (
     StoreError,
     StoreTimeoutError,
 )
+from ..filelock import flock_before
 from .base import KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
+from .dbfile import check_single_name, resolve
 
 LMDB_MAGIC = 0xBEEFC0DE
 BOLT_MAGIC = 0xED0CDAED
@@ -663,7 +663,7 @@ class LMDBStore(Store):
     def transaction(self, write: bool = True) -> _Transaction:
         return _Transaction(self, write)
 
-    def bucket(self, name: str) -> "LMDBStore":
+    def bucket(self, name: str) -> LMDBStore:
         env = self._environment()
         return LMDBStore(self.path, name, self.timeout, read_only=self.read_only, _env=env)
 
