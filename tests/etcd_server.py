@@ -104,8 +104,7 @@ class EtcdServer:
             raise RuntimeError(NOT_INSTALLED)
         client = self.base
         peer = f"http://127.0.0.1:{self.peer_port}"
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     ETCD,
@@ -132,8 +131,6 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import msgpack
 import netaddr
@@ -347,7 +347,7 @@ class PausedTransaction:
         self.proc.communicate(timeout=30)
         assert self.proc.returncode == -signal.SIGKILL
 
-    def __enter__(self) -> "PausedTransaction":
+    def __enter__(self) -> PausedTransaction:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -182,11 +182,11 @@ def test_classic_release_repeat_and_reuse(host):
 
     host.release(classic_ipam(mac(2)))  # frees .3
     assert "169.254.172.3" not in host.holders(V4_SUBNET)
-    before = open(host.db, "rb").read()
+    before = Path(host.db).read_bytes()
     # The agent retries a release it is unsure about; the repeats change nothing.
     host.release(classic_ipam(mac(2)))
     host.release(classic_ipam(mac(2)))
-    assert open(host.db, "rb").read() == before
+    assert Path(host.db).read_bytes() == before
 
     # A new task: the walk continues after the released .3, and .4 and .5 are held.
     result = host.add(classic_ipam(mac(5)), docker_id(5), "/proc/1005/ns/net")
@@ -210,11 +210,11 @@ def test_classic_release_of_an_unknown_task_succeeds(host):
 
 def test_classic_add_twice_for_the_same_eni_is_refused(host):
     host.add(classic_ipam(mac(1)), docker_id(1), "/proc/1001/ns/net")
-    before = open(host.db, "rb").read()
+    before = Path(host.db).read_bytes()
     error = host.add_fails(classic_ipam(mac(1)), docker_id(1), "/proc/1001/ns/net")
     assert error["code"] == 101 and error["cniVersion"] == "0.3.0"
     assert error["msg"].startswith("id already exists")
-    assert open(host.db, "rb").read() == before
+    assert Path(host.db).read_bytes() == before
 
 
 # --- newer path ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ecs_ipam import cni
 from ecs_ipam.config import SUPPORTED_VERSIONS
-from plugin import AGENT_NETNS, V4_SUBNET, V6_SUBNET, files_snapshot, netconf, run_plugin
+from plugin import AGENT_NETNS, V6_SUBNET, files_snapshot, netconf, run_plugin
 
 # The seeded database: one dual-stack task, one task on a fixed address, and a /30 pool
 # whose only free address is taken.
@@ -475,7 +475,7 @@ def check_rejected_without_trace(invocation: Invocation, db: Database) -> None:
     assert files_snapshot(db.directory) == before
 
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
 
 @settings(max_examples=400, **SETTINGS)

@@ -105,7 +105,7 @@ def test_an_empty_subnet_or_address_is_an_error(ipam, field, owner):
 )
 def test_an_empty_gateway_is_the_default(ipam):
     conf = parse_netconf(netconf(ipv4_subnet="10.0.0.0/24", **ipam))
-    assert [str(pool.gateway) for pool in conf.pools][0] == "10.0.0.1"
+    assert str(conf.pools[0].gateway) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("owner", [{}, {"id": ""}, {"id": None}])

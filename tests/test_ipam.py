@@ -43,10 +43,7 @@ def conf(version: str = "0.3.0", **ipam: object):
 
 @pytest.fixture(params=["memory", "lmdb"])
 def store(request, tmp_path):
-    if request.param == "memory":
-        fresh = MemoryStore()
-    else:
-        fresh = kv.open_store(str(tmp_path / "ipam.db"))
+    fresh = MemoryStore() if request.param == "memory" else kv.open_store(str(tmp_path / "ipam.db"))
     yield fresh
     fresh.close()
 
@@ -476,5 +473,5 @@ def test_status_on_a_missing_database(tmp_path, db_path):
 
 
 def test_status_before_1_1_0_is_code_1(db_path):
-    with pytest.raises(IncompatibleVersionError, match="^STATUS needs cniVersion 1.1.0 or later, got 1.0.0$"):
+    with pytest.raises(IncompatibleVersionError, match=r"^STATUS needs cniVersion 1\.1\.0 or later, got 1\.0\.0$"):
         IPAM(db_path).status(netconf("1.0.0", ipv4_subnet="10.0.0.0/30"))

@@ -178,7 +178,7 @@ def test_a_bolt_file_with_another_name_is_not_migrated(tmp_path):
     path = bolt_copy(tmp_path, "ecs-agent-classic-2019")
     os.link(path, tmp_path / "operator-copy.db")
 
-    with pytest.raises(DatabaseAliasError, match="operator-copy.db"):
+    with pytest.raises(DatabaseAliasError, match=r"operator-copy\.db"):
         migrate_in_place(path, timeout=5)
 
     assert Path(path).read_bytes() == fixture("ecs-agent-classic-2019").read_bytes()
@@ -290,7 +290,7 @@ def test_check_sees_migrated_leases_without_writing(tmp_path):
     prev = {"cniVersion": "1.0.0", "ips": [{"address": "169.254.172.10/22"}, {"address": "fd00:ec2::172:a/112"}]}
     with IPAM(path) as ipam:
         ipam.check(dict(netconf(subnets, "/var/run/netns/task8", "1.0.0"), prevResult=prev))
-        with pytest.raises(ReservationMismatchError, match="holds 169.254.172.10"):
+        with pytest.raises(ReservationMismatchError, match=r"holds 169\.254\.172\.10"):
             ipam.check(
                 dict(
                     netconf(subnets, "/var/run/netns/task8", "1.0.0"),
@@ -318,7 +318,7 @@ def test_status_counts_leases_not_yet_adopted(tmp_path):
             ]:
                 legacy.put(host, msgpack.packb(owner))
         conf = parse_netconf(netconf(["10.9.0.0/29"], "z", "1.1.0"))
-        with pytest.raises(NotAvailableError, match="10.9.0.0/29"):
+        with pytest.raises(NotAvailableError, match=r"10\.9\.0\.0/29"):
             status(store, conf)
         # STATUS only reads: the leases wait for the first write to be adopted.
         assert len(store.bucket(LEGACY_BUCKET).list()) == 6
@@ -419,7 +419,7 @@ def test_filling_the_slash20_never_hands_out_a_migrated_address(tmp_path):
     with IPAM(path) as ipam:
         for n in range(free):
             handed_out.append(result_addresses(ipam.add(netconf([str(subnet)], f"filler{n}")))[0])
-        with pytest.raises(PoolExhaustedError, match="10.1.0.0/20"):
+        with pytest.raises(PoolExhaustedError, match=r"10\.1\.0\.0/20"):
             ipam.add(netconf([str(subnet)], "one-too-many"))
 
     addresses = [a.split("/")[0] for a in handed_out]

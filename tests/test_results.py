@@ -33,36 +33,36 @@ def dual_stack_result(version: str) -> str:
 @pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
 def test_legacy_shape(version):
     assert dual_stack_result(version) == (
-        '{"cniVersion": "%s", '
+        f'{{"cniVersion": "{version}", '
         '"ip4": {"ip": "169.254.172.5/22", "gateway": "169.254.172.1", '
         '"routes": [{"dst": "169.254.170.2/32"}, {"dst": "10.0.0.0/8", "gw": "169.254.172.1"}]}, '
         '"ip6": {"ip": "fd00:ec2::172:5/112", "gateway": "fd00:ec2::172:1", '
         '"routes": [{"dst": "fd00:ec2::254/128"}, {"dst": "::/0", "gw": "fd00:ec2::172:1"}]}, '
-        '"dns": {}}' % version
+        '"dns": {}}'
     )
 
 
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
 def test_ips_with_version(version):
     assert dual_stack_result(version) == (
-        '{"cniVersion": "%s", "ips": ['
+        f'{{"cniVersion": "{version}", "ips": ['
         '{"version": "4", "address": "169.254.172.5/22", "gateway": "169.254.172.1"}, '
         '{"version": "6", "address": "fd00:ec2::172:5/112", "gateway": "fd00:ec2::172:1"}], '
         '"routes": [{"dst": "169.254.170.2/32"}, {"dst": "10.0.0.0/8", "gw": "169.254.172.1"}, '
         '{"dst": "fd00:ec2::254/128"}, {"dst": "::/0", "gw": "fd00:ec2::172:1"}], '
-        '"dns": {}}' % version
+        '"dns": {}}'
     )
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
 def test_ips_without_version(version):
     assert dual_stack_result(version) == (
-        '{"cniVersion": "%s", "ips": ['
+        f'{{"cniVersion": "{version}", "ips": ['
         '{"address": "169.254.172.5/22", "gateway": "169.254.172.1"}, '
         '{"address": "fd00:ec2::172:5/112", "gateway": "fd00:ec2::172:1"}], '
         '"routes": [{"dst": "169.254.170.2/32"}, {"dst": "10.0.0.0/8", "gw": "169.254.172.1"}, '
         '{"dst": "fd00:ec2::254/128"}, {"dst": "::/0", "gw": "fd00:ec2::172:1"}], '
-        '"dns": {}}' % version
+        '"dns": {}}'
     )
 
 

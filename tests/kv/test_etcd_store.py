@@ -6,9 +6,6 @@ under a prefix of its own.  Tests that restart etcd start one of their own.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import signal
 import socket
 import subprocess
@@ -514,7 +511,7 @@ def next_within(watch, seconds: float = 10.0):
     def step() -> None:
         try:
             outcome.append(("value", next(watch)))
-        except BaseException as error:  # re-raised in the test's thread
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
             outcome.append(("error", error))
 
     waiter = threading.Thread(target=step, daemon=True)
@@ -651,15 +648,14 @@ def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url)
     outcomes = finish_all(start_together(runs, url), timeout=60)
 
     assigned = {}
-    for owner, (code, result, stderr) in zip(owners, outcomes):
+    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
         assert (code, stderr) == (0, ""), (owner, result, stderr)
         assigned[owner] = result_ips(result)
     assert len({v4 for v4, _ in assigned.values()}) == len({v6 for _, v6 in assigned.values()}) == len(owners)
-    with kv.open_store(url, bucket=V4_SUBNET, read_only=True) as v4_store:
-        with v4_store.bucket(V6_SUBNET) as v6_store:
-            for owner, (v4, v6) in assigned.items():
-                assert msgpack.unpackb(v4_store.get(v4).value)["id"] == owner
-                assert msgpack.unpackb(v6_store.get(v6).value)["id"] == owner
+    with kv.open_store(url, bucket=V4_SUBNET, read_only=True) as v4_store, v4_store.bucket(V6_SUBNET) as v6_store:
+        for owner, (v4, v6) in assigned.items():
+            assert msgpack.unpackb(v4_store.get(v4).value)["id"] == owner
+            assert msgpack.unpackb(v6_store.get(v6).value)["id"] == owner
 
     runs = [("DEL", netconf(owner, ipv6_subnet=V6_SUBNET), {"CNI_CONTAINERID": ""}) for owner in owners]
     assert [code for code, _, _ in finish_all(start_together(runs, url), timeout=60)] == [0] * len(owners)
@@ -685,9 +681,8 @@ def test_unreachable_etcd_is_code_11_within_the_timeout():
     port = free_port()
     url = f"etcd://127.0.0.1:{port}/p"
     started = time.monotonic()
-    with EtcdStore(url, "test", timeout=0.3) as store:
-        with pytest.raises(StoreUnavailableError) as caught:
-            store.put("k", b"v")
+    with EtcdStore(url, "test", timeout=0.3) as store, pytest.raises(StoreUnavailableError) as caught:
+        store.put("k", b"v")
     elapsed = time.monotonic() - started
 
     assert caught.value.code == TRY_AGAIN_LATER
@@ -714,9 +709,8 @@ def test_an_etcd_that_never_answers_is_a_timeout(operation, outcome):
         silent.listen(8)
         endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
-        with EtcdStore(f"etcd://{endpoint}", "test", timeout=0.3) as store:
-            with pytest.raises(StoreTimeoutError) as caught:
-                operation(store)
+        with EtcdStore(f"etcd://{endpoint}", "test", timeout=0.3) as store, pytest.raises(StoreTimeoutError) as caught:
+            operation(store)
 
     assert caught.value.code == TRY_AGAIN_LATER
     assert 0.25 < time.monotonic() - started < 1.3
@@ -832,7 +826,7 @@ def storm_with_restarts(server: EtcdServer, sig: int, workers: int, per_worker: 
                 for n in range(per_worker):
                     operation = f"{name}-{n}"
 
-                    def increment(tx):
+                    def increment(tx, operation=operation):
                         value = int(tx.get("counter").value) + 1
                         tx.put("counter", str(value).encode())
                         tx.put(f"log/{operation}", str(value).encode())
@@ -843,7 +837,7 @@ def storm_with_restarts(server: EtcdServer, sig: int, workers: int, per_worker: 
                             break
                         except (StoreUnavailableError, StoreTimeoutError):
                             continue
-        except BaseException as crash:  # the assertion below shows it
+        except BaseException as crash:  # noqa: BLE001 - the assertion below shows it
             crashes.append(crash)
 
     def restarter() -> None:
