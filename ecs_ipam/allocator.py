@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from .addr import Network, format_address, parse_address, parse_network
+from .addr import Address, Network, format_address, parse_address, parse_network
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
 
@@ -34,9 +34,18 @@ from .minipack import UNSURE, packb, unpackb
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
     from .config import Pool
+
+    # A decoded address record: {"id": ..., "container_id": ..., ...}.
+    Record = dict[str, Any]
+
+    _Fields = tuple[object, ...]
+else:
+    # See ecs_ipam.config: the fields' types are declared in the class bodies.
+    _Fields = tuple
 
 GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
 LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
@@ -49,7 +58,7 @@ INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
 LEGACY_BUCKET = "go-plugin-IPAM"
 
 
-class Owner(tuple):
+class Owner(_Fields):
     """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
     (``container_id``, ``ifname``: str or None).
 
@@ -63,9 +72,14 @@ class Owner(tuple):
     def __new__(cls, id: str, container_id: str | None = None, ifname: str | None = None) -> Owner:
         return tuple.__new__(cls, (id, container_id, ifname))
 
-    id = property(itemgetter(0))
-    container_id = property(itemgetter(1))
-    ifname = property(itemgetter(2))
+    if TYPE_CHECKING:
+        id: str
+        container_id: str | None
+        ifname: str | None
+    else:
+        id = property(itemgetter(0))
+        container_id = property(itemgetter(1))
+        ifname = property(itemgetter(2))
 
 
 def encode(value: object) -> bytes:
@@ -117,7 +131,7 @@ def address_text(value: int, version: int) -> str:
     return format_address(value, version)
 
 
-class Overlap(tuple):
+class Overlap(_Fields):
     """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's.
 
     Written out rather than made by namedtuple: see ecs_ipam.config.
@@ -128,8 +142,12 @@ class Overlap(tuple):
     def __new__(cls, subnet: Network, tx: Tx) -> Overlap:
         return tuple.__new__(cls, (subnet, tx))
 
-    subnet = property(itemgetter(0))
-    tx = property(itemgetter(1))
+    if TYPE_CHECKING:
+        subnet: Network
+        tx: Tx
+    else:
+        subnet = property(itemgetter(0))
+        tx = property(itemgetter(1))
 
 
 def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overlap]:
@@ -187,7 +205,7 @@ class PoolAllocator:
 
     # -- reads ------------------------------------------------------------------------
 
-    def record(self, address: str) -> dict | None:
+    def record(self, address: str) -> Record | None:
         pair = self.tx.find(address)
         if pair is None:
             return None
@@ -209,7 +227,7 @@ class PoolAllocator:
     def _containing(self, value: int) -> list[Tx]:
         return [o.tx for o in self.overlapping if o.subnet.first <= value <= o.subnet.last]
 
-    def holder(self, address: str) -> tuple[Tx, dict] | None:
+    def holder(self, address: str) -> tuple[Tx, Record] | None:
         """The bucket that records *address*, this pool's first, with the record."""
         buckets = [self.tx]
         if self.overlapping:
@@ -241,18 +259,19 @@ class PoolAllocator:
         """How many addresses are held, gateway excluded.  Scans the bucket: STATUS only."""
         return len(self.reservations())
 
-    def reservations(self) -> list[tuple[str, dict]]:
+    def reservations(self) -> list[tuple[str, Record]]:
         """Every address of the pool held by a task: (address, record), also those held
         through an overlapping pool.  Scans the buckets."""
-        held = []
+        held: list[tuple[str, Record]] = []
         for pair in self.tx.list(""):
             if pair.key == self.last_known_key or pair.key.startswith(INDEX_PREFIXES):
                 continue
             record = decode(pair.value)
-            if owner_of(record) not in (None, self.gateway_owner):
+            # owner_of() is None for anything but a dict: the isinstance only tells mypy so.
+            if isinstance(record, dict) and owner_of(record) not in (None, self.gateway_owner):
                 held.append((pair.key, record))
         for address, value in self._overlapping_addresses():
-            if owner_of(value) not in (None, self.gateway_owner):
+            if isinstance(value, dict) and owner_of(value) not in (None, self.gateway_owner):
                 held.append((address, value))
         return held
 
@@ -315,13 +334,16 @@ class PoolAllocator:
             raise IdAlreadyAllocatedError(f"id already exists: {quoted(owner.id)} is the gateway's")
         fixed = self.pool.fixed_address
         if fixed is not None:
-            address = str(fixed.ip)
+            ip = fixed.ip
+            address = str(ip)
             holder = self.holder(address)
             if holder is not None:
                 raise AddressInUseError(f"address {address} is already held by {quoted(owner_of(holder[1]))}")
             prefixlen = fixed.prefixlen
         else:
-            address = self._next_free()
+            value = self._next_free()
+            ip = Address(value, self.pool.version)
+            address = address_text(value, self.pool.version)
             prefixlen = self.pool.subnet.prefixlen
         # After the address, as in the original: a taken address or a full pool is what
         # the caller hears about first, also when the id holds an address already.
@@ -331,21 +353,21 @@ class PoolAllocator:
                 f"id already exists: {quoted(owner.id)} holds {held[0]} in {held[1].bucket_name}"
             )
         self._claim(address, owner, now)
-        return Network(parse_address(address), prefixlen)
+        return Network(ip, prefixlen)
 
-    def _next_free(self) -> str:
+    def _next_free(self) -> int:
         # Round-robin from the last address handed out or released: a task that crash-
         # loops does not get its previous address straight back, so stale state about it
         # elsewhere (ARP caches, conntrack, the agent's own records) has time to age out.
         start = self.last_known()
         candidate = self.first if start is None or start >= self.last else start + 1
-        version, exists = self.pool.version, self.tx.exists
+        version = self.pool.version
+        exists: Callable[[str], bool] = self.tx.exists
         if self.overlapping:
             exists = self._taken_anywhere
         for _ in range(self.last - self.first + 1):
-            text = address_text(candidate, version)
-            if not exists(text):
-                return text
+            if not exists(address_text(candidate, version)):
+                return candidate
             candidate = self.first if candidate >= self.last else candidate + 1
         raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
 
@@ -380,7 +402,7 @@ class PoolAllocator:
             return False
         return self._release_from(found[0], address, found[1], owner_id)
 
-    def _release_from(self, tx: Tx, address: str, record: dict, owner_id: str | None) -> bool:
+    def _release_from(self, tx: Tx, address: str, record: Record, owner_id: str | None) -> bool:
         holder = owner_of(record)
         if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
             return False

@@ -19,7 +19,9 @@ from .log import Log
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import IO
+    from typing import IO, Any
+
+    from .config import Environment
 
 CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
 
@@ -27,7 +29,7 @@ CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
 def main(
     argv: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    stdin: IO | None = None,
+    stdin: IO[str] | IO[bytes] | None = None,
     stdout: IO[str] | None = None,
 ) -> int:
     """Run one plugin invocation; return the process exit code.
@@ -71,7 +73,7 @@ def main(
     return 0
 
 
-def _run(env, data: object, log: Log, environ: Mapping[str, str]) -> dict | None:
+def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -> dict[str, Any] | None:
     if env.command == "VERSION":
         version = cni_version_of(data) if data is not None else SUPPORTED_VERSIONS[-1]
         return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
@@ -100,13 +102,14 @@ def _run(env, data: object, log: Log, environ: Mapping[str, str]) -> dict | None
     return None
 
 
-def _ips(result: dict) -> list[dict]:
+def _ips(result: dict[str, Any]) -> list[dict[str, str]]:
     if "ips" in result:
-        return result["ips"]
+        ips: list[dict[str, str]] = result["ips"]
+        return ips
     return [result[family] for family in ("ip4", "ip6") if family in result]
 
 
-def _read(stdin: IO | None) -> bytes:
+def _read(stdin: IO[str] | IO[bytes] | None) -> bytes:
     stream = sys.stdin.buffer if stdin is None else stdin
     try:
         raw = stream.read()
@@ -128,14 +131,14 @@ def _decode(raw: bytes, allow_empty: bool) -> object:
         raise DecodeError(f"network configuration on stdin is not valid JSON: {error}") from None
 
 
-def _error_object(version: str, code: int, msg: str, details: str = "") -> dict:
-    error = {"cniVersion": version, "code": code, "msg": msg}
+def _error_object(version: str, code: int, msg: str, details: str = "") -> dict[str, object]:
+    error: dict[str, object] = {"cniVersion": version, "code": code, "msg": msg}
     if details:
         error["details"] = details
     return error
 
 
-def _write(stdout: IO[str], document: dict) -> None:
+def _write(stdout: IO[str], document: dict[str, Any]) -> None:
     # Compact, as the Go plugin prints: some callers compare --capabilities as text.
     stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
     stdout.flush()

@@ -15,6 +15,13 @@ from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnviron
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
+
+    # The fields' types are declared in each class body for type checkers; at run time
+    # they are plain tuples with properties.
+    _Fields = tuple[object, ...]
+else:
+    _Fields = tuple
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -35,7 +42,7 @@ FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
 # typing, which costs more than all of them.
 
 
-class Route(tuple):
+class Route(_Fields):
     """A route copied into the result as configured: ``dst`` (str), ``gw`` (str or None)."""
 
     __slots__ = ()
@@ -43,14 +50,18 @@ class Route(tuple):
     def __new__(cls, dst: str, gw: str | None = None) -> Route:
         return tuple.__new__(cls, (dst, gw))
 
-    dst = property(itemgetter(0))
-    gw = property(itemgetter(1))
+    if TYPE_CHECKING:
+        dst: str
+        gw: str | None
+    else:
+        dst = property(itemgetter(0))
+        gw = property(itemgetter(1))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str]:
         return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
 
 
-class Pool(tuple):
+class Pool(_Fields):
     """One address family of the configuration: where addresses come from.
 
     ``version`` (4 or 6), ``subnet`` (:class:`Network`, host bits clear), ``gateway``
@@ -61,15 +72,22 @@ class Pool(tuple):
     __slots__ = ()
 
     def __new__(
-        cls, version: int, subnet: Network, gateway: Address, fixed_address: Network | None, routes: tuple
+        cls, version: int, subnet: Network, gateway: Address, fixed_address: Network | None, routes: tuple[Route, ...]
     ) -> Pool:
         return tuple.__new__(cls, (version, subnet, gateway, fixed_address, routes))
 
-    version = property(itemgetter(0))
-    subnet = property(itemgetter(1))
-    gateway = property(itemgetter(2))
-    fixed_address = property(itemgetter(3))
-    routes = property(itemgetter(4))
+    if TYPE_CHECKING:
+        version: int
+        subnet: Network
+        gateway: Address
+        fixed_address: Network | None
+        routes: tuple[Route, ...]
+    else:
+        version = property(itemgetter(0))
+        subnet = property(itemgetter(1))
+        gateway = property(itemgetter(2))
+        fixed_address = property(itemgetter(3))
+        routes = property(itemgetter(4))
 
     @property
     def bucket(self) -> str:
@@ -102,7 +120,7 @@ class Pool(tuple):
         return cls(subnet.version, subnet, gateway_ip, None, ())
 
 
-class Attachment(tuple):
+class Attachment(_Fields):
     """A CNI attachment: ``container_id``, ``ifname``."""
 
     __slots__ = ()
@@ -110,11 +128,15 @@ class Attachment(tuple):
     def __new__(cls, container_id: str, ifname: str) -> Attachment:
         return tuple.__new__(cls, (container_id, ifname))
 
-    container_id = property(itemgetter(0))
-    ifname = property(itemgetter(1))
+    if TYPE_CHECKING:
+        container_id: str
+        ifname: str
+    else:
+        container_id = property(itemgetter(0))
+        ifname = property(itemgetter(1))
 
 
-class NetConf(tuple):
+class NetConf(_Fields):
     """The parts of a CNI network configuration this plugin uses.
 
     ``cni_version`` (str), ``owner_id`` (str or None), ``pools`` (tuple of :class:`Pool`,
@@ -128,20 +150,27 @@ class NetConf(tuple):
         cls,
         cni_version: str,
         owner_id: str | None,
-        pools: tuple,
-        prev_result: Mapping | None = None,
-        valid_attachments: tuple | None = None,
+        pools: tuple[Pool, ...],
+        prev_result: Mapping[str, Any] | None = None,
+        valid_attachments: tuple[Attachment, ...] | None = None,
     ) -> NetConf:
         return tuple.__new__(cls, (cni_version, owner_id, pools, prev_result, valid_attachments))
 
-    cni_version = property(itemgetter(0))
-    owner_id = property(itemgetter(1))
-    pools = property(itemgetter(2))
-    prev_result = property(itemgetter(3))
-    valid_attachments = property(itemgetter(4))
+    if TYPE_CHECKING:
+        cni_version: str
+        owner_id: str | None
+        pools: tuple[Pool, ...]
+        prev_result: Mapping[str, Any] | None
+        valid_attachments: tuple[Attachment, ...] | None
+    else:
+        cni_version = property(itemgetter(0))
+        owner_id = property(itemgetter(1))
+        pools = property(itemgetter(2))
+        prev_result = property(itemgetter(3))
+        valid_attachments = property(itemgetter(4))
 
 
-class Environment(tuple):
+class Environment(_Fields):
     """The CNI_* and plugin variables of one invocation (all str but ``timeout``, seconds)."""
 
     __slots__ = ()
@@ -159,14 +188,24 @@ class Environment(tuple):
     ) -> Environment:
         return tuple.__new__(cls, (command, container_id, netns, ifname, db_path, timeout, log_file, log_level))
 
-    command = property(itemgetter(0))
-    container_id = property(itemgetter(1))
-    netns = property(itemgetter(2))
-    ifname = property(itemgetter(3))
-    db_path = property(itemgetter(4))
-    timeout = property(itemgetter(5))
-    log_file = property(itemgetter(6))
-    log_level = property(itemgetter(7))
+    if TYPE_CHECKING:
+        command: str
+        container_id: str
+        netns: str
+        ifname: str
+        db_path: str
+        timeout: float
+        log_file: str
+        log_level: str
+    else:
+        command = property(itemgetter(0))
+        container_id = property(itemgetter(1))
+        netns = property(itemgetter(2))
+        ifname = property(itemgetter(3))
+        db_path = property(itemgetter(4))
+        timeout = property(itemgetter(5))
+        log_file = property(itemgetter(6))
+        log_level = property(itemgetter(7))
 
 
 # --- network configuration ----------------------------------------------------------------
@@ -222,7 +261,7 @@ def parse_netconf(data: object) -> NetConf:
     )
 
 
-def _parse_pool(ipam: dict, version: int) -> Pool | None:
+def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
     family = FAMILY_KEYS[version]
     subnet_field = f"{family}-subnet"
     if ipam.get(subnet_field) is None:
@@ -282,6 +321,7 @@ def _parse_routes(raw: object, field: str, version: int) -> tuple[Route, ...]:
             raise InvalidConfigError(f"{where} must be an object, got {_show(item)}")
         dst = item.get("dst")
         parse_cidr(dst, f"{where}.dst", version)
+        assert isinstance(dst, str)  # parse_cidr refused anything else
         gw = item.get("gw")
         if gw in (None, ""):
             gw = None
@@ -291,7 +331,7 @@ def _parse_routes(raw: object, field: str, version: int) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _parse_attachments(data: dict) -> tuple[Attachment, ...] | None:
+def _parse_attachments(data: dict[Any, Any]) -> tuple[Attachment, ...] | None:
     # libcni before 1.2 sent the list under the older name.
     for field in ("cni.dev/valid-attachments", "cni.dev/attachments"):
         if field in data:
@@ -335,7 +375,7 @@ def _parse_ip_with_netaddr(raw: str, field: str) -> Address:
         ip = netaddr.IPAddress(raw, flags=netaddr.INET_PTON)
     except (netaddr.AddrFormatError, ValueError, TypeError):
         raise InvalidConfigError(f"{field} {_show(raw)} is not a valid IP address") from None
-    return Address(ip.value, ip.version)
+    return Address(int(ip), ip.version)
 
 
 def parse_cidr(raw: object, field: str, version: int | None = None) -> Network:

@@ -27,8 +27,10 @@ from .results import Allocation, format_result, result_addresses
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
+    from .addr import Address
     from .kv.base import Store, Tx
 
 
@@ -77,7 +79,7 @@ def delete(store: Store, conf: NetConf) -> list[str]:
     """
 
     def body(tx: Tx) -> list[str]:
-        released = []
+        released: list[str] = []
         names = tx.buckets()
         for pool in conf.pools:
             allocator = _allocator(tx, pool, names)
@@ -99,14 +101,15 @@ def check(store: Store, conf: NetConf) -> None:
     :raises ReservationMismatchError: a reservation is missing or differs.
     """
     previous = result_addresses(conf.prev_result) if conf.prev_result else []
-    if conf.owner_id is None:
+    owner_id = conf.owner_id
+    if owner_id is None:
         _check_anonymous(store, conf, previous)
         return
 
     def body(tx: Tx) -> None:
         names = tx.buckets()
         for pool in conf.pools:
-            found = _allocator(tx, pool, names, write=False).held_anywhere(conf.owner_id)
+            found = _allocator(tx, pool, names, write=False).held_anywhere(owner_id)
             held = None if found is None else found[0]
             if held is None:
                 raise ReservationMismatchError(f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}")
@@ -119,7 +122,7 @@ def check(store: Store, conf: NetConf) -> None:
     store.transact(body, write=False)
 
 
-def _check_anonymous(store: Store, conf: NetConf, previous: list) -> None:
+def _check_anonymous(store: Store, conf: NetConf, previous: list[Address]) -> None:
     def body(tx: Tx) -> None:
         names = tx.buckets()
         for pool in conf.pools:
@@ -150,7 +153,7 @@ def gc(store: Store, conf: NetConf) -> list[str]:
     batch = None if store.max_writes is None else max(1, (store.max_writes - len(conf.pools)) // 2)
 
     def body(tx: Tx) -> list[str]:
-        released = []
+        released: list[str] = []
         names = tx.buckets()
         for pool in conf.pools:
             allocator = _allocator(tx, pool, names)
@@ -210,7 +213,12 @@ class IPAM:
     """
 
     def __init__(
-        self, db_path: str, timeout: float = 5.0, *, clock=time.time, environ: Mapping[str, str] | None = None
+        self,
+        db_path: str,
+        timeout: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.db_path = db_path
         self.timeout = timeout
@@ -255,7 +263,9 @@ class IPAM:
                 return None
         return self._store
 
-    def add(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> dict:
+    def add(
+        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
+    ) -> dict[str, Any]:
         """Allocate the addresses of *netconf* and return the CNI result the plugin prints.
 
         Without an id (absent or ``""``) the lease is anonymous: a DEL by address releases it.
@@ -267,11 +277,13 @@ class IPAM:
         conf = _parsed(netconf)
         # Without an id the lease is anonymous, as in the original plugin.
         owner = Owner(conf.owner_id or "", container_id, ifname)
-        allocations = add(self._open(create=True), conf, owner, self._clock())
+        store = self._open(create=True)
+        assert store is not None  # with create=True, _open raises instead of answering None
+        allocations = add(store, conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
     def delete(
-        self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None
+        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
     ) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
@@ -283,7 +295,9 @@ class IPAM:
         store = self._open(create=False)
         return [] if store is None else delete(store, conf)
 
-    def check(self, netconf: Mapping | NetConf, container_id: str | None = None, ifname: str | None = None) -> None:
+    def check(
+        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
+    ) -> None:
         """Verify the reservation still matches (cniVersion 0.4.0 and later).
 
         :raises ReservationMismatchError: it does not.
@@ -295,7 +309,7 @@ class IPAM:
             raise ReservationMismatchError(f"no database at {self.db_path}: nothing is reserved")
         check(store, conf)
 
-    def gc(self, netconf: Mapping | NetConf) -> list[str]:
+    def gc(self, netconf: Mapping[str, Any] | NetConf) -> list[str]:
         """Release reservations of attachments not in ``cni.dev/valid-attachments`` (1.1.0).
 
         :return: the released addresses.
@@ -307,7 +321,7 @@ class IPAM:
         store = self._open(create=False)
         return [] if store is None else gc(store, conf)
 
-    def status(self, netconf: Mapping | NetConf) -> None:
+    def status(self, netconf: Mapping[str, Any] | NetConf) -> None:
         """Return if an ADD could be served now (1.1.0).
 
         :raises NotAvailableError: a pool is exhausted.
@@ -319,5 +333,5 @@ class IPAM:
             status(store, conf)
 
 
-def _parsed(netconf: Mapping | NetConf) -> NetConf:
+def _parsed(netconf: Mapping[str, Any] | NetConf) -> NetConf:
     return netconf if isinstance(netconf, NetConf) else parse_netconf(netconf)

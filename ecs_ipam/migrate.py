@@ -232,6 +232,7 @@ def _open_bolt(path: str, writable: bool = True) -> int | None:
                 return None
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or mode == os.O_RDONLY:
                 raise StoreError(f"cannot open {path}: {e.strerror or e}") from None
+    assert fd is not None  # the last mode's failure raised above
     if not stat.S_ISREG(os.fstat(fd).st_mode) or not has_bolt_magic(fd):
         os.close(fd)
         return None

@@ -11,15 +11,16 @@ from .config import Pool
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
 Allocation = tuple[Pool, Network]
 
 
-def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
+def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict[str, Any]:
     """Build the ADD result for *cni_version*; IPv4 comes first, as in *allocations*."""
     if cni_version in ("0.1.0", "0.2.0"):
         # One address per family, each carrying its own routes.
-        result: dict = {"cniVersion": cni_version}
+        result: dict[str, Any] = {"cniVersion": cni_version}
         for pool, address in allocations:
             result[f"ip{pool.version}"] = {
                 "ip": str(address),
@@ -28,7 +29,8 @@ def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
             }
         result["dns"] = {}
         return result
-    ips, routes = [], []
+    ips: list[dict[str, str]] = []
+    routes: list[dict[str, str]] = []
     for pool, address in allocations:
         ip = {"address": str(address), "gateway": str(pool.gateway)}
         if cni_version.startswith("0."):
@@ -38,7 +40,7 @@ def format_result(cni_version: str, allocations: Iterable[Allocation]) -> dict:
     return {"cniVersion": cni_version, "ips": ips, "routes": routes, "dns": {}}
 
 
-def result_addresses(result: Mapping) -> list[Address]:
+def result_addresses(result: Mapping[str, Any]) -> list[Address]:
     """The addresses a previous result (of any version's shape) handed out."""
     texts = []
     ips = result.get("ips")
@@ -68,4 +70,4 @@ def _parse_with_netaddr(text: str) -> Address | None:
         ip = netaddr.IPNetwork(text).ip
     except (netaddr.AddrFormatError, ValueError, TypeError):
         return None
-    return Address(ip.value, ip.version)
+    return Address(int(ip), ip.version)

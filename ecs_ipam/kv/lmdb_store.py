@@ -47,6 +47,15 @@ from .base import KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
 from .dbfile import check_single_name, resolve
 
+# typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    # A named database's handle.  Every transaction is begun without buffers=True, so
+    # LMDB hands out bytes, never memoryviews: lmdb.Transaction[bytes].
+    from lmdb import _Database as Handle
+
 LMDB_MAGIC = 0xBEEFC0DE
 BOLT_MAGIC = 0xED0CDAED
 MAGIC_OFFSET = 16  # both formats put their magic right after a 16-byte page header
@@ -102,7 +111,7 @@ def _kind_of(head: bytes) -> str:
     return {LMDB_MAGIC: "lmdb", BOLT_MAGIC: "bolt"}.get(magic, "unknown")
 
 
-def _check_lmdb_metas(f, first: bytes) -> str:
+def _check_lmdb_metas(f: BinaryIO, first: bytes) -> str:
     """``lmdb`` if both meta pages are sound and the file holds every page the newer one
     uses, else ``damaged`` or ``incompatible`` (the checks LMDB makes, plus the size)."""
     if len(first) < LMDB_META_SIZE:
@@ -200,7 +209,7 @@ class _Environment:
             raise
         self.pid = os.getpid()
         self.refs = 0
-        self.handles: dict[str, object] = {}
+        self.handles: dict[str, Handle] = {}
         # flock is per open file description, so threads of this process would all
         # "hold" it at once; they queue on this lock first.
         self.thread_lock = _thread.allocate_lock()
@@ -213,7 +222,7 @@ class _Environment:
 
     # -- opening transactions -------------------------------------------------------------
 
-    def begin(self, write: bool) -> lmdb.Transaction:
+    def begin(self, write: bool) -> lmdb.Transaction[bytes]:
         """Begin a transaction; every one must be followed by :meth:`finished`."""
         for _ in range(3):
             with self._resizing:
@@ -282,7 +291,7 @@ class _Environment:
     def lock_writer(self, timeout: float) -> None:
         """Take this file's writer lock, waiting at most *timeout* seconds for it; the
         caller must :meth:`unlock_writer` after."""
-        if self.read_only:
+        if self.read_only or self.lock_fd is None:  # a read-only store has no lock file descriptor
             raise StoreError(f"database {self.path} is open read-only")
         deadline = time.monotonic() + timeout
         if not self.thread_lock.acquire(timeout=max(timeout, 0)):
@@ -300,6 +309,7 @@ class _Environment:
 
     def unlock_writer(self) -> None:
         try:
+            assert self.lock_fd is not None  # lock_writer refused to lock without one
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
         finally:
             self.thread_lock.release()
@@ -318,7 +328,7 @@ class _Environment:
 
     # -- named databases ------------------------------------------------------------------
 
-    def handle(self, txn: lmdb.Transaction, name: str, create: bool, opened: dict):
+    def handle(self, txn: lmdb.Transaction[bytes], name: str, create: bool, opened: dict[str, Handle]) -> Handle | None:
         """The handle of bucket *name*, or None if it does not exist and *create* is false.
 
         Handles first opened in a transaction are kept in *opened* and only shared once
@@ -427,12 +437,12 @@ class _WriteTxn:
 
     def __init__(self, env: _Environment) -> None:
         self.env = env
-        self.opened: dict[str, object] = {}
+        self.opened: dict[str, Handle] = {}
         self.log: list[tuple[str, str, bytes, bytes | None]] = []
         self.txn = env.begin(write=True)
         self.live = True
 
-    def handle(self, name: str, create: bool):
+    def handle(self, name: str, create: bool) -> Handle | None:
         return self.env.handle(self.txn, name, create, self.opened)
 
     def get(self, name: str, key: bytes) -> bytes | None:
@@ -447,7 +457,7 @@ class _WriteTxn:
             return False
         return self._apply(("delete", name, key, None))
 
-    def _apply(self, op: tuple[str, str, bytes, bytes | None]):
+    def _apply(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         while True:
             try:
                 result = self._run(op)
@@ -456,11 +466,11 @@ class _WriteTxn:
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
 
-    def _run(self, op: tuple[str, str, bytes, bytes | None]):
+    def _run(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         kind, name, key, raw = op
         handle = self.handle(name, create=kind == "put")
         try:
-            if kind == "put":
+            if raw is not None:  # a put; a delete carries no value
                 return self.txn.put(key, raw, db=handle)
             return self.txn.delete(key, db=handle)
         except lmdb.BadValsizeError:
@@ -503,10 +513,10 @@ class _WriteTxn:
 class _ReadTxn:
     def __init__(self, env: _Environment) -> None:
         self.env = env
-        self.opened: dict[str, object] = {}
+        self.opened: dict[str, Handle] = {}
         self.txn = env.begin(write=False)
 
-    def handle(self, name: str, create: bool = False):
+    def handle(self, name: str, create: bool = False) -> Handle | None:
         return self.env.handle(self.txn, name, False, self.opened)
 
     def get(self, name: str, key: bytes) -> bytes | None:
@@ -585,6 +595,7 @@ class _Transaction:
     lock), committed if the block ends normally, else aborted."""
 
     __slots__ = ("env", "store", "txn", "write")
+    txn: _ReadTxn | _WriteTxn
 
     def __init__(self, store: LMDBStore, write: bool) -> None:
         self.store = store
