@@ -44,6 +44,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ecs_ipam import IPAM
+
+Env = dict[str, str]
+# What a section measured against its limit: (measured, limit).
+Targets = dict[str, tuple[float, float]]
+# A process from start(): it, its stdin and stderr files, and when it began.
+Started = tuple["subprocess.Popen[bytes]", IO[bytes], IO[bytes], float]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST_LOCAL = "/usr/lib/cni/host-local"
@@ -99,14 +109,15 @@ class Outcome:
     def __init__(self, code: int, out: bytes, err: bytes, seconds: float, rss_mb: float) -> None:
         self.code, self.out, self.err, self.seconds, self.rss_mb = code, out, err, seconds, rss_mb
 
-    def json(self) -> dict:
+    def json(self) -> dict[str, Any]:
         try:
-            return json.loads(self.out)
+            document: dict[str, Any] = json.loads(self.out)
+            return document
         except ValueError:
             return {}
 
 
-def start(argv: list[str], env: dict, stdin: bytes) -> tuple[subprocess.Popen, object, object, float]:
+def start(argv: list[str], env: Env, stdin: bytes) -> Started:
     """Start *argv* reading *stdin* from a file (so no feeder thread is timed)."""
     # Both files are handed to the caller: finish() closes them.
     source = tempfile.TemporaryFile()  # noqa: SIM115
@@ -118,9 +129,10 @@ def start(argv: list[str], env: dict, stdin: bytes) -> tuple[subprocess.Popen, o
     return proc, source, errors, began
 
 
-def finish(started: tuple[subprocess.Popen, object, object, float]) -> Outcome:
+def finish(started: Started) -> Outcome:
     """Wait for a process from :func:`start`; its own rusage gives its peak RSS."""
     proc, source, errors, began = started
+    assert proc.stdout is not None  # started with stdout=PIPE
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
@@ -134,11 +146,11 @@ def finish(started: tuple[subprocess.Popen, object, object, float]) -> Outcome:
     return Outcome(proc.returncode, out, err, seconds, usage.ru_maxrss / 1024)
 
 
-def run(argv: list[str], env: dict, stdin: bytes = b"") -> Outcome:
+def run(argv: list[str], env: Env, stdin: bytes = b"") -> Outcome:
     return finish(start(argv, env, stdin))
 
 
-def peak_rss_mb(argv: list[str], env: dict, stdin: bytes = b"") -> float | None:
+def peak_rss_mb(argv: list[str], env: Env, stdin: bytes = b"") -> float | None:
     """The peak RSS of *argv* in MB, measured by GNU time; None without it."""
     if not os.access(GNU_TIME, os.X_OK):
         return None
@@ -148,7 +160,7 @@ def peak_rss_mb(argv: list[str], env: dict, stdin: bytes = b"") -> float | None:
         return int(report.read().split()[-1]) / 1024
 
 
-def plugin_command(explicit: str | None) -> tuple[list[str], dict, str]:
+def plugin_command(explicit: str | None) -> tuple[list[str], Env, str]:
     """The ecs-ipam command line, extra environment, and a label for the table."""
     if explicit:
         return explicit.split(), {}, explicit
@@ -159,7 +171,7 @@ def plugin_command(explicit: str | None) -> tuple[list[str], dict, str]:
     return [sys.executable, "-m", "ecs_ipam"], {"PYTHONPATH": REPO_ROOT}, "python -m ecs_ipam (checkout)"
 
 
-def child_environment(extra: dict) -> dict:
+def child_environment(extra: Env) -> Env:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(extra)
     return env
@@ -168,7 +180,7 @@ def child_environment(extra: dict) -> dict:
 class Plugin:
     """ecs-ipam as a process, on one database."""
 
-    def __init__(self, argv: list[str], base_env: dict, workdir: str, name: str, subnet: str, label: str = "") -> None:
+    def __init__(self, argv: list[str], base_env: Env, workdir: str, name: str, subnet: str, label: str = "") -> None:
         self.argv = argv
         self.label = label
         self.base_env = base_env
@@ -191,7 +203,7 @@ class Plugin:
             }
         ).encode()
 
-    def env(self, command: str, owner: str) -> dict:
+    def env(self, command: str, owner: str) -> Env:
         return dict(
             self.base_env,
             CNI_COMMAND=command,
@@ -202,7 +214,7 @@ class Plugin:
             ECS_CNI_LOG_FILE=self.log_path,
         )
 
-    def start(self, command: str, owner: str):
+    def start(self, command: str, owner: str) -> Started:
         return start(self.argv, self.env(command, owner), self.conf(owner))
 
     def call(self, command: str, owner: str) -> Outcome:
@@ -228,14 +240,14 @@ class Peer(Plugin):
             }
         ).encode()
 
-    def env(self, command: str, owner: str) -> dict:
+    def env(self, command: str, owner: str) -> Env:
         return dict(super().env(command, owner), CNI_PATH=os.path.dirname(self.argv[0]))
 
 
 class HostLocal(Plugin):
     """Debian's host-local IPAM plugin, for comparison."""
 
-    def __init__(self, base_env: dict, workdir: str, name: str, subnet: str) -> None:
+    def __init__(self, base_env: Env, workdir: str, name: str, subnet: str) -> None:
         super().__init__([HOST_LOCAL], base_env, workdir, name, subnet, "host-local")
         self.data_dir = os.path.join(workdir, f"{name}.d")
 
@@ -249,7 +261,7 @@ class HostLocal(Plugin):
             }
         ).encode()
 
-    def env(self, command: str, owner: str) -> dict:
+    def env(self, command: str, owner: str) -> Env:
         return dict(
             self.base_env,
             CNI_COMMAND=command,
@@ -309,12 +321,16 @@ def ms(seconds: float) -> float:
 # --- sections -------------------------------------------------------------------------------
 
 
-def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, targets: dict) -> None:
+def latency(plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, targets: Targets) -> None:
     floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
-    rows_of = [("floor", f"floor: 2 x python -I -c '{FLOOR_CODE}'"), ("ecs", f"ecs-ipam ADD+DEL: {plugin.label}")]
+    # Keyed by name, and the other plugins by their index.
+    rows_of: list[tuple[str | int, str]] = [
+        ("floor", f"floor: 2 x python -I -c '{FLOOR_CODE}'"),
+        ("ecs", f"ecs-ipam ADD+DEL: {plugin.label}"),
+    ]
     rows_of += [(n, f"{other.label} ADD+DEL") for n, other in enumerate(others)]
-    samples: dict = {key: [] for key, _ in rows_of}
-    rss: dict = {key: [] for key, _ in rows_of}
+    samples: dict[str | int, list[float]] = {key: [] for key, _ in rows_of}
+    rss: dict[str | int, list[float]] = {key: [] for key, _ in rows_of}
     warmup = 3
     for n in range(warmup + runs):
         first, second = run(floor_argv, floor_env), run(floor_argv, floor_env)
@@ -322,11 +338,11 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
         owner = f"latency-{n}"
         add = checked(plugin.call("ADD", owner), "ecs-ipam ADD")
         delete = checked(plugin.call("DEL", owner), "ecs-ipam DEL")
-        pairs = [("floor", first, second), ("ecs", add, delete)]
-        for key, other in enumerate(others):
+        pairs: list[tuple[str | int, Outcome, Outcome]] = [("floor", first, second), ("ecs", add, delete)]
+        for index, other in enumerate(others):
             pairs.append(
                 (
-                    key,
+                    index,
                     checked(other.call("ADD", owner), f"{other.label} ADD"),
                     checked(other.call("DEL", owner), f"{other.label} DEL"),
                 )
@@ -341,11 +357,11 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
     exact = True
     for n in range(min(runs, 5)):
         owner = f"rss-{n}"
-        measured = [("floor", peak_rss_mb(floor_argv, floor_env))]
+        measured: list[tuple[str | int, float | None]] = [("floor", peak_rss_mb(floor_argv, floor_env))]
         measured.append(("ecs", peak_rss_mb(plugin.argv, plugin.env("ADD", owner), plugin.conf(owner))))
         checked(plugin.call("DEL", owner), "ecs-ipam DEL")
-        for key, other in enumerate(others):
-            measured.append((key, peak_rss_mb(other.argv, other.env("ADD", owner), other.conf(owner))))
+        for index, other in enumerate(others):
+            measured.append((index, peak_rss_mb(other.argv, other.env("ADD", owner), other.conf(owner))))
             checked(other.call("DEL", owner), f"{other.label} DEL")
         if any(value is None for _, value in measured):
             exact = False
@@ -353,7 +369,8 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
         if n == 0:
             rss = {key: [] for key in rss}
         for key, value in measured:
-            rss[key].append(value)
+            if value is not None:  # none is: checked above
+                rss[key].append(value)
     floor = median(samples["floor"])
     rows = []
     for key, name in rows_of:
@@ -377,17 +394,18 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: dict, runs: int, ta
     targets["memory: peak RSS of one ADD (MB)"] = (max(rss["ecs"]), max(rss["floor"]) + MAX_ADD_RSS_ABOVE_FLOOR_MB)
 
 
-def storm(plugin: Plugin, others: list[Plugin], floor_env: dict, width: int, rounds: int, targets: dict) -> None:
+def storm(plugin: Plugin, others: list[Plugin], floor_env: Env, width: int, rounds: int, targets: Targets) -> None:
     """Start *width* processes at once, *rounds* times, interleaving the rows."""
     floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
-    rows_of = [(f"floor x{width}: python -I -c '{FLOOR_CODE}'", None, None)]
-    for target in [plugin] + others:
-        for command in ("ADD", "DEL"):
-            rows_of.append((f"{target.label or 'ecs-ipam'} {command} x{width}", target, command))
-    walls: dict = {name: [] for name, _, _ in rows_of}
-    each: dict = {name: [] for name, _, _ in rows_of}
+    # (row name, plugin, command); the floor runs no plugin.
+    rows_of: list[tuple[str, Plugin | None, str]] = [(f"floor x{width}: python -I -c '{FLOOR_CODE}'", None, "")]
+    for runner in [plugin] + others:
+        for verb in ("ADD", "DEL"):
+            rows_of.append((f"{runner.label or 'ecs-ipam'} {verb} x{width}", runner, verb))
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in rows_of}
+    each: dict[str, list[float]] = {name: [] for name, _, _ in rows_of}
     failed = {name: 0 for name, _, _ in rows_of}
-    distinct: dict = {name: [] for name, _, _ in rows_of}
+    distinct: dict[str, list[int]] = {name: [] for name, _, _ in rows_of}
     for round_ in range(rounds):
         for name, target, command in rows_of:
             began = time.perf_counter()
@@ -441,7 +459,7 @@ def window_ratio(seconds: list[float]) -> tuple[int, float, float, float, float]
     return window, ms(sum(first)), ms(sum(last)), sum(last) / sum(first), median(last) / median(first)
 
 
-def fill_cli(plugin: Plugin, rows: list) -> None:
+def fill_cli(plugin: Plugin, rows: list[list[object]]) -> None:
     seconds = []
     n = 0
     while True:
@@ -456,11 +474,11 @@ def fill_cli(plugin: Plugin, rows: list) -> None:
     rows.append([f"CLI {plugin.subnet}", n, window, first, last, ratio, median_ratio, ms(median(seconds))])
 
 
-def api_conf(owner: str, family: str, subnet: str) -> dict:
+def api_conf(owner: str, family: str, subnet: str) -> dict[str, Any]:
     return {"cniVersion": "1.0.0", "ipam": {"id": owner, family: subnet}}
 
 
-def add_one(ipam, owner: str, family: str, subnet: str) -> float | None:
+def add_one(ipam: IPAM, owner: str, family: str, subnet: str) -> float | None:
     """Time one ADD of *owner* through the API; None when the pool is exhausted."""
     from ecs_ipam.errors import PoolExhaustedError
 
@@ -472,9 +490,10 @@ def add_one(ipam, owner: str, family: str, subnet: str) -> float | None:
     return time.perf_counter() - began
 
 
-def fill_api(ipam, subnet: str, family: str, count: int) -> tuple[list[float], list[str]]:
+def fill_api(ipam: IPAM, subnet: str, family: str, count: int) -> tuple[list[float], list[str]]:
     """Allocate *count* addresses (fewer if the pool runs out); return timings and ids."""
-    seconds, owners = [], []
+    seconds: list[float] = []
+    owners: list[str] = []
     while len(owners) < count:
         owner = f"fill-{len(owners)}"
         took = add_one(ipam, owner, family, subnet)
@@ -485,7 +504,7 @@ def fill_api(ipam, subnet: str, family: str, count: int) -> tuple[list[float], l
     return seconds, owners
 
 
-def timed_delete(ipam, owner: str, family: str, subnet: str) -> float:
+def timed_delete(ipam: IPAM, owner: str, family: str, subnet: str) -> float:
     began = time.perf_counter()
     released = ipam.delete(api_conf(owner, family, subnet))
     seconds = time.perf_counter() - began
@@ -502,7 +521,7 @@ def pool_capacity(subnet: str) -> int:
     return network.size - (3 if network.version == 4 else 2)
 
 
-def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> None:
+def api_sections(workdir: str, params: dict[str, Any], fill_rows: list[list[object]], targets: Targets) -> None:
     from ecs_ipam import IPAM
 
     del_rows = []
@@ -521,14 +540,18 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
             # The first allocations of a fill (in a fresh pool) and the last ones (in this
             # nearly full pool) are timed alternately, so that a burst of load elsewhere on
             # the machine, or of fsync latency, falls on both alike.
-            first, last, few_owners = [], [], []
+            first: list[float] = []
+            last: list[float] = []
+            few_owners: list[str] = []
             for n in range(window):
                 few_owners.append(f"first-{n}")
                 owners.append(f"last-{n}")
-                first.append(add_one(few, few_owners[-1], family, subnet))
-                last.append(add_one(full, owners[-1], family, subnet))
-                if last[-1] is None or first[-1] is None:
+                took_first = add_one(few, few_owners[-1], family, subnet)
+                took_last = add_one(full, owners[-1], family, subnet)
+                if took_last is None or took_first is None:
                     raise BenchError(f"{subnet} ran out of addresses before {total} allocations")
+                first.append(took_first)
+                last.append(took_last)
             if count is None and add_one(full, "one-too-many", family, subnet) is not None:
                 raise BenchError(f"{subnet} still had room after {total} allocations")
             ratio, median_ratio = sum(last) / sum(first), median(last) / median(first)
@@ -545,15 +568,19 @@ def api_sections(workdir: str, params: dict, fill_rows: list, targets: dict) -> 
                 ]
             )
             targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
-            walk = ""
+            walk: float | str = ""
             if count is None:
                 # The worst walk: DEL moves the pointer back to an early address, and the
                 # next ADD steps over every used address after it, round to that one.
                 timed_delete(full, owners[len(owners) // 100], family, subnet)
-                walk = ms(add_one(full, "walk", family, subnet))
+                took = add_one(full, "walk", family, subnet)
+                if took is None:
+                    raise BenchError(f"{subnet} had no room for an ADD after a DEL")
+                walk = ms(took)
             # DEL by id, alternating between the pools for the same reason.
             spread = owners[:: max(1, len(owners) // samples)][:samples]
-            few_seconds, full_seconds = [], []
+            few_seconds: list[float] = []
+            full_seconds: list[float] = []
             for few_owner, full_owner in zip(few_owners, spread, strict=False):
                 few_seconds.append(timed_delete(few, few_owner, family, subnet))
                 full_seconds.append(timed_delete(full, full_owner, family, subnet))
@@ -600,7 +627,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = dict(SMOKE if args.smoke else FULL)
+    params: dict[str, Any] = dict(SMOKE if args.smoke else FULL)
     sections = SECTIONS if args.only is None else args.only.split(",")
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -654,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         if "storm" in sections:
             storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22", "ecs-ipam")
             storm(storm_plugin, others("storm"), floor_env, params["storm"], params["storm_rounds"], targets)
-        fill_rows: list = []
+        fill_rows: list[list[object]] = []
         if "cli" in sections:
             fill_cli(Plugin(argv_plugin, base_env, workdir, "fill-cli", params["cli_subnet"]), fill_rows)
         if "api" in sections:

@@ -71,7 +71,7 @@ def _json_fallback(value: object) -> object:
     return repr(value)
 
 
-def entry_json(pair: kv.KVPair) -> dict:
+def entry_json(pair: kv.KVPair) -> dict[str, object]:
     """One pair as a JSON-ready dict.
 
     A value that is not msgpack is given as base64 text, flagged by
