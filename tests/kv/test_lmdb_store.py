@@ -299,6 +299,26 @@ def test_list_buckets_names_buckets_and_never_keys(path):
     assert kv.list_buckets(path) == names
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_values_and_keys_come_back_as_bytes_and_str_never_memoryviews(path, read_only):
+    # The store's types say bytes (lmdb.Transaction[bytes]): no transaction is begun with
+    # buffers=True, whose memoryviews die with their transaction.
+    with LMDBStore(path, "test") as store:
+        store.put("k1", b"one")
+        store.put("k2", b"two")
+    with LMDBStore(path, "test", read_only=read_only) as store:
+        pairs = [store.get("k1"), *store.list("k"), *store.transact(lambda tx: [tx.get("k2"), *tx.list("")], False)]
+    assert [(type(p.key), type(p.value), p.value) for p in pairs] == [
+        (str, bytes, b"one"),
+        (str, bytes, b"one"),
+        (str, bytes, b"two"),
+        (str, bytes, b"two"),
+        (str, bytes, b"one"),
+        (str, bytes, b"two"),
+    ]
+    assert all(type(name) is str for name in kv.list_buckets(path))
+
+
 def test_application_keys_never_land_in_the_main_database(path):
     with LMDBStore(path, "test") as store:
         store.put("in-test", b"1")
