@@ -14,7 +14,7 @@ def git_state() -> tuple[bool, str]:
     """Return ``(dirty, short_hash)``; ``(False, "")`` when unknown."""
     try:
         # Written by setup.py into the built package only: a checkout never has it.
-        from ._build import DIRTY, GIT_SHORT_HASH  # type: ignore[import-not-found]
+        from ._build import DIRTY, GIT_SHORT_HASH
 
         return bool(DIRTY), str(GIT_SHORT_HASH)
     except ImportError:
