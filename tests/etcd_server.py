@@ -23,6 +23,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +37,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextmanager
+def running_etcd(directory: Path) -> Iterator[EtcdServer]:
+    """A plain etcd started in *directory* for the body of the ``with``; skips the test
+    where etcd is not installed."""
+    import pytest
+
+    if ETCD is None:
+        pytest.skip(NOT_INSTALLED)
+    server = EtcdServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class ServerTLS(NamedTuple):

@@ -23,7 +23,6 @@ import pytest
 from ecs_ipam import kv
 from ecs_ipam.allocator import LEGACY_BUCKET, id_index_key
 from ecs_ipam.ctl import cli
-from etcd_server import ETCD, NOT_INSTALLED, EtcdServer
 from plugin import (
     ROOT,
     V4_SUBNET,
@@ -592,16 +591,6 @@ def test_ages_for_people(seconds, text):
 
 
 # --- etcd --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    if ETCD is None:
-        pytest.skip(NOT_INSTALLED)
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_the_same_commands_against_etcd(tmp_path, etcd):

@@ -39,7 +39,7 @@ from ecs_ipam.kv.etcd import (
     prefix_end,
     unescape_bucket,
 )
-from etcd_server import ETCD, NOT_INSTALLED, EtcdServer, free_port
+from etcd_server import ETCD, NOT_INSTALLED, EtcdServer, free_port, running_etcd
 
 from .contract import StoreContract, raises_store_error
 
@@ -48,25 +48,11 @@ ROOT = Path(__file__).resolve().parents[2]
 requires_etcd = pytest.mark.skipif(ETCD is None, reason=NOT_INSTALLED)
 
 
-@pytest.fixture(scope="session")
-def etcd(tmp_path_factory):
-    if ETCD is None:
-        pytest.skip(NOT_INSTALLED)
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory):
     """An etcd of its own for the tests that stop and start it (each on a fresh prefix)."""
-    if ETCD is None:
-        pytest.skip(NOT_INSTALLED)
-    server = EtcdServer(tmp_path_factory.mktemp("restartable"))
-    server.start()
-    yield server
-    server.stop()
+    with running_etcd(tmp_path_factory.mktemp("restartable")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,14 @@
+"""Fixtures that several test files share."""
+
+from __future__ import annotations
+
+import pytest
+
+from etcd_server import running_etcd
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    """One real etcd for the whole run; each test works under a prefix of its own."""
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
