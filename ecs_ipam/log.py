@@ -56,7 +56,13 @@ class Log:
             st = os.fstat(fd)
             if st.st_size == 0 or not _is_regular(st.st_mode) or _hour(st.st_mtime) == _hour(now):
                 return fd
-            if not self._roll(fd, st):
+            try:
+                rolled = self._roll(fd, st)
+            except OSError:
+                # No hard links on this file system, no right to make one...: a log that
+                # cannot roll still takes the line.
+                rolled = False
+            if not rolled:
                 return fd
         except BaseException:
             os.close(fd)

@@ -71,6 +71,25 @@ def test_an_hour_already_rolled_is_never_replaced(tmp_path):
     assert lines[0].endswith("late") and lines[1].endswith("now") and len(lines) == 2
 
 
+def test_a_file_system_without_hard_links_keeps_every_line_in_the_current_file(tmp_path, monkeypatch):
+    # Some file systems (vfat, some network mounts) refuse link(): the file cannot roll,
+    # and the lines must still be written.  No such file system can be mounted here, so
+    # link() is made to fail as it does there.
+    path = tmp_path / "plugin.log"
+    Log(str(path)).info("one")
+    age(path, 3)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(log_module.os, "link", refuse)
+    Log(str(path)).info("two")
+    Log(str(path)).error("three")
+    assert rolled(tmp_path) == []
+    lines = read(path).splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["one", "two", "three"]
+
+
 def test_the_newest_24_finished_hours_are_kept(tmp_path):
     path = tmp_path / "plugin.log"
     start = time.time() - 40 * HOUR
