@@ -44,7 +44,9 @@ def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> Pool
     # Leases migrated from the Go plugin wait in their bucket until a config names their
     # subnet; taking them first keeps them from being handed out a second time.  Only a
     # migrated host pays for importing the code that does it.
-    waiting = tx.bucket(LEGACY_BUCKET).list("")
+    # The names tell for free whether there was ever a migration: only then is the
+    # bucket listed (on etcd, each listing is a request).
+    waiting = tx.bucket(LEGACY_BUCKET).list("") if LEGACY_BUCKET in names else []
     if waiting:
         from .legacy import adopt
 
