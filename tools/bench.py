@@ -180,6 +180,8 @@ def child_environment(extra: Env) -> Env:
 class Plugin:
     """ecs-ipam as a process, on one database."""
 
+    cni_version = "1.0.0"
+
     def __init__(self, argv: list[str], base_env: Env, workdir: str, name: str, subnet: str, label: str = "") -> None:
         self.argv = argv
         self.label = label
@@ -191,7 +193,7 @@ class Plugin:
     def conf(self, owner: str) -> bytes:
         return json.dumps(
             {
-                "cniVersion": "1.0.0",
+                "cniVersion": self.cni_version,
                 "name": "bench",
                 "type": "ecs-ipam",
                 "ipam": {
@@ -225,20 +227,7 @@ class Peer(Plugin):
     """Another ecs-ipam implementation (the Go original, say): same environment and
     configuration, at the one cniVersion the Go original accepts."""
 
-    def conf(self, owner: str) -> bytes:
-        return json.dumps(
-            {
-                "cniVersion": "0.3.0",
-                "name": "bench",
-                "type": "ecs-ipam",
-                "ipam": {
-                    "type": "ecs-ipam",
-                    "id": owner,
-                    "ipv4-subnet": self.subnet,
-                    "ipv4-routes": [{"dst": "169.254.170.2/32"}],
-                },
-            }
-        ).encode()
+    cni_version = "0.3.0"
 
     def env(self, command: str, owner: str) -> Env:
         return dict(super().env(command, owner), CNI_PATH=os.path.dirname(self.argv[0]))
