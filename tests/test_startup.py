@@ -109,8 +109,9 @@ def floor_modules() -> set[str]:
     return set(json.loads(python("-c", FLOOR)))
 
 
-def run_command(tmp_path, command: str, owner: str = "task-startup") -> dict:
-    netconf = {
+def startup_netconf(owner: str, **ipam: str) -> dict:
+    """The agent's task network configuration for *owner*; *ipam* adds fields."""
+    return {
         "cniVersion": "1.0.0",
         "name": "startup",
         "type": "ecs-ipam",
@@ -118,10 +119,14 @@ def run_command(tmp_path, command: str, owner: str = "task-startup") -> dict:
             "type": "ecs-ipam",
             "id": owner,
             "ipv4-subnet": "169.254.172.0/22",
+            **ipam,
             "ipv4-routes": [{"dst": "169.254.170.2/32"}],
         },
     }
-    environ = {
+
+
+def startup_environ(tmp_path, command: str) -> dict[str, str]:
+    return {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": "container-1",
         "CNI_NETNS": "/var/run/netns/x",
@@ -129,6 +134,11 @@ def run_command(tmp_path, command: str, owner: str = "task-startup") -> dict:
         "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
         "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
     }
+
+
+def run_command(tmp_path, command: str, owner: str = "task-startup") -> dict:
+    netconf = startup_netconf(owner)
+    environ = startup_environ(tmp_path, command)
     args = {"root": REPO_ROOT, "environ": environ, "stdin": json.dumps(netconf)}
     report = json.loads(python("-c", RECORDER, json.dumps(args)))
     assert report["code"] == 0, report["output"]
@@ -239,27 +249,8 @@ def imported_by(code: str, environ: dict | None = None, stdin: str = "") -> list
 
 def warm_call(tmp_path, command: str) -> list[str]:
     """Import list of one *command* process on a database that already serves the pool."""
-    netconf = {
-        "cniVersion": "1.0.0",
-        "name": "startup",
-        "type": "ecs-ipam",
-        "ipam": {
-            "type": "ecs-ipam",
-            "id": f"warm-{command}",
-            "ipv4-subnet": "169.254.172.0/22",
-            "ipv4-gateway": "169.254.172.1",
-            "ipv4-routes": [{"dst": "169.254.170.2/32"}],
-        },
-    }
-    environ = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": "container-1",
-        "CNI_NETNS": "/var/run/netns/x",
-        "CNI_IFNAME": "eth0",
-        "IPAM_DB_PATH": str(tmp_path / "ipam.db"),
-        "ECS_CNI_LOG_FILE": str(tmp_path / "plugin.log"),
-        "IPAM_DB_CONNECTION_TIMEOUT": "5s",
-    }
+    netconf = startup_netconf(f"warm-{command}", **{"ipv4-gateway": "169.254.172.1"})
+    environ = dict(startup_environ(tmp_path, command), IPAM_DB_CONNECTION_TIMEOUT="5s")
     if command == "DEL":
         imported_by(ENTRY, dict(environ, CNI_COMMAND="ADD"), json.dumps(netconf))
     else:
