@@ -69,7 +69,7 @@ def test_the_package_is_marked_as_typed():
 
 def test_console_scripts_are_the_plugin_and_the_operator_tool():
     scripts = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
-    assert scripts == ["ecs-ipam = ecs_ipam.cni:main", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
+    assert scripts == ["ecs-ipam = ecs_ipam.entry:run", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
 
 
 def test_the_packages_found_include_every_subpackage_and_no_tests_or_tools():
