@@ -15,7 +15,7 @@ same contract suite.
 from __future__ import annotations
 
 import abc
-from collections import namedtuple
+from operator import itemgetter
 
 from ..errors import (
     CallNotSupportedError,
@@ -48,8 +48,45 @@ if TYPE_CHECKING:
         last_index: int
 
 else:
-    # The same tuple as typing.NamedTuple would make, without importing typing.
-    KVPair = namedtuple("KVPair", ["key", "value", "last_index"])
+    # The tuple collections.namedtuple would make, written out: importing collections
+    # costs a plugin start more than its whole transaction (a sixth of a bare
+    # interpreter's start-up).  tests/kv/test_kvpair.py holds it to the namedtuple.
+
+    class KVPair(tuple):
+        __slots__ = ()
+        _fields = ("key", "value", "last_index")
+        _field_defaults = {}  # noqa: RUF012 - namedtuple's, never written
+        __match_args__ = _fields
+
+        def __new__(cls, key, value, last_index):
+            return tuple.__new__(cls, (key, value, last_index))
+
+        key = property(itemgetter(0), doc="Alias for field number 0")
+        value = property(itemgetter(1), doc="Alias for field number 1")
+        last_index = property(itemgetter(2), doc="Alias for field number 2")
+
+        @classmethod
+        def _make(cls, iterable):
+            result = tuple.__new__(cls, iterable)
+            if len(result) != 3:
+                raise TypeError(f"Expected 3 arguments, got {len(result)}")
+            return result
+
+        def _replace(self, **changes):
+            result = self._make(map(changes.pop, self._fields, self))
+            if changes:
+                raise ValueError(f"Got unexpected field names: {list(changes)!r}")
+            return result
+
+        def _asdict(self):
+            return {"key": self[0], "value": self[1], "last_index": self[2]}
+
+        def __repr__(self):
+            return f"{type(self).__name__}(key={self[0]!r}, value={self[1]!r}, last_index={self[2]!r})"
+
+        def __getnewargs__(self):
+            return tuple(self)
+
 
 KVPair.__doc__ = """One key/value pair as stored, with the index used for compare-and-swap.
 
