@@ -77,8 +77,12 @@ def recording_import_module(name, package=None):
         seen.append([who, importlib.util.resolve_name(name, package) if name.startswith(".") else name])
     return real_import_module(name, package)
 
+def exit_to_recorder(code):
+    raise SystemExit(code)  # the entry ends the process with os._exit, before the report
+
 builtins.__import__ = recording_import
 importlib.import_module = recording_import_module
+os._exit = exit_to_recorder
 
 args = json.loads(sys.argv[1])
 sys.argv = ["ecs-ipam"]  # CNI passes no arguments
@@ -181,11 +185,13 @@ def test_the_recorder_sees_an_import_made_by_the_plugin(tmp_path):
 # the store, the C modules the store and the record fast path call, and __future__ (every
 # module's "from __future__ import annotations").  Whatever these pull in themselves is
 # the floor's, not the plugin's doing.
-NEEDED = "import __future__, json, lmdb, struct, fcntl, errno, collections.abc, operator, io"
+NEEDED = "import __future__, _json, gc, lmdb, struct, fcntl, errno, operator, io"
 # The plugin's own modules on the warm path.
 OWN = {
     "ecs_ipam",
     "ecs_ipam.cni",
+    "ecs_ipam.entry",
+    "ecs_ipam.jsonfast",
     "ecs_ipam.config",
     "ecs_ipam.addr",
     "ecs_ipam.errors",
@@ -208,6 +214,11 @@ OWN = {
 # _socket, which an IPv4 pool does not need either; random: only a process that waits for
 # the lock needs jitter; contextlib: two context managers are written out instead).
 NOT_WARM = (
+    "json",
+    "re",
+    "enum",
+    "functools",
+    "collections",
     "netaddr",
     "msgpack",
     "datetime",
@@ -227,7 +238,7 @@ NOT_WARM = (
     "ecs_ipam.legacy",
 )
 
-ENTRY = "import sys; from ecs_ipam.cni import main; sys.exit(main())"
+ENTRY = "from ecs_ipam.entry import run; run()"
 
 
 def imported_by(code: str, environ: dict | None = None, stdin: str = "") -> list[str]:
