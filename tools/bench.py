@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -276,12 +277,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(1, math.ceil(len(ordered) * share)) - 1]
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     cells = [header] + [[_cell(value) for value in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -511,84 +506,99 @@ def pool_capacity(subnet: str) -> int:
 
 
 def api_sections(workdir: str, params: dict[str, Any], fill_rows: list[list[object]], targets: Targets) -> None:
-    from ecs_ipam import IPAM
-
     del_rows = []
-    samples = params["del_count"]
     for family, subnet, count in (
         ("ipv4-subnet", params["api_subnet"], None),
         ("ipv6-subnet", params["v6_subnet"], params["v6_count"]),
     ):
-        total = pool_capacity(subnet) if count is None else count
-        window = max(samples, min(1000, total // 4))
-        with (
-            IPAM(os.path.join(workdir, f"few-{family}.db")) as few,
-            IPAM(os.path.join(workdir, f"full-{family}.db")) as full,
-        ):
-            seconds, owners = fill_api(full, subnet, family, total - window)
-            # The first allocations of a fill (in a fresh pool) and the last ones (in this
-            # nearly full pool) are timed alternately, so that a burst of load elsewhere on
-            # the machine, or of fsync latency, falls on both alike.
-            first: list[float] = []
-            last: list[float] = []
-            few_owners: list[str] = []
-            for n in range(window):
-                few_owners.append(f"first-{n}")
-                owners.append(f"last-{n}")
-                took_first = add_one(few, few_owners[-1], family, subnet)
-                took_last = add_one(full, owners[-1], family, subnet)
-                if took_last is None or took_first is None:
-                    raise BenchError(f"{subnet} ran out of addresses before {total} allocations")
-                first.append(took_first)
-                last.append(took_last)
-            if count is None and add_one(full, "one-too-many", family, subnet) is not None:
-                raise BenchError(f"{subnet} still had room after {total} allocations")
-            ratio, median_ratio = sum(last) / sum(first), median(last) / median(first)
-            fill_rows.append(
-                [
-                    f"API {subnet}",
-                    total,
-                    window,
-                    ms(sum(first)),
-                    ms(sum(last)),
-                    ratio,
-                    median_ratio,
-                    ms(median(seconds + last)),
-                ]
-            )
-            targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
-            walk: float | str = ""
-            if count is None:
-                # The worst walk: DEL moves the pointer back to an early address, and the
-                # next ADD steps over every used address after it, round to that one.
-                timed_delete(full, owners[len(owners) // 100], family, subnet)
-                took = add_one(full, "walk", family, subnet)
-                if took is None:
-                    raise BenchError(f"{subnet} had no room for an ADD after a DEL")
-                walk = ms(took)
-            # DEL by id, alternating between the pools for the same reason.
-            spread = owners[:: max(1, len(owners) // samples)][:samples]
-            few_seconds: list[float] = []
-            full_seconds: list[float] = []
-            for few_owner, full_owner in zip(few_owners, spread, strict=False):
-                few_seconds.append(timed_delete(few, few_owner, family, subnet))
-                full_seconds.append(timed_delete(full, full_owner, family, subnet))
-        del_ratio = median(full_seconds) / median(few_seconds)
-        del_rows.append(
-            [
-                f"API {subnet}: {window} vs {len(owners)} in use",
-                ms(median(few_seconds)),
-                ms(median(full_seconds)),
-                del_ratio,
-                walk,
-            ]
-        )
-        targets[f"DEL by id: full/few in use {subnet}"] = (del_ratio, MAX_DEL_RATIO)
+        fill_row, del_row = api_pool(workdir, family, subnet, count, params["del_count"], targets)
+        fill_rows.append(fill_row)
+        del_rows.append(del_row)
     table(
         "DEL by id (median ms) and the worst walk",
         ["pool", "few in use", "full", "full/few", "ADD after early release, full (ms)"],
         del_rows,
     )
+
+
+def api_pool(
+    workdir: str, family: str, subnet: str, count: int | None, samples: int, targets: Targets
+) -> tuple[list[object], list[object]]:
+    """Fill *subnet* (all of it when *count* is None) through the API, timing the last
+    window against a fresh pool's first, then DEL by id in both; return the two rows."""
+    from ecs_ipam import IPAM
+
+    total = pool_capacity(subnet) if count is None else count
+    window = max(samples, min(1000, total // 4))
+    with (
+        IPAM(os.path.join(workdir, f"few-{family}.db")) as few,
+        IPAM(os.path.join(workdir, f"full-{family}.db")) as full,
+    ):
+        seconds, owners = fill_api(full, subnet, family, total - window)
+        first, last, few_owners = fill_windows(few, full, owners, family, subnet, window)
+        if count is None and add_one(full, "one-too-many", family, subnet) is not None:
+            raise BenchError(f"{subnet} still had room after {total} allocations")
+        walk = worst_walk(full, owners, family, subnet) if count is None else ""
+        # DEL by id, alternating between the pools for the same reason.
+        spread = owners[:: max(1, len(owners) // samples)][:samples]
+        few_seconds: list[float] = []
+        full_seconds: list[float] = []
+        for few_owner, full_owner in zip(few_owners, spread, strict=False):
+            few_seconds.append(timed_delete(few, few_owner, family, subnet))
+            full_seconds.append(timed_delete(full, full_owner, family, subnet))
+    ratio = sum(last) / sum(first)
+    targets[f"fill: API {subnet} last/first window"] = (ratio, MAX_FILL_RATIO)
+    del_ratio = median(full_seconds) / median(few_seconds)
+    targets[f"DEL by id: full/few in use {subnet}"] = (del_ratio, MAX_DEL_RATIO)
+    fill_row: list[object] = [
+        f"API {subnet}",
+        total,
+        window,
+        ms(sum(first)),
+        ms(sum(last)),
+        ratio,
+        median(last) / median(first),
+        ms(median(seconds + last)),
+    ]
+    del_row: list[object] = [
+        f"API {subnet}: {window} vs {len(owners)} in use",
+        ms(median(few_seconds)),
+        ms(median(full_seconds)),
+        del_ratio,
+        walk,
+    ]
+    return fill_row, del_row
+
+
+def fill_windows(
+    few: IPAM, full: IPAM, owners: list[str], family: str, subnet: str, window: int
+) -> tuple[list[float], list[float], list[str]]:
+    """Time *window* ADDs in the fresh pool *few* and in the nearly full *full*, alternately,
+    so that a burst of load elsewhere on the machine, or of fsync latency, falls on both
+    alike; *owners* (of *full*) grows by the new ones.  Return both timings and *few*'s owners."""
+    first: list[float] = []
+    last: list[float] = []
+    few_owners: list[str] = []
+    for n in range(window):
+        few_owners.append(f"first-{n}")
+        owners.append(f"last-{n}")
+        took_first = add_one(few, few_owners[-1], family, subnet)
+        took_last = add_one(full, owners[-1], family, subnet)
+        if took_last is None or took_first is None:
+            raise BenchError(f"{subnet} ran out of addresses before the last window was filled")
+        first.append(took_first)
+        last.append(took_last)
+    return first, last, few_owners
+
+
+def worst_walk(full: IPAM, owners: list[str], family: str, subnet: str) -> float:
+    """ms of the worst ADD: DEL moves the pointer back to an early address, and the next
+    ADD steps over every used address after it, round to that one."""
+    timed_delete(full, owners[len(owners) // 100], family, subnet)
+    took = add_one(full, "walk", family, subnet)
+    if took is None:
+        raise BenchError(f"{subnet} had no room for an ADD after a DEL")
+    return ms(took)
 
 
 # --- main -----------------------------------------------------------------------------------
