@@ -43,7 +43,7 @@ except Busy:
     outcome = "busy"
 waited = time.monotonic() - began
 left = (signal.getsignal(signal.SIGALRM) == signal.SIG_DFL, signal.getitimer(signal.ITIMER_REAL))
-print(outcome, round(waited, 3), left[0], left[1], flush=True)
+print(outcome, repr(waited), left[0], left[1], flush=True)
 """
 
 

@@ -850,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         missed += not met
         rows.append([name, value, f"<= {limit:g}", "met" if met else "MISSED"])
     table(
-        "Targets of issues #5, #12 and #26" + (" (smoke sizes: indicative only)" if args.smoke else ""),
+        "Targets of issue #5, #12 and #26" + (" (smoke sizes: indicative only)" if args.smoke else ""),
         ["target", "measured", "limit", ""],
         rows,
     )

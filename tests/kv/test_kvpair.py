@@ -39,7 +39,8 @@ def test_it_is_the_named_tuple_in_every_visible_way(fields):
 def test_its_class_attributes_are_the_named_tuples():
     assert KVPair._fields == Reference._fields
     assert KVPair._field_defaults == Reference._field_defaults == {}
-    assert KVPair.__match_args__ == Reference.__match_args__
+    if hasattr(Reference, "__match_args__"):  # Python 3.10 and later
+        assert KVPair.__match_args__ == Reference.__match_args__
     assert KVPair.__name__ == "KVPair" and issubclass(KVPair, tuple)
     assert KVPair.__slots__ == ()
 
