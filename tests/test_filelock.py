@@ -169,8 +169,7 @@ def test_holders_exclude_one_another(tmp_path):
     counter = tmp_path / "counter"
     counter.write_bytes(b"0")
     crowd = [
-        subprocess.Popen([sys.executable, "-c", COUNTER, str(counter), ROOT], stderr=subprocess.PIPE)
-        for _ in range(24)
+        subprocess.Popen([sys.executable, "-c", COUNTER, str(counter), ROOT], stderr=subprocess.PIPE) for _ in range(24)
     ]
     for proc in crowd:
         _, err = proc.communicate(timeout=120)
