@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -92,7 +91,7 @@ def test_a_waiter_sleeps_in_flock_and_gets_the_lock_when_it_is_freed(holder):
         assert time.monotonic() < deadline, f"the waiter is in syscall {current_syscall(waiter.pid)}, not flock"
         time.sleep(0.01)
     proc.stdin.close()  # the holder exits, which frees the lock
-    outcome, waited, restored, timer = last_line(waiter).split(" ", 3)
+    outcome, _, restored, timer = last_line(waiter).split(" ", 3)
     assert outcome == "locked"
     assert restored == "True" and timer == "(0.0, 0.0)"
 
