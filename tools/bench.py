@@ -404,7 +404,7 @@ def phases(plugin: Plugin, floor_env: Env, runs: int) -> None:
                 continue
             spawned, printed, reaped = floor
             record(
-                f"floor: python -I {' '.join(flags[1:])}-c pass",
+                f"floor: python {' '.join(['-I', *flags[1:]])} -c pass",
                 [printed - spawned, 0, 0, 0, reaped - printed, reaped - spawned],
             )
             for command, (spawned, started, imported, worked, *held, reaped) in zip(("ADD", "DEL"), calls, strict=True):
