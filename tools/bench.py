@@ -396,9 +396,12 @@ def phases(plugin: Plugin, floor_env: Env, runs: int) -> None:
         for mode, flags in modes.items():
             floor = phase_times(start([sys.executable, "-I", *flags[1:], "-c", PHASE_FLOOR], floor_env, b""))
             driver = isolated_code(PHASE_DRIVER) if flags else PHASE_DRIVER
+            owner = f"phases-{n}"
             calls = [
-                phase_times(start([sys.executable, *flags, "-c", driver], plugin.env(command, f"phases-{n}"), conf))
-                for command, conf in (("ADD", plugin.conf(f"phases-{n}")), ("DEL", plugin.conf(f"phases-{n}")))
+                phase_times(
+                    start([sys.executable, *flags, "-c", driver], plugin.env(command, owner), plugin.conf(owner))
+                )
+                for command in ("ADD", "DEL")
             ]
             if n < warmup:
                 continue
