@@ -64,9 +64,9 @@ class Route(_Fields):
 class Pool(_Fields):
     """One address family of the configuration: where addresses come from.
 
-    ``version`` (4 or 6), ``subnet`` (:class:`Network`, host bits clear), ``gateway``
-    (:class:`Address`), ``fixed_address`` (:class:`Network` or None), ``routes``
-    (tuple of :class:`Route`).
+    ``version`` (4 or 6), ``subnet`` (:class:`Network`, host bits clear, also when the
+    configuration wrote some), ``gateway`` (:class:`Address`), ``fixed_address``
+    (:class:`Network` or None), ``routes`` (tuple of :class:`Route`).
     """
 
     __slots__ = ()
@@ -248,7 +248,8 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
             if ipam.get(f"{family}-{field}") not in (None, "", []):
                 raise InvalidConfigError(f"ipam.{family}-{field} is set but ipam.{subnet_field} is missing")
         return None
-    subnet = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version).cidr
+    written = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version)
+    subnet = written.cidr
     if subnet.prefixlen > MAX_PREFIX[version]:
         raise InvalidConfigError(
             f"ipam.{subnet_field} {subnet}: no available ip in the subnet (prefix longer than /{MAX_PREFIX[version]})"
@@ -257,7 +258,7 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
     gateway_field = f"ipam.{family}-gateway"
     raw_gateway = ipam.get(f"{family}-gateway")
     if raw_gateway in (None, ""):
-        gateway = Address(subnet.first + 1, version)
+        gateway = _default_gateway(written, f"ipam.{subnet_field}", gateway_field)
     else:
         gateway = parse_ip(raw_gateway, gateway_field, version)
         _check_host_address(gateway, subnet, gateway_field)
@@ -273,6 +274,25 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
 
     routes = _parse_routes(ipam.get(f"{family}-routes"), f"ipam.{family}-routes", version)
     return Pool(version, subnet, gateway, fixed, routes)
+
+
+def _default_gateway(written: Network, field: str, gateway_field: str) -> Address:
+    """The Go plugin's default gateway: the address written in the subnet, + 1.
+
+    That is the network address + 1 for a subnet written as such, but ``10.0.0.5/29``
+    gives ``10.0.0.6``: a bridge the Go plugin configured so keeps its gateway.  Where
+    the Go plugin would answer a gateway no task can use (the IPv4 broadcast address, an
+    address past the subnet), the configuration is refused instead.
+    """
+    subnet = written.cidr
+    value = written.value + 1
+    if value <= subnet.last and not (subnet.version == 4 and value == subnet.last):
+        return Address(value, subnet.version)
+    where = "the broadcast address of" if value == subnet.last else "outside"
+    raise InvalidConfigError(
+        f"{field} {written}: the default gateway, the written address + 1, is {where} {subnet}; "
+        f"write the subnet as {subnet} or set {gateway_field}"
+    )
 
 
 def _check_host_address(ip: Address, subnet: Network, field: str) -> None:

@@ -95,6 +95,12 @@ DIFFERENCES = {
         'ipstore: id already exists"); not generated: one subnet per family and sequence',
         "tests/test_ipam.py::test_two_subnets_in_one_database_with_the_same_id",
     ),
+    "host-bits-gateway": (
+        "a subnet written with host bits whose default gateway (the written address + 1) is the "
+        "IPv4 broadcast address or lies past the subnet is an invalid configuration, code 7 "
+        "(the Go plugin answers that gateway)",
+        "tests/test_host_bits.py::test_an_unusable_default_gateway_is_refused",
+    ),
     "cni-versions": (
         "every CNI version from 0.1.0 to 1.1.0 is answered (the Go plugin: 0.3.0 only); sequences use 0.3.0",
         "tests/test_results.py",
@@ -244,6 +250,8 @@ def compare(op: JSON, reference: Answer, candidate: Answer) -> tuple[str, str]:
         return "same", ""
     if not ref["ok"] and ref["error"] == "not-held" and cand["ok"] and op["command"] == "DEL":
         return "intentional", "del-not-held"
+    if not cand["ok"] and cand["error"] == "invalid-config" and unusable_default_gateway(op["conf"]["ipam"]):
+        return "intentional", "host-bits-gateway"
     if (
         not ref["ok"]
         and not cand["ok"]
@@ -253,6 +261,22 @@ def compare(op: JSON, reference: Answer, candidate: Answer) -> tuple[str, str]:
     ):
         return "intentional", "fixed-is-gateway"
     return "mismatch", f"reference {ref} / plugin {cand}"
+
+
+def unusable_default_gateway(ipam: JSON) -> bool:
+    """Whether a pool of *ipam* takes the default gateway, and the Go plugin's (the address
+    written in the subnet + 1) is the IPv4 broadcast address or lies past the subnet."""
+    for version, family in ((4, "ipv4"), (6, "ipv6")):
+        if ipam.get(f"{family}-gateway") or not isinstance(ipam.get(f"{family}-subnet"), str):
+            continue
+        try:
+            written = netaddr.IPNetwork(ipam[f"{family}-subnet"])
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+        gateway = int(written.ip) + 1
+        if gateway > written.last or (version == 4 and gateway == written.last):
+            return True
+    return False
 
 
 def answer_json(answer: Answer) -> JSON:
@@ -289,12 +313,16 @@ def pool_layout(kind: str, rng: random.Random) -> JSON:
     prefixes = {4: 28, 6: 124} if kind == "dual" else {4: rng.choice((29, 28, 27)), 6: rng.choice((125, 124, 123))}
     base = {4: f"10.{rng.randrange(256)}.{rng.randrange(16) * 16}.0", 6: f"fd00:{rng.randrange(65536):x}::"}
     ipam: JSON = {"type": "ecs-ipam"}
-    gateway_offset = 1 if rng.random() < 0.7 or kind == "dual" else 2
+    explicit_gateway = not (rng.random() < 0.7 or kind == "dual")
+    first = layout["families"][0]
+    host_bits = _host_bits(kind, 2 ** ((32 if first == 4 else 128) - prefixes[first]), rng)
+    # The Go plugin's default gateway is the address written in the subnet + 1.
+    gateway_offset = 2 if explicit_gateway else host_bits + 1
     for version in layout["families"]:
         family = "ipv4" if version == 4 else "ipv6"
         subnet = netaddr.IPNetwork(f"{base[version]}/{prefixes[version]}").cidr
-        ipam[f"{family}-subnet"] = str(subnet)
-        if gateway_offset != 1:
+        ipam[f"{family}-subnet"] = f"{netaddr.IPAddress(subnet.first + host_bits, version)}/{subnet.prefixlen}"
+        if explicit_gateway:
             ipam[f"{family}-gateway"] = str(netaddr.IPAddress(subnet.first + gateway_offset, version))
         elif rng.random() < 0.2:
             ipam[f"{family}-gateway"] = ""
@@ -306,6 +334,22 @@ def pool_layout(kind: str, rng: random.Random) -> JSON:
     layout["ipam"] = ipam
     layout["gateway_offset"] = gateway_offset
     return layout
+
+
+def _host_bits(kind: str, size: int, rng: random.Random) -> int:
+    """The offset of the address written in the subnet: 0 (none) in most sequences.
+
+    Some write host bits whose default gateway is usable; a few (not dual: its pin holds
+    the IPv6 pool's last address) write those whose default gateway the Go plugin answers
+    although no task could use it, the IPv4 broadcast address or one past the subnet
+    (see "host-bits-gateway").
+    """
+    roll = rng.random()
+    if roll < 0.6:
+        return 0
+    if roll < 0.94 or kind == "dual":
+        return rng.randrange(1, size - 2)
+    return rng.choice((size - 2, size - 1)) if kind == "v4" else size - 1
 
 
 def _subnets(layout: JSON) -> dict[int, netaddr.IPNetwork]:
@@ -649,6 +693,19 @@ def replay(transcript: JSON, candidate: Runner) -> list[Tally]:
     ]
 
 
+def write_transcript(path: str, reference_name: str, sequences: list[JSON]) -> None:
+    """Save :func:`compact` sequences (each with its ``seed`` and ``kind``) for ``--replay``."""
+    with open(path, "w", encoding="utf-8") as f:
+        # One sequence, then one operation per line: small, and readable in a diff.
+        f.write(f'{{"format": {TRANSCRIPT_FORMAT}, "reference": {json.dumps(reference_name)}, "sequences": [\n')
+        for i, sequence in enumerate(sequences):
+            head = {k: v for k, v in sequence.items() if k != "ops"}
+            f.write(json.dumps(head)[:-1] + ', "ops": [\n')
+            f.write(",\n".join(json.dumps(op, separators=(",", ":")) for op in sequence["ops"]))
+            f.write("\n]}" + ("," if i < len(sequences) - 1 else "") + "\n")
+        f.write("]}\n")
+
+
 def _runner(plugin: ProcessPlugin | InProcessPlugin) -> Runner:
     return lambda op, directory: plugin.run(op["command"], op["conf"], directory)
 
@@ -699,16 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             tallies.append(tally)
             sequences.append({"seed": seed, "kind": kind, **compact(transcript)})
     if args.record:
-        with open(args.record, "w", encoding="utf-8") as f:
-            # One sequence, then one operation per line: small, and readable in a diff.
-            reference_name = json.dumps(os.path.basename(args.reference))
-            f.write(f'{{"format": {TRANSCRIPT_FORMAT}, "reference": {reference_name}, "sequences": [\n')
-            for i, sequence in enumerate(sequences):
-                head = {k: v for k, v in sequence.items() if k != "ops"}
-                f.write(json.dumps(head)[:-1] + ', "ops": [\n')
-                f.write(",\n".join(json.dumps(op, separators=(",", ":")) for op in sequence["ops"]))
-                f.write("\n]}" + ("," if i < len(sequences) - 1 else "") + "\n")
-            f.write("]}\n")
+        write_transcript(args.record, os.path.basename(args.reference), sequences)
     return 1 if print_report(tallies, show=args.show) else 0
 
 
