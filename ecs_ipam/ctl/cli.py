@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     # Global options go before or after the command, as people type them: each parser
     # knows them, and SUPPRESS keeps a command's parser from resetting what came before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--db",
         metavar="PATH_OR_URL",
