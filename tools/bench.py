@@ -315,10 +315,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     print(f"\n## {title}\n")
     for n, row in enumerate(cells):
         print(
-            "  "
-            + "  ".join(
-                text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths, strict=True))
-            )
+            "  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
         )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
@@ -388,7 +385,7 @@ def phases(plugin: Plugin, floor_env: Env, runs: int) -> None:
     samples: dict[str, dict[str, list[float]]] = {}
 
     def record(row: str, values: list[float]) -> None:
-        for phase, value in zip(PHASES, values, strict=True):
+        for phase, value in zip(PHASES, values):
             samples.setdefault(row, {}).setdefault(phase, []).append(value)
 
     warmup = 3  # bytecode caches, page cache, the database itself
@@ -410,7 +407,7 @@ def phases(plugin: Plugin, floor_env: Env, runs: int) -> None:
                 f"floor: python {' '.join(['-I', *flags[1:]])} -c pass",
                 [printed - spawned, 0, 0, 0, reaped - printed, reaped - spawned],
             )
-            for command, (spawned, started, imported, worked, *held, reaped) in zip(("ADD", "DEL"), calls, strict=True):
+            for command, (spawned, started, imported, worked, *held, reaped) in zip(("ADD", "DEL"), calls):
                 in_lock = sum(held[1::2]) - sum(held[::2])
                 record(
                     f"{command}, {mode}",
@@ -676,7 +673,7 @@ def api_pool(
         spread = owners[:: max(1, len(owners) // samples)][:samples]
         few_seconds: list[float] = []
         full_seconds: list[float] = []
-        for few_owner, full_owner in zip(few_owners, spread, strict=False):
+        for few_owner, full_owner in zip(few_owners, spread):
             few_seconds.append(timed_delete(few, few_owner, family, subnet))
             full_seconds.append(timed_delete(full, full_owner, family, subnet))
     ratio = sum(last) / sum(first)
