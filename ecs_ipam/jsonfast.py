@@ -51,8 +51,11 @@ def loads(document: bytes | bytearray | str) -> Any:
         start = len(text) - len(text.lstrip(_WHITESPACE))
         try:
             value, end = _scan_once(text, start)
-        except (StopIteration, ValueError, RecursionError):
-            pass  # json raises its own error for it, below
+        except (StopIteration, ValueError, RecursionError, SystemError):
+            # json raises its own error for it, below.  SystemError: on Python 3.9 to 3.11
+            # the scanner looks json.decoder up in sys.modules for its error class, without
+            # importing it, and fails that way when json is not loaded.
+            pass
         else:
             if not text[end:].strip(_WHITESPACE):
                 return value

@@ -196,6 +196,42 @@ def test_what_the_plugin_reads_and_writes_never_imports_json():
     assert done.stdout.strip() == "[]", done.stdout
 
 
+# Errors in a process where json is not loaded: the scanner's error path differs there
+# (before 3.12 it finds json.decoder's error class only if json is already imported).
+UNLOADED = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from ecs_ipam.jsonfast import loads
+documents = [b"{", b'{"a": }', b'[1, 2', b'{"a": "b\\q"}', b'{"a": [1, 2,]}', b'"\\ud800\\x"', b"{} x", b"", b"nul"]
+errors = []
+for document in documents:
+    try:
+        loads(document)
+        errors.append(None)
+    except ValueError as error:
+        errors.append([type(error).__name__, str(error)])
+import json
+expected = []
+for document in documents:
+    try:
+        json.loads(document)
+        expected.append(None)
+    except ValueError as error:
+        expected.append([type(error).__name__, str(error)])
+print(json.dumps([errors == expected, errors, expected]))
+"""
+
+
+def test_errors_are_json_s_own_in_a_process_that_never_loaded_json():
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", UNLOADED, ROOT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    same_errors, errors, expected = json.loads(done.stdout)
+    assert same_errors, (errors, expected)
+    assert all(error is not None for error in errors)
+
+
 def test_the_c_functions_are_the_ones_json_uses():
     # json uses _json's scanner and encoder whenever _json exists (every CPython build
     # the plugin supports); if that ever changed, the proof above would compare the C
