@@ -10,9 +10,10 @@ ecs_ipam``'s entry point in a fresh interpreter that records every import, and c
   ``dataclasses`` and ``ipaddress`` today; the plugin must not depend on that).
 
 And, from the import list of a real, unrecorded process (``-X importtime``), that a warm
-ADD or DEL loads nothing beyond what it needs: json, lmdb, msgpack, a few C modules, and
-its own modules on the way to the database.  In particular not netaddr: the fast path of
-ecs_ipam.addr reads a valid configuration without it.
+ADD or DEL loads nothing beyond what it needs: _json, lmdb, a few C modules, and its own
+modules on the way to the database.  In particular not netaddr (the fast path of
+ecs_ipam.addr reads a valid configuration without it), nor json (ecs_ipam.jsonfast calls
+_json directly).
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ OWN = {
 # the plugin's own records; msgpack loads datetime), and modules that cost milliseconds for
 # nothing the plugin does (typing: annotations only; socket: enum and selectors on top of
 # _socket, which an IPv4 pool does not need either; random: only a process that waits for
-# the lock needs jitter; contextlib: two context managers are written out instead).
+# the lock needs jitter; contextlib: two context managers are written out instead; json:
+# re, enum and functools at import, where ecs_ipam.jsonfast calls _json; collections:
+# kv.KVPair is written out).
 NOT_WARM = (
     "json",
     "re",
