@@ -388,7 +388,7 @@ def test_usage_prometheus_parses_back_to_the_json_numbers(tmp_path, db):
     ]
     metrics = parse_prometheus(ok("usage", "--prometheus", db=db))
     assert list(metrics) == list(GAUGES)
-    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale"), strict=True):
+    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale")):
         assert metrics[gauge] == {row["subnet"]: float(row[key]) for row in rows}
     table = ok("usage", db=db).splitlines()
     assert table[0].split() == ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
