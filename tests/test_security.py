@@ -106,13 +106,11 @@ def test_an_id_cannot_pose_as_the_gateway(tmp_path, owner):
 
 def test_a_subnet_names_its_bucket_only_through_its_canonical_cidr(tmp_path):
     db_path = tmp_path / "eni-ipam.db"
-    # Host bits set the default gateway (the written address + 1, as the Go plugin's), so
-    # none is the broadcast address, past the subnet, or a lease (tests/test_host_bits.py).
     spellings = [
         ("169.254.172.0/22", "fd00:ec2::172:0/112"),
         ("169.254.173.77/22", "fd00:ec2:0:0:0:0:172:0/112"),
-        ("169.254.175.253/22", "FD00:EC2::172:FFFE/112"),
-        ("169.254.172.9/22", "fd00:0ec2::172:9/112"),
+        ("169.254.175.255/22", "FD00:EC2::172:FFFF/112"),
+        ("169.254.172.1/22", "fd00:0ec2::172:9/112"),
     ]
     # The gateways are given: a spelling with host bits moves the default gateway (the written
     # address + 1, as the Go plugin does), and this test is about the bucket's name alone.
