@@ -30,6 +30,7 @@ import email.parser
 import glob
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -320,12 +321,11 @@ def archive(tree: Path, target: Path, mtime: int) -> None:
         return info
 
     paths = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
-    # Parenthesised context managers would need Python 3.10; the bundle builds on 3.9 too.
-    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        tar = tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT)
-        with tar:
-            for path in paths:
-                tar.add(tree / path, arcname=path, recursive=False, filter=normalise)
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for path in paths:
+            tar.add(tree / path, arcname=path, recursive=False, filter=normalise)
+    target.write_bytes(gzip.compress(data.getvalue(), compresslevel=9, mtime=0))
 
 
 def write_checksum(target: Path) -> None:
