@@ -211,7 +211,11 @@ def test_every_command_runs_in_the_agents_empty_root(agent_root, bundle, tmp_pat
     for flag in ("--version", "--capabilities"):
         inside = agent_root.run(plugin, flag)
         assert (inside.returncode, inside.stderr) == (0, ""), inside
-        assert inside.stdout == outside(flag, env={}).stdout.replace('"dirty":true', '"dirty":false')
+        # The same answer as the checkout's plugin; "dirty" may differ (a file changed since the build).
+        reference = outside(flag, env={}).stdout
+        assert inside.stdout.replace('"dirty":true', '"dirty":false') == reference.replace(
+            '"dirty":true', '"dirty":false'
+        )
     version = agent_root.run(plugin, env=plugin_env("VERSION"))
     assert version.returncode == 0 and "1.1.0" in json.loads(version.stdout)["supportedVersions"]
 
@@ -383,3 +387,117 @@ def test_the_agents_sequence_bridge_add_then_release_by_id(agent_root):
         agent_root.close()
         subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
+
+
+# --- the README's steps, the Containerfile, the bench row ---------------------------------
+
+TESTED_BLOCK = "<!-- tests/test_bundle.py runs this block as it is written -->\n```sh\n"
+
+
+def readme_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Installing for the ECS agent")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def readme_blocks() -> list[str]:
+    """The shell blocks of "Installing for the ECS agent" that this file runs as written."""
+    parts = readme_section().split(TESTED_BLOCK)[1:]
+    return [part.split("```\n")[0] for part in parts]
+
+
+def run_as_written(block: str, var_lib: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """*block* run by bash in a mount namespace of its own, where /var/lib is *var_lib*."""
+    script = 'mount --bind "$1" /var/lib && cd "$2" && exec bash -euo pipefail -c "$3"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "-", str(var_lib), str(cwd), block],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_readme_host_folder_steps_as_written(empty_root, bundle, tmp_path):
+    install, roll_back = readme_blocks()
+    # The host folder as "docker cp" leaves it: the agent's plugins, the Go ecs-ipam among them.
+    var_lib = tmp_path / "var-lib"
+    folder = var_lib / "ecs" / "cni-plugins"
+    folder.mkdir(parents=True)
+    go_plugin = b"\x7fELF the Go plugin"
+    (folder / "ecs-ipam").write_bytes(go_plugin)
+    (folder / "ecs-bridge").write_bytes(b"\x7fELF the agent's bridge")
+    checkout = tmp_path / "checkout"
+    shutil.copytree(bundle.parent, checkout / "dist")
+
+    done = run_as_written(install, var_lib, checkout)
+    assert done.returncode == 0, done.stderr
+    assert f"{bundle.name}: OK" in done.stdout
+    assert (folder / "ecs-ipam.go").read_bytes() == go_plugin
+    assert sorted(os.listdir(folder)) == ["ecs-bridge", "ecs-ipam", "ecs-ipam.d", "ecs-ipam.go", "ecs-ipamctl"]
+
+    # The agent's container, with the folder where the README's options put it.
+    options = re.search(
+        r"--volume=/var/lib/ecs/cni-plugins:(\S+):ro --env=ECS_CNI_PLUGINS_PATH=(\S+)", readme_section()
+    )
+    assert options, "the README gives no --volume and ECS_CNI_PLUGINS_PATH for the host folder"
+    mounted, plugins_path = options.groups()
+    assert mounted == plugins_path
+    empty_root.bind(folder, empty_root.path / plugins_path.lstrip("/"))
+    added = empty_root.run(
+        f"{plugins_path}/ecs-ipam", env={**plugin_env("ADD"), "CNI_PATH": plugins_path}, stdin=netconf("t")
+    )
+    assert (added.returncode, added.stderr) == (0, ""), added.stdout
+    listed = empty_root.run(f"{plugins_path}/ecs-ipamctl", "leases", "--json")
+    assert [lease["id"] for lease in json.loads(listed.stdout)] == ["t"]
+
+    done = run_as_written(roll_back, var_lib, checkout)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(folder)) == ["ecs-bridge", "ecs-ipam"]
+    assert (folder / "ecs-ipam").read_bytes() == go_plugin
+
+
+def containerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of each line of the Containerfile."""
+    lines = [line for line in (ROOT / "Containerfile").read_text().splitlines() if line and not line.startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def test_the_containerfile_unpacks_the_archive_over_the_agents_plugins(bundle, tmp_path):
+    from ecs_ipam import __version__
+
+    steps = containerfile()
+    assert [instruction for instruction, _ in steps] == ["ARG", "FROM", "ARG", "ADD"]
+    agent_image = steps[0][1].split("=", 1)
+    assert agent_image[0] == "AGENT_IMAGE" and steps[1][1] == "${AGENT_IMAGE}"
+    assert steps[2][1] == "BUNDLE"  # no default: the archive is named at build time
+    source, destination = steps[3][1].split()
+    assert (source, destination) == ("${BUNDLE}", f"{PLUGINS}/")
+    # The example names the archive build_bundle.py writes by default (dist/, this version).
+    example = re.search(r"--build-arg BUNDLE=(\S+)", (ROOT / "Containerfile").read_text()).group(1)
+    machine = bundle.name.rsplit("-", 1)[1].split(".")[0]
+    assert example.replace("x86_64", machine) == f"dist/{bundle.name}"
+    assert f"ecs-ipam-{__version__}-" in example
+    assert example in readme_section()
+    # What ADD does with a local tar.gz: unpack it into the directory; the launchers land
+    # where the agent looks for its IPAM plugin, their private directory beside them.
+    image = tmp_path / destination.strip("/")
+    unpack(bundle, image)
+    for name in ("ecs-ipam", "ecs-ipamctl"):
+        assert os.access(image / name, os.X_OK)
+    assert (image / "ecs-ipam.d" / "bin" / "python3").is_file()
+
+
+def test_the_bench_row_for_the_bundle(bundle, tmp_path):
+    unpack(bundle, tmp_path / "bundle")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--only", "latency", "--runs", "2"]
+        + ["--plugin", str(tmp_path / "bundle" / "ecs-ipam"), "--dir", str(tmp_path / "bench")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(rf"^\s*ecs-ipam ADD\+DEL: {re.escape(str(tmp_path))}/bundle/ecs-ipam\s", done.stdout, re.M)
+    assert re.search(r"^\s*latency: --plugin pair / console script pair\s+[0-9.]+\s", done.stdout, re.M), done.stdout
