@@ -296,6 +296,40 @@ def test_an_etcd_pool_from_the_empty_root(agent_root, etcd):
     assert not os.listdir(agent_root.path / "data")
 
 
+def test_a_tls_etcd_pool_from_the_empty_root(agent_root, tmp_path):
+    """ssl in the bundle: its libssl and libcrypto, and PEM files from a folder in the root."""
+    from certs import OPENSSL, CertificateAuthority
+    from etcd_server import ETCD, EtcdServer, ServerTLS
+
+    if ETCD is None or OPENSSL is None:
+        pytest.skip("needs etcd and openssl (Debian: etcd-server, openssl)")
+    ca = CertificateAuthority(tmp_path / "ca")
+    server_cert = ca.issue("server", "/CN=etcd test server", sans=["IP:127.0.0.1"], server=True)
+    client = ca.issue("client", "/O=ecs-ipam/OU=client")
+    pki = agent_root.path / "tmp" / "pki"
+    pki.mkdir()
+    for source, name in ((ca.cert, "ca.pem"), (client.cert, "client.pem"), (client.key, "client.key")):
+        shutil.copy(source, pki / name)
+    server = EtcdServer(tmp_path / "etcd", tls=ServerTLS(ca.cert, server_cert.cert, server_cert.key, *client))
+    server.start()
+    try:
+        env = {
+            "IPAM_DB_PATH": f"{server.url}/bundle",
+            "IPAM_ETCD_CACERT": "/tmp/pki/ca.pem",
+            "IPAM_ETCD_CERT": "/tmp/pki/client.pem",
+            "IPAM_ETCD_KEY": "/tmp/pki/client.key",
+        }
+        assert env["IPAM_DB_PATH"].startswith("etcds://")
+        added = agent_root.run(f"{PLUGINS}/ecs-ipam", env=plugin_env("ADD", **env), stdin=netconf("task-tls"))
+        assert (added.returncode, added.stderr) == (0, ""), added.stdout
+        assert json.loads(added.stdout)["ips"][0]["address"] == "169.254.172.2/22"
+        untrusted = {**env, "IPAM_ETCD_CACERT": "/tmp/pki/client.pem"}
+        refused = agent_root.run(f"{PLUGINS}/ecs-ipam", env=plugin_env("ADD", **untrusted), stdin=netconf("other"))
+        assert json.loads(refused.stdout)["code"] == 5 and "not trusted" in refused.stdout, refused.stdout
+    finally:
+        server.stop()
+
+
 # --- relocatable --------------------------------------------------------------------------
 
 
