@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -367,6 +368,52 @@ def test_runs_from_a_temporary_host_folder(bundle, tmp_path):
         capture_output=True,
         text=True,
     )
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    assert json.loads(done.stdout)["ips"][0]["address"] == "169.254.172.2/22"
+
+
+def test_python_starts_isolated_without_site_from_the_bundle_alone(bundle, tmp_path):
+    """The process the launcher becomes: the bundled loader, libraries and interpreter,
+    with -I -S and the console script's entry point (issue #26 relies on these flags)."""
+    unpack(bundle, tmp_path / "plugins")
+    private = tmp_path / "plugins" / "ecs-ipam.d"
+    env = {**plugin_env("ADD"), "IPAM_DB_PATH": str(tmp_path / "db"), "ECS_CNI_LOG_FILE": str(tmp_path / "log")}
+    # The plugin waits for its stdin: time to read what it was started as.
+    process = subprocess.Popen([str(tmp_path / "plugins" / "ecs-ipam")], stdin=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            argv = Path(f"/proc/{process.pid}/cmdline").read_text().split("\0")[:-1]
+            if "-c" in argv or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+    finally:
+        process.communicate(json.dumps(netconf("t")), timeout=60)
+    assert argv == [
+        f"{private}/lib/{Path(argv[0]).name}",
+        "--inhibit-cache",
+        "--library-path",
+        f"{private}/lib",
+        f"{private}/bin/python3",
+        "-I",
+        "-S",
+        "-c",
+        "import sys; from ecs_ipam.cni import main; sys.exit(main())",
+    ]
+    assert argv[0].startswith(f"{private}/lib/ld-")
+    libraries = {line.split()[-1] for line in maps.splitlines() if ".so" in line.split()[-1]}
+    assert libraries and all(path.startswith(f"{private}/") for path in libraries), libraries
+    assert process.returncode == 0
+
+
+def test_runs_without_proc(empty_root, bundle):
+    """No /proc/self/exe: the launcher resolves the path the kernel was given."""
+    unpack(bundle, empty_root.path / "ecs" / "cni")
+    (empty_root.path / "plugins").symlink_to("ecs/cni")
+    empty_root.close()  # unmounts /proc (and the devices)
+    assert not os.listdir(empty_root.path / "proc")
+    done = empty_root.run("/plugins/ecs-ipam", env=plugin_env("ADD"), stdin=netconf("no-proc"))
     assert (done.returncode, done.stderr) == (0, ""), done.stdout
     assert json.loads(done.stdout)["ips"][0]["address"] == "169.254.172.2/22"
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import configparser
 import email.parser
 import glob
 import gzip
@@ -48,11 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "bundle"
 PRIVATE = "ecs-ipam.d"
-# name in the archive -> the statement its launcher runs; CNI callers read errors on stdout.
-ENTRIES = {
-    "ecs-ipam": ("import sys; from ecs_ipam.cni import main; sys.exit(main())", True),
-    "ecs-ipamctl": ("import sys; from ecs_ipam.ctl.cli import main; sys.exit(main())", False),
-}
+# The launchers' names; what each runs comes from setup.cfg's console_scripts, the same
+# entry points as pip's scripts.  CNI callers read a plugin's errors on stdout.
+LAUNCHERS = {"ecs-ipam": True, "ecs-ipamctl": False}
 DEPENDENCIES = ("lmdb", "msgpack", "netaddr")
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -179,9 +178,20 @@ def copy_binary(source: Path, target: Path) -> None:
     target.chmod(0o755)
 
 
+def entry_points() -> dict[str, str]:
+    """``{script: "module:function"}`` of setup.cfg's console_scripts."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = config.get("options.entry_points", "console_scripts").strip().splitlines()
+    return {name.strip(): target.strip() for name, _, target in (line.partition("=") for line in lines)}
+
+
 def compile_launchers(loader: str, bin_dir: Path) -> None:
     compiler = os.environ.get("CC", "cc")
-    for name, (entry, cni_errors) in ENTRIES.items():
+    scripts = entry_points()
+    for name, cni_errors in LAUNCHERS.items():
+        module, function = scripts[name].split(":")
+        entry = f"import sys; from {module} import {function}; sys.exit({function}())"
         macros = {"BUNDLE_DIR": PRIVATE, "LOADER": loader, "ENTRY": entry}
         args = [compiler, "-static", "-O2", "-s", "-Wall", "-Werror", f"-DCNI_ERRORS={int(cni_errors)}"]
         args += [f"-D{key}={json.dumps(value)}" for key, value in macros.items()]
