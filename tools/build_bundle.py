@@ -35,7 +35,6 @@ import io
 import json
 import os
 import platform
-import py_compile
 import re
 import socket
 import subprocess
@@ -60,9 +59,9 @@ class BuildError(Exception):
     """The bundle cannot be built here; the message says what is missing."""
 
 
-def run(*args: str, cwd: Path | None = None) -> str:
+def run(*args: str, env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(args, capture_output=True, text=True, cwd=cwd, check=False)
+        done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     except FileNotFoundError as error:
         raise BuildError(f"{args[0]} is missing: {error}") from None
     if done.returncode:
@@ -198,17 +197,27 @@ def compile_launchers(loader: str, bin_dir: Path) -> None:
         run(*args, "-o", str(bin_dir / name), str(HERE / "launcher.c"))
 
 
-def compile_module(source: str, target: Path, name: str) -> None:
-    # Unchecked-hash, in place of the source: nothing is ever compiled at a call, and the
-    # bytes depend on the source alone (not on its mtime, nor on this machine's paths).
-    target.parent.mkdir(parents=True, exist_ok=True)
-    py_compile.compile(
-        source,
-        cfile=str(target),
-        dfile=name,
-        doraise=True,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
+# Unchecked-hash .pyc files in place of the sources: nothing is ever compiled (or even
+# checked) at a call, and the bytes depend on the sources alone, not on their mtimes nor on
+# this machine's paths.  In a process of its own with a fixed hash seed: a set constant is
+# marshalled in iteration order, which the seed decides.
+COMPILE = """
+import json, py_compile, sys
+with open(sys.argv[1]) as f:
+    jobs = json.load(f)
+for source, target, name in jobs:
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    py_compile.compile(source, cfile=target, dfile=name, doraise=True, invalidation_mode=mode)
+"""
+
+
+def compile_modules(python: Path, jobs: list[tuple[str, Path, str]], work: Path) -> None:
+    """Compile each ``(source, target, name shown in tracebacks)``."""
+    for _, target, _ in jobs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    listing = work / "compile.json"
+    listing.write_text(json.dumps([(source, str(target), name) for source, target, name in jobs]))
+    run(str(python), "-S", "-c", COMPILE, str(listing), env={"PYTHONHASHSEED": "0"})
 
 
 def dist_info(name: str, directory: str) -> tuple[str, str, list[Path]]:
@@ -281,25 +290,25 @@ def stage(tree: Path, work: Path) -> None:
     stdlib_paths = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]]
     modules = used_modules(python, [str(ROOT), *dep_dirs], work)
 
-    extensions = []
     roots = [str(ROOT), *dep_dirs, *stdlib_paths]
+    jobs = []
     for name, file in modules.items():
         relative = destination(file, roots)
         if file.endswith(".py"):
-            compile_module(file, site / (relative + "c"), relative)
+            jobs.append((file, site / (relative + "c"), relative))
         elif file.endswith(".so"):
-            extensions.append(site / relative)
             copy_binary(Path(file), site / relative)
         else:
             raise BuildError(f"module {name} is {file}: neither source nor extension")
     # The whole package, whatever the exercise reached; and the git state --version prints.
     for source in sorted((ROOT / "ecs_ipam").rglob("*.py")):
         relative = str(source.relative_to(ROOT))
-        compile_module(str(source), site / (relative + "c"), relative)
+        jobs.append((str(source), site / (relative + "c"), relative))
     build = work / "_build.py"
     dirty, short_hash = _git_state()
     build.write_text(f'"""Written by tools/build_bundle.py."""\n\nDIRTY = {dirty!r}\nGIT_SHORT_HASH = {short_hash!r}\n')
-    compile_module(str(build), site / "ecs_ipam" / "_build.pyc", "ecs_ipam/_build.py")
+    jobs.append((str(build), site / "ecs_ipam" / "_build.pyc", "ecs_ipam/_build.py"))
+    compile_modules(python, sorted(set(jobs)), work)
 
     copy_binary(python, private / "bin" / "python3")
     libraries, loader = shared_libraries([python, *(Path(f) for f in modules.values() if f.endswith(".so"))])
