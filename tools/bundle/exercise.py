@@ -110,12 +110,13 @@ def main() -> None:
     loaded = sorted(sys.modules.items())
     files = {name: module.__file__ for name, module in loaded if getattr(module, "__file__", None)}
     del files["__main__"]  # this script
-    # A module that put another in its place (3.13's collections.abc is _collections_abc):
+    # A module that put another in its place (3.13's collections.abc is _collections_abc,
+    # which even takes its __name__: its spec tells):
     # the file imported under that name is looked up again, past sys.modules.
     finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder")
     for name, module in loaded:
         search = getattr(sys.modules.get(name.rpartition(".")[0]), "__path__", None)
-        if name in files and module.__name__ != name and search is not None:
+        if name in files and getattr(module.__spec__, "name", name) != name and search is not None:
             spec = finder.find_spec(name, search)
             if spec is not None and spec.origin:
                 files[name] = spec.origin
