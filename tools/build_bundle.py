@@ -192,7 +192,7 @@ def compile_launchers(loader: str, bin_dir: Path) -> None:
         module, function = scripts[name].split(":")
         entry = f"import sys; from {module} import {function}; sys.exit({function}())"
         macros = {"BUNDLE_DIR": PRIVATE, "LOADER": loader, "ENTRY": entry}
-        args = [compiler, "-static", "-O2", "-s", "-Wall", "-Werror", f"-DCNI_ERRORS={int(cni_errors)}"]
+        args = [compiler, "-static", "-O2", "-s", "-Wall", f"-DCNI_ERRORS={int(cni_errors)}"]
         args += [f"-D{key}={json.dumps(value)}" for key, value in macros.items()]
         run(*args, "-o", str(bin_dir / name), str(HERE / "launcher.c"))
 

@@ -2,15 +2,15 @@
 
     python -I -S tools/bundle/exercise.py OUT.json SPEC.json
 
-tools/build_bundle.py runs this under the interpreter it bundles, with the same flags the
+tools/build_bundle.py runs this under the interpreter it bundles, with the flags the
 bundle's launcher gives it; SPEC names the paths to put ahead of the standard library (the
 checkout, then the directories of the dependencies), the modules to import, a scratch
-directory and a closed port.  It runs ADD, CHECK, GC, STATUS, DEL and
-VERSION in every result shape, the flags, bad input, each ``ecs-ipamctl`` command and the
-etcd URLs, against a throwaway database; it also imports every module that ``ecs_ipam``
-names anywhere (inside functions too, as the builder lists them), since a command's rarer
-branches import more.  It imports nothing for itself that the plugin does not.
-Then it writes ``{module name: file}`` for every module loaded from a file.
+directory and a closed port.  It runs ADD, CHECK, GC, STATUS, DEL and VERSION in each result
+shape, the flags, bad input, each ``ecs-ipamctl`` command and both etcd URL schemes, against a
+throwaway database; it also imports every module that ``ecs_ipam`` names anywhere (inside
+functions too, as the builder lists them), since a command's rarer branches import more.
+It imports nothing for itself that the plugin does not.  Then it writes ``{module name:
+file}`` for every module loaded from a file.
 """
 
 from __future__ import annotations
