@@ -70,6 +70,8 @@ MAX_ISOLATED_LATENCY_RATIO = 1.5  # python -I -S with an explicit path, as the b
 MAX_STORM_RATIO = 2.5
 TARGET_STORM_WIDTH = 64
 MAX_ADD_RSS_ABOVE_FLOOR_MB = 6.0
+# Issue #19: --plugin pointed at the self-contained bundle, against the console script.
+MAX_PLUGIN_TO_CONSOLE_SCRIPT_RATIO = 1.25
 MAX_FILL_RATIO = 1.5
 MAX_DEL_RATIO = 1.5
 
@@ -431,7 +433,11 @@ def phases(plugin: Plugin, floor_env: Env, runs: int) -> None:
     )
 
 
-def latency(plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, targets: Targets) -> None:
+def latency(
+    plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, targets: Targets, reference: int | None = None
+) -> None:
+    """ADD+DEL pairs next to the floor and *others*; *reference*: the console script's index
+    in *others*, whose pair the plugin's is measured against (issue #19)."""
     floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
     # Keyed by name, and the other plugins by their index.
     rows_of: list[tuple[str | int, str]] = [
@@ -504,6 +510,9 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, tar
     for index, other in enumerate(others):
         if other.limit is not None:
             targets[f"latency: {other.label} pair median / floor"] = (median(samples[index]) / floor, other.limit)
+    if reference is not None:
+        ratio = median(samples["ecs"]) / median(samples[reference])
+        targets["latency: --plugin pair / console script pair"] = (ratio, MAX_PLUGIN_TO_CONSOLE_SCRIPT_RATIO)
     targets["memory: peak RSS of one ADD (MB)"] = (max(rss["ecs"]), max(rss["floor"]) + MAX_ADD_RSS_ABOVE_FLOOR_MB)
 
 
@@ -808,8 +817,14 @@ def main(argv: list[str] | None = None) -> int:
             phases(Plugin(argv_plugin, base_env, workdir, "phases", "10.13.0.0/22"), floor_env, params["phase_runs"])
         if "latency" in sections:
             plugin = Plugin(argv_plugin, base_env, workdir, "latency", "10.10.0.0/22", label)
-            isolated = isolated_plugin(base_env, workdir, "latency-isolated", "10.12.0.0/22")
-            latency(plugin, [isolated, *others("latency")], floor_env, params["runs"], targets)
+            beside = []
+            if args.plugin:  # the bundle, say: the console script is timed beside it, for the ratio
+                console_argv, console_env, console_label = plugin_command(None)
+                console = child_environment(console_env)
+                beside = [Plugin(console_argv, console, workdir, "latency-console", "10.12.0.0/22", console_label)]
+            reference = 0 if beside else None
+            isolated = isolated_plugin(base_env, workdir, "latency-isolated", "10.14.0.0/22")
+            latency(plugin, [*beside, isolated, *others("latency")], floor_env, params["runs"], targets, reference)
         if "storm" in sections:
             storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22", "ecs-ipam")
             for width in params["storm"]:
