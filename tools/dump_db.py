@@ -32,7 +32,7 @@ import msgpack
 from ecs_ipam import kv
 from ecs_ipam.config import DEFAULT_DB_PATH
 from ecs_ipam.errors import ECSIPAMError
-from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.kv.dbfile import file_kind
 
 PROG = "dump_db.py"
 
@@ -92,7 +92,7 @@ def open_database(path: str, bucket: str = "IPAM") -> kv.Store:
     :raises DatabaseNotFoundError: nothing at *path*.
     :raises StoreError: *path* cannot be read as an LMDB database.
     """
-    if sniff(path) == "bolt":
+    if file_kind(path) == "bolt":
         raise DumpError(
             f"{path} is a bolt database of the Go ecs-ipam plugin, not LMDB; convert it with tools/migrate_boltdb.py"
         )
