@@ -258,6 +258,8 @@ def prepare_lock_file(path: str, size: int, read_only: bool, timeout: float) -> 
         if info.st_size < size or info.st_blocks * 512 < info.st_size:
             _allocate(fd, path, max(size, info.st_size))
         _wait_for_first_opener(fd, path, deadline, timeout)
+    except StoreError:
+        raise  # StoreTimeoutError is a TimeoutError, hence an OSError too
     except OSError as e:
         raise StoreError(f"cannot use lock file {path}: {e.strerror or e}") from None
     finally:
@@ -284,19 +286,37 @@ def _open_lock_file(path: str, read_only: bool) -> int | None:
 
 
 def _create_lock_file(path: str, size: int) -> int:
+    """Make the lock file whole under a name of this process, then link it into place: a
+    lock file that cannot get its blocks is never seen by anyone (and a link, unlike a
+    rename, never replaces one that another process made meanwhile)."""
+    temp = f"{path}.{os.getpid()}.new"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.unlink(temp)  # left by a process of the same pid that crashed
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
+    try:
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            _allocate(fd, path, size)
+            os.link(temp, path)
+        finally:
+            os.unlink(temp)
     except FileExistsError:
+        os.close(fd)
         # Another process made it meanwhile: use it as it is (and check it).
         opened = _open_lock_file(path, read_only=False)
         if opened is None:
             raise StoreError(f"lock file {path} vanished while it was being opened; try again") from None
         return opened
     except OSError as e:
+        os.close(fd)
         raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        _allocate(fd, path, size)
     except BaseException:
         os.close(fd)
         raise

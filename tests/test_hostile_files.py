@@ -1,0 +1,271 @@
+"""Hostile files and full disks: every failure on one host is a clean, bounded CNI error.
+
+Each test reproduces one defect found by probing a real host (tmpfs mounts, FIFOs, files of
+a second uid, LMDB's own locks) and checks the code, the time it took, and the database
+afterwards.  Every process has a timeout, so a regression fails the test instead of
+hanging the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from plugin import ROOT, V4_SUBNET, add_ok, check_records, files_snapshot, netconf, run_plugin
+
+OTHER_UID = 4242
+# A plugin process takes well under a second to start; this is the slack a loaded 2-core
+# machine needs on top of the timeout under test.
+STARTUP_SLACK = 8.0
+
+
+def timed_plugin(command: str, conf: object, db_path, timeout: str = "2s", **env: str):
+    """Run the plugin; return (exit code, output, stderr, seconds)."""
+    started = time.monotonic()
+    code, output, stderr = run_plugin(
+        command, conf, {"IPAM_DB_CONNECTION_TIMEOUT": timeout, **env}, db_path=db_path, timeout=60
+    )
+    return code, output, stderr, time.monotonic() - started
+
+
+def tool(args: list[str], db_path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python <args>`` (a tools/ script or ``-m ecs_ipam.ctl``) with the database."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "IPAM_DB_PATH": str(db_path), "ECS_CNI_LOG_FILE": os.devnull}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=environment
+    )
+
+
+def dump_db(db_path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return tool([str(ROOT / "tools" / "dump_db.py"), "--db", str(db_path), *args], db_path, **env)
+
+
+def ctl(db_path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return tool(["-m", "ecs_ipam.ctl", "--db", str(db_path), *args], db_path, **env)
+
+
+@contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A small file system of its own at *mount_point* (unique per test: under tmp_path)."""
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of *directory* to the last block; return the filler file."""
+    filler = directory / "fill"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler
+
+
+def is_sparse(path: Path) -> bool:
+    info = path.stat()
+    return info.st_blocks * 512 < info.st_size
+
+
+def no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text
+
+
+# --- 1. a full disk and a lock file without blocks -------------------------------------------
+
+
+def test_sigbus_on_a_full_disk_when_the_lock_file_is_missing(tmp_path):
+    with tmpfs(tmp_path / f"data-{os.getpid()}", "1m") as data:
+        db_path = data / "eni-ipam.db"
+        held = add_ok(db_path, "task-1")["ips"][0]["address"].split("/")[0]
+        os.remove(f"{db_path}-lock")  # gone after a reboot on tmpfs, or by the rollback
+        filler = fill(data)
+        before = db_path.read_bytes()
+        for _ in range(2):  # a second run finds whatever the first one left behind
+            code, error, stderr, _ = timed_plugin("DEL", netconf("task-1"), db_path)
+            assert (code, error["code"], stderr) == (1, 5, ""), error
+            assert "space" in error["msg"], error
+        # The readers take no lock file when there is none: they still answer.
+        listing = dump_db(db_path, "--bucket", V4_SUBNET)
+        assert (listing.returncode, listing.stderr) == (0, ""), listing
+        assert f"key={held} - value=task-1" in listing.stdout
+        leases = ctl(db_path, "leases", "--json")
+        assert leases.returncode == 0, leases
+        assert [lease["id"] for lease in json.loads(leases.stdout)] == ["task-1"]
+        assert db_path.read_bytes() == before
+        filler.unlink()
+        code, error, stderr, _ = timed_plugin("DEL", netconf("task-1"), db_path)
+        assert (code, error, stderr) == (0, None, "")
+        assert not is_sparse(Path(f"{db_path}-lock"))
+        assert check_records(db_path) == {V4_SUBNET: {}}
+
+
+def test_sparse_lock_file_left_behind_is_repaired_or_refused(tmp_path):
+    with tmpfs(tmp_path / f"data-{os.getpid()}", "1m") as data:
+        db_path = data / "eni-ipam.db"
+        lock_path = Path(f"{db_path}-lock")
+        add_ok(db_path, "task-1")
+        # What LMDB itself (and every version before this one) leaves: a lock file with
+        # blocks behind its first page only.
+        lock_path.unlink()
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, 16512)
+        os.close(fd)
+        assert is_sparse(lock_path)
+        filler = fill(data)
+        for command in ("ADD", "DEL", "STATUS"):
+            code, error, stderr, _ = timed_plugin(command, netconf("task-2", cni_version="1.1.0"), db_path)
+            assert (code, error["code"], stderr) == (1, 5, ""), (command, error)
+            assert str(lock_path) in error["msg"], error
+        for process in (dump_db(db_path), ctl(db_path, "leases")):
+            assert process.returncode == 1, process
+            assert "lock file" in process.stderr and process.returncode > 0, process
+            no_traceback(process.stderr)
+        assert is_sparse(lock_path)
+        filler.unlink()
+        add_ok(db_path, "task-2")
+        assert not is_sparse(lock_path)
+        assert set(check_records(db_path)[V4_SUBNET]) == {"task-1", "task-2"}
+
+
+# --- 2. a FIFO (or another special file) at the database path -------------------------------
+
+
+def test_fifo_at_the_database_path_never_blocks(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    os.mkfifo(db_path, 0o600)
+    for command in ("ADD", "DEL", "CHECK", "STATUS"):
+        code, error, stderr, took = timed_plugin(command, netconf("task-1", cni_version="1.1.0"), db_path)
+        assert (code, error["code"], stderr) == (1, 5, ""), (command, error)
+        assert f"{db_path} is a FIFO" in error["msg"], error
+        assert took < 2 + STARTUP_SLACK
+    for process in (dump_db(db_path), ctl(db_path, "leases"), ctl(db_path, "release", "--id", "task-1")):
+        assert process.returncode == 1 and "is a FIFO" in process.stderr, process
+        no_traceback(process.stderr)
+    opener = tool(["-c", "import sys; from ecs_ipam import kv; kv.open_store(sys.argv[1])", str(db_path)], db_path)
+    assert "NotADatabaseError" in opener.stderr and "is a FIFO" in opener.stderr, opener
+    assert os.listdir(tmp_path) == ["eni-ipam.db"]
+
+
+def test_fifo_at_the_lock_path_never_blocks(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    os.remove(f"{db_path}-lock")
+    os.mkfifo(f"{db_path}-lock", 0o600)
+    before = files_snapshot(tmp_path)
+    for command in ("ADD", "DEL"):
+        code, error, stderr, took = timed_plugin(command, netconf("task-2"), db_path)
+        assert (code, error["code"], stderr) == (1, 5, ""), error
+        assert f"{db_path}-lock is a FIFO" in error["msg"], error
+        assert took < 2 + STARTUP_SLACK
+    process = ctl(db_path, "leases")
+    assert process.returncode == 1 and "is a FIFO" in process.stderr, process
+    assert files_snapshot(tmp_path) == before
+
+
+# --- 6. LMDB's own wait on its lock file ------------------------------------------------------
+
+_HOLD_BYTE_0 = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0, os.SEEK_SET)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lmdb_lock_file_wait_is_bounded_by_the_timeout(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    # What a process inside LMDB's first open holds (or a hostile one, for ever).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_BYTE_0, f"{db_path}-lock"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        for command in ("ADD", "DEL"):
+            code, error, stderr, took = timed_plugin(command, netconf("task-2"), db_path)
+            assert (code, error["code"], stderr) == (1, 11, ""), error
+            assert "gave up after 2s" in error["msg"], error
+            assert 2 <= took < 2 + STARTUP_SLACK
+        started = time.monotonic()
+        process = ctl(db_path, "leases", IPAM_DB_CONNECTION_TIMEOUT="1s")
+        assert process.returncode == 1 and "gave up after 1s" in process.stderr, process
+        assert time.monotonic() - started < 1 + STARTUP_SLACK
+    finally:
+        holder.communicate(b"", timeout=30)
+    add_ok(db_path, "task-2")
+    assert set(check_records(db_path)[V4_SUBNET]) == {"task-1", "task-2"}
+
+
+# --- 7. files planted by another user ---------------------------------------------------------
+
+
+def plant(path: Path, uid: int, mode: int, data: bytes = b"") -> None:
+    path.write_bytes(data)
+    os.chown(path, uid, -1)
+    os.chmod(path, mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
+@pytest.mark.parametrize("planted", ["database", "lock file"])
+def test_files_planted_by_another_user_are_refused(tmp_path, planted):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    os.chmod(shared, 0o1777)  # world-writable and sticky, as /tmp
+    db_path = shared / "eni-ipam.db"
+    if planted == "database":
+        plant(db_path, OTHER_UID, 0o666)
+        target = db_path
+    else:
+        add_ok(db_path, "task-1")
+        target = Path(f"{db_path}-lock")
+        target.unlink()
+        plant(target, OTHER_UID, 0o666, b"\0" * 16512)
+    before = files_snapshot(shared)
+    for command in ("ADD", "DEL"):
+        code, error, stderr, _ = timed_plugin(command, netconf("task-2"), db_path)
+        assert (code, error["code"], stderr) == (1, 5, ""), error
+        assert f"{target} belongs to uid {OTHER_UID}" in error["msg"], error
+    assert files_snapshot(shared) == before
+    assert (target.stat().st_uid, target.stat().st_mode & 0o777) == (OTHER_UID, 0o666)
+    # The fix the message gives works.
+    os.chown(target, os.geteuid(), -1)
+    code, error, _, _ = timed_plugin("ADD", netconf("task-2"), db_path)
+    assert error["code"] == 5 and "chmod 600" in error["msg"], error
+    os.chmod(target, 0o600)
+    add_ok(db_path, "task-2")
+    assert "task-2" in check_records(db_path)[V4_SUBNET]
+
+
+def test_database_writable_by_others_is_refused(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    os.chmod(db_path, 0o646)
+    before = files_snapshot(tmp_path)
+    code, error, stderr, _ = timed_plugin("ADD", netconf("task-2"), db_path)
+    assert (code, error["code"], stderr) == (1, 5, ""), error
+    assert "may be written by others (mode 0646)" in error["msg"], error
+    process = dump_db(db_path)
+    assert process.returncode == 1 and "mode 0646" in process.stderr, process
+    assert files_snapshot(tmp_path) == before
