@@ -421,6 +421,11 @@ _DURATION_PART = r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# Go's longest duration is 2^63-1 ns; the longest wait a lock of this process accepts
+# (_thread.TIMEOUT_MAX) is that, in whole seconds.  Longer is code 4, not an OverflowError.
+MAX_DURATION = 9223372036.0
+
+
 def parse_go_duration(text: str, name: str) -> float:
     """Seconds in a Go duration string such as ``5s``, ``250ms`` or ``1m30s``."""
     if text == "0":
@@ -437,6 +442,10 @@ def parse_go_duration(text: str, name: str) -> float:
         position = match.end()
     if not text:
         raise InvalidEnvironmentError(f"{name} is empty; use a duration such as 5s")
+    if total > MAX_DURATION:
+        raise InvalidEnvironmentError(
+            f"{name} {_show(text)} is longer than the longest duration, {MAX_DURATION:.0f}s (about 292 years)"
+        )
     return total
 
 

@@ -269,3 +269,113 @@ def test_database_writable_by_others_is_refused(tmp_path):
     process = dump_db(db_path)
     assert process.returncode == 1 and "mode 0646" in process.stderr, process
     assert files_snapshot(tmp_path) == before
+
+
+# --- 3. the log: a FIFO, /dev/stdout ------------------------------------------------------------
+
+
+def test_fifo_as_the_log_file_never_hangs_the_plugin(tmp_path):
+    db_path, log = tmp_path / "eni-ipam.db", tmp_path / "log"
+    os.mkfifo(log, 0o600)
+    for command, owner in (("ADD", "task-1"), ("DEL", "task-1"), ("ADD", "task-2")):
+        code, output, stderr, took = timed_plugin(command, netconf(owner), db_path, ECS_CNI_LOG_FILE=str(log))
+        assert (code, stderr) == (0, ""), output
+        assert took < STARTUP_SLACK
+    assert set(check_records(db_path)[V4_SUBNET]) == {"task-2"}
+
+
+@pytest.mark.parametrize("log", ["/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/dev/null"])
+def test_log_on_stdout_never_changes_the_output(tmp_path, log):
+    db_path = tmp_path / "eni-ipam.db"
+    code, output, stderr, _ = timed_plugin("ADD", netconf("task-1"), db_path, ECS_CNI_LOG_FILE=log)
+    assert (code, stderr) == (0, "")  # run_plugin parses stdout as exactly one JSON line
+    assert output["ips"][0]["address"] == "169.254.172.2/22"
+    code, output, stderr, _ = timed_plugin("ADD", netconf("task-1"), db_path, ECS_CNI_LOG_FILE=log)
+    assert (code, output["code"], stderr) == (1, 101, "")
+
+
+def test_log_on_the_file_stdout_is_redirected_to_gets_no_line(tmp_path):
+    # The plugin's stdout is a regular file here, and the log path names it too.
+    db_path, out = tmp_path / "eni-ipam.db", tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "IPAM_DB_PATH": str(db_path),
+        "ECS_CNI_LOG_FILE": str(out),
+    }
+    with open(out, "ab") as stdout:  # as a shell redirects with >>
+        subprocess.run(
+            [sys.executable, "-m", "ecs_ipam"],
+            input=json.dumps(netconf("task-1")).encode(),
+            stdout=stdout,
+            check=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+        )
+    assert json.loads(out.read_text())["ips"][0]["address"] == "169.254.172.2/22"
+
+
+# --- 4. keys that are not UTF-8 ------------------------------------------------------------------
+
+_WRITE_RAW_KEYS = """
+import sys, lmdb, msgpack
+env = lmdb.open(sys.argv[1], subdir=False, max_dbs=1024, max_readers=256)
+record = msgpack.packb([1, msgpack.packb("planted")], use_bin_type=True)
+with env.begin(write=True) as txn:
+    if sys.argv[2] == "pool":
+        txn.put(b"\\xff\\xfe not text", record, db=env.open_db(sys.argv[3].encode(), txn=txn))
+    else:
+        env.open_db(b"\\xffbucket", txn=txn)
+env.close()
+"""
+
+
+@pytest.mark.parametrize("where", ["pool", "main database"])
+def test_keys_that_are_not_utf8(tmp_path, where):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    subprocess.run([sys.executable, "-c", _WRITE_RAW_KEYS, str(db_path), where.split()[0], V4_SUBNET], check=True)
+    new = netconf("task-2", cni_version="1.1.0")
+    for command, conf in (
+        ("STATUS", new),
+        ("GC", {**new, "cni.dev/valid-attachments": [{"containerID": "container-1", "ifname": "eth0"}]}),
+        ("ADD", new),
+        ("CHECK", {**new, "prevResult": {"ips": []}}),
+        ("DEL", netconf("task-1")),
+    ):
+        code, output, stderr, _ = timed_plugin(command, conf, db_path)
+        assert (code, stderr) == (0, ""), (command, output)
+    leases = ctl(db_path, "leases", "--json")
+    assert leases.returncode == 0, leases
+    assert [lease["id"] for lease in json.loads(leases.stdout) if lease["id"] != "planted"] == ["task-2"]
+    assert ctl(db_path, "usage").returncode == 0
+    listing = dump_db(db_path, *(["--bucket", V4_SUBNET] if where == "pool" else []))
+    assert listing.returncode == 0 and "\\xff" in listing.stdout, listing
+    no_traceback(listing.stderr, leases.stderr)
+    from ecs_ipam import kv
+
+    with kv.open_store(str(db_path), bucket=V4_SUBNET, read_only=True) as store:
+        keys = {pair.key for pair in store.list()}
+        names = store.buckets()
+    assert "id/task-2" in keys and "id/task-1" not in keys
+    planted = "\udcff\udcfe not text" in keys if where == "pool" else "\udcffbucket" in names
+    assert planted, (keys, names)
+
+
+# --- 5. a timeout too long for the platform ------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["2562048h", "9223372037s", "99999999999999999999h"])
+def test_timeout_overflow_is_an_environment_error(tmp_path, timeout):
+    db_path = tmp_path / "eni-ipam.db"
+    code, error, stderr, _ = timed_plugin("ADD", netconf("task-1"), db_path, timeout=timeout)
+    assert (code, error["code"], stderr) == (1, 4, ""), error
+    assert "IPAM_DB_CONNECTION_TIMEOUT" in error["msg"], error
+    assert not db_path.exists()
+    code, _, _, _ = timed_plugin("ADD", netconf("task-1"), db_path, timeout="2562047h")
+    assert code == 0

@@ -65,6 +65,12 @@ def value_text(raw: bytes) -> str:
     return repr(value)
 
 
+def shown(text: str) -> str:
+    """*text* as printable: bytes that were not UTF-8 in the database (a key another program
+    wrote, read back as surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _json_fallback(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
@@ -78,7 +84,7 @@ def entry_json(pair: kv.KVPair) -> dict[str, object]:
     ``"value_encoding": "base64"``; bytes nested in a msgpack value are base64 text too.
     """
     ok, value = decode_value(pair.value)
-    entry = {"key": pair.key, "value": value, "last_index": pair.last_index}
+    entry = {"key": shown(pair.key), "value": value, "last_index": pair.last_index}
     if not ok:
         entry["value"] = _json_fallback(pair.value)
         entry["value_encoding"] = "base64"
@@ -99,12 +105,13 @@ def open_database(path: str, bucket: str = "IPAM") -> kv.Store:
     return kv.open_store(path, bucket, read_only=True)
 
 
-def bucket_counts(path: str) -> list[tuple[str, int]]:
-    """Every bucket of the database with its number of entries, counted in one snapshot."""
+def bucket_counts(path: str) -> list[tuple[str, int | None]]:
+    """Every bucket of the database with its number of entries, counted in one snapshot
+    (None for a name that is not UTF-8: no bucket of ours, and the API cannot open it)."""
     with open_database(path) as store:
         names = store.buckets()
         with store.transaction(write=False) as tx:
-            return [(name, len(tx.bucket(name).list())) for name in names]
+            return [(shown(name), len(tx.bucket(name).list()) if shown(name) == name else None) for name in names]
 
 
 def bucket_pairs(path: str, bucket: str) -> list[kv.KVPair]:
@@ -120,13 +127,16 @@ def bucket_pairs(path: str, bucket: str) -> list[kv.KVPair]:
         return store.list()
 
 
-def print_buckets(counts: list[tuple[str, int]], as_json: bool) -> None:
+def print_buckets(counts: list[tuple[str, int | None]], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"buckets": [{"name": n, "entries": c} for n, c in counts]}, indent=2))
         return
     width = max((len(name) for name, _ in counts), default=0)
     for name, count in counts:
-        print(f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}")
+        if count is None:
+            print(f"{name:<{width}}  (name not UTF-8: not read)")
+        else:
+            print(f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}")
 
 
 def print_pairs(bucket: str, pairs: list[kv.KVPair], as_json: bool) -> None:
@@ -135,7 +145,7 @@ def print_pairs(bucket: str, pairs: list[kv.KVPair], as_json: bool) -> None:
         print(json.dumps(document, indent=2, default=_json_fallback))
         return
     for pair in pairs:
-        print(f"key={pair.key} - value={value_text(pair.value)}")
+        print(f"key={shown(pair.key)} - value={value_text(pair.value)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

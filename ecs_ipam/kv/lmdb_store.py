@@ -277,7 +277,7 @@ class _Environment:
     def bucket_names(self) -> list[str]:
         txn = self.begin(write=False)
         try:
-            return [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
+            return [_text(key) for key in txn.cursor().iternext(values=False)]
         finally:
             txn.abort()
             self.finished()
@@ -341,6 +341,16 @@ def _release(env: _Environment) -> None:
         if env.refs == 0:
             _environments.pop(env.real_path, None)
             env.close()
+
+
+def _text(raw: bytes) -> str:
+    """A key or bucket name as read from LMDB.  Ours are UTF-8; one that another program
+    wrote with other bytes is listed with them as surrogate escapes, so that a listing, and
+    every command that lists, still works (no key of ours can look like it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _describe(e: lmdb.Error) -> str:
@@ -504,7 +514,7 @@ class _LMDBTx(Tx):
             for raw_key, raw in cursor:
                 if not raw_key.startswith(start):
                     break
-                key = raw_key.decode("utf-8")
+                key = _text(raw_key)
                 value, last_index = decode_record(raw, key)
                 pairs.append(KVPair(key, value, last_index))
         return pairs
@@ -514,7 +524,7 @@ class _LMDBTx(Tx):
 
     def buckets(self) -> list[str]:
         # The main database holds nothing but the buckets' names (see the module docstring).
-        return sorted(key.decode("utf-8") for key in self._txn.txn.cursor().iternext(values=False))
+        return sorted(_text(key) for key in self._txn.txn.cursor().iternext(values=False))
 
 
 class _Transaction:
