@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from plugin import ROOT, V4_SUBNET, add_ok, check_records, files_snapshot, netconf, run_plugin
+from plugin import (
+    ROOT,
+    V4_SUBNET,
+    PausedTransaction,
+    PluginProcess,
+    add_ok,
+    check_records,
+    files_snapshot,
+    netconf,
+    run_plugin,
+)
 
 OTHER_UID = 4242
 # A plugin process takes well under a second to start; this is the slack a loaded 2-core
@@ -379,3 +390,49 @@ def test_timeout_overflow_is_an_environment_error(tmp_path, timeout):
     assert not db_path.exists()
     code, _, _, _ = timed_plugin("ADD", netconf("task-1"), db_path, timeout="2562047h")
     assert code == 0
+
+
+# --- input size bounds ---------------------------------------------------------------------------
+
+
+def test_unbounded_input_is_refused(tmp_path):
+    from ecs_ipam.cni import MAX_STDIN_BYTES
+    from ecs_ipam.config import MAX_FIELD_BYTES
+
+    db_path = tmp_path / "eni-ipam.db"
+    padded = netconf("task-1")
+    padded["padding"] = "x" * MAX_STDIN_BYTES
+    huge_id = "x" * (MAX_FIELD_BYTES + 1)
+    for conf, env, expected in (
+        (padded, {}, 6),
+        (b"{" + b" " * (200 << 20), {}, 6),  # 200 MB: refused after reading 4 MiB of it
+        (netconf(huge_id), {}, 7),
+        (netconf("é" * (MAX_FIELD_BYTES // 2 + 1)), {}, 7),  # the limit is in bytes
+        (netconf("task-1"), {"CNI_CONTAINERID": huge_id}, 4),
+        (netconf("task-1"), {"CNI_IFNAME": huge_id}, 4),
+    ):
+        code, error, stderr, took = timed_plugin("ADD", conf, db_path, **env)
+        assert (code, error["code"], stderr) == (1, expected, ""), error
+        assert "limit" in error["msg"] and len(error["msg"]) < 300, error
+        assert took < STARTUP_SLACK
+    assert not db_path.exists()
+    # At the limits, accepted.
+    code, _, stderr, _ = timed_plugin("ADD", netconf("x" * MAX_FIELD_BYTES), db_path, CNI_CONTAINERID=huge_id[1:])
+    assert (code, stderr) == (0, "")
+
+
+# --- SIGINT -------------------------------------------------------------------------------------------
+
+
+def test_sigint_while_waiting_exits_quietly(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    with PausedTransaction(db_path, netconf("holder")) as holder:
+        waiting = PluginProcess("ADD", netconf("task-2"), db_path, {"IPAM_DB_CONNECTION_TIMEOUT": "60s"})
+        time.sleep(1.5)  # loaded, and waiting for the writer lock
+        waiting.proc.send_signal(signal.SIGINT)
+        code, error, stderr = waiting.finish(timeout=30)
+        holder.abort()
+    assert (code, error["code"], stderr) == (130, 11, ""), (error, stderr)
+    assert error["msg"] == "interrupted by SIGINT"
+    assert set(check_records(db_path)[V4_SUBNET]) == {"task-1"}

@@ -189,3 +189,5 @@ if __name__ == "__main__":
         # "dump_db.py ... | head": the reader has what it wanted.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
