@@ -153,6 +153,47 @@ def _check_lmdb_metas(fd: int, first: bytes, size: int) -> str:
     return LMDB
 
 
+# The page walk (:mod:`.lmdb_pages`) costs about 9 ms for a full /22 pool, too much for
+# every plugin start.  So it is skipped for a file that has not changed since a commit of
+# ours: after each commit the writer stamps the file (an extended attribute) with its
+# inode, size and mtime, which any other change of the file moves.  A file that cannot
+# carry the stamp (no user extended attributes on its file system) is walked at each open.
+PAGES_CHECKED = "user.ecs-ipam.checked"
+
+
+def check_lmdb_pages(fd: int, given: str) -> None:
+    """Walk the pages of the LMDB file *fd* (one :func:`file_kind` found sound) before LMDB
+    maps them, unless the file is as a commit of ours left it.
+
+    :raises CorruptDatabaseError: a page LMDB would not survive.
+    """
+    try:
+        if os.getxattr(fd, PAGES_CHECKED) == _identity(fd):
+            return
+    except OSError:
+        pass  # no stamp, or no extended attributes here
+    from .lmdb_pages import check_pages
+
+    first = os.pread(fd, LMDB_META_SIZE, 0)
+    page_size = struct.unpack_from("<I", first, LMDB_PAGE_SIZE_OFFSET)[0]
+    second = os.pread(fd, LMDB_META_SIZE, page_size)
+    newest = max((first, second), key=lambda meta: struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0])
+    check_pages(fd, page_size, newest, given)
+
+
+def stamp_checked(fd: int) -> None:
+    """Record that the database file *fd* is as a commit of ours just left it (best effort)."""
+    try:
+        os.setxattr(fd, PAGES_CHECKED, _identity(fd))
+    except OSError:
+        return  # no extended attributes here: the next opener walks the pages
+
+
+def _identity(fd: int) -> bytes:
+    info = os.fstat(fd)
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode()
+
+
 def not_ours(given: str, kind: str) -> StoreError:
     """The error for a file of *kind* that is not a database the LMDB backend can open."""
     if kind == BOLT:

@@ -88,7 +88,14 @@ class _Environment:
         self.real_path = real
         self.read_only = read_only
         # Checked before LMDB opens the file, so that a refused name gets no -lock file.
-        data_fd: int | None = _open_single_name(real, path)
+        opened = _open_single_name(real, path)
+        if kind == dbfile.LMDB:
+            try:
+                dbfile.check_lmdb_pages(opened, path)
+            except BaseException:
+                os.close(opened)
+                raise
+        data_fd: int | None = opened
         # A read-only opener must not create the lock file; without one nobody is
         # writing under LMDB's locking, so reading without it is safe.
         try:
@@ -128,7 +135,8 @@ class _Environment:
             if read_only:
                 _close(data_fd)
                 data_fd = None
-            # Writers take their flock on the data file: every name of it shares that.
+            # Writers take their flock on the data file: every name of it shares that
+            # (and stamp the file through it after each commit: see lmdb_pages).
             self.lock_fd = data_fd
         except BaseException:
             _close(data_fd)
@@ -429,6 +437,8 @@ class _WriteTxn:
         while True:
             try:
                 self.txn.commit()
+                if self.env.lock_fd is not None:
+                    dbfile.stamp_checked(self.env.lock_fd)
                 break
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
