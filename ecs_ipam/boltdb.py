@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 from .errors import CorruptDatabaseError, DatabaseNotFoundError, KeyNotFoundError
 from .kv.dbfile import BOLT_FALLBACK_PAGE_SIZE, BOLT_MAGIC, has_bolt_magic
@@ -21,7 +21,7 @@ from .kv.dbfile import BOLT_FALLBACK_PAGE_SIZE, BOLT_MAGIC, has_bolt_magic
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    StrPath = str | os.PathLike[str]
+    StrPath = Union[str, os.PathLike[str]]  # an alias is evaluated: no X | Y before 3.10
 
 __all__ = ["BoltFile", "BucketNotFoundError", "has_bolt_magic", "is_bolt_file", "meta_page_starts", "read_libkv_bucket"]
 
