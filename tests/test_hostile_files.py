@@ -558,3 +558,61 @@ def test_a_page_damaged_after_our_last_commit_is_found(tmp_path):
     leases = ctl(db_path, "leases")
     assert leases.returncode == 1 and "damaged" in leases.stderr, leases
     assert db_path.read_bytes() == before
+
+
+# --- also seen: an id index entry that lies, a damaged record ------------------------------------
+
+
+def test_id_index_pointing_at_the_wrong_address(tmp_path):
+    from ecs_ipam import kv
+    from ecs_ipam.pool_store import encode, id_index_key
+
+    db_path = tmp_path / "eni-ipam.db"
+    first = add_ok(db_path, "task-1")["ips"][0]["address"].split("/")[0]
+    second = add_ok(db_path, "task-2")["ips"][0]["address"].split("/")[0]
+    with kv.open_store(str(db_path), bucket=V4_SUBNET) as store:
+        store.put(id_index_key("task-1"), encode(second))  # names task-2's address
+    # The id still holds its address: a second ADD is refused, not given another one.
+    code, error, _, _ = timed_plugin("ADD", netconf("task-1"), db_path)
+    assert (code, error["code"]) == (1, 101), error
+    code, output, stderr, _ = timed_plugin("DEL", netconf("task-1"), db_path)
+    assert (code, output, stderr) == (0, None, "")
+    assert check_records(db_path) == {V4_SUBNET: {"task-2": second}}
+    again = add_ok(db_path, "task-1")["ips"][0]["address"].split("/")[0]
+    assert again != second
+    assert check_records(db_path) == {V4_SUBNET: {"task-1": again, "task-2": second}}
+    assert first != second
+
+
+def test_a_damaged_record_is_shown_and_releasable_and_stops_nothing(tmp_path):
+    import lmdb
+
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    damaged = add_ok(db_path, "task-2")["ips"][0]["address"].split("/")[0]
+    add_ok(db_path, "task-3")
+    env = lmdb.open(str(db_path), subdir=False, max_dbs=1024, max_readers=256)
+    with env.begin(write=True) as txn:
+        # The outer [last_index, value] of task-2's record, damaged.
+        txn.put(damaged.encode(), b"\x92\xff\x00garbage", db=env.open_db(V4_SUBNET.encode(), txn=txn))
+    env.close()
+    gc_conf = {**netconf("x", cni_version="1.1.0"), "cni.dev/valid-attachments": []}
+    for command, conf in (
+        ("STATUS", netconf("task-4", cni_version="1.1.0")),
+        ("ADD", netconf("task-4")),  # the walk skips the damaged address: it stays taken
+        ("DEL", netconf("task-1")),
+        ("GC", gc_conf),
+    ):
+        code, output, stderr, _ = timed_plugin(command, conf, db_path)
+        assert (code, stderr) == (0, ""), (command, output)
+        if command == "ADD":
+            assert output["ips"][0]["address"].split("/")[0] != damaged
+    listing = ctl(db_path, "leases")
+    assert listing.returncode == 0 and f"{damaged}  {V4_SUBNET}  (damaged)" in listing.stdout, listing
+    as_json = json.loads(ctl(db_path, "leases", "--json").stdout)
+    assert [lease["address"] for lease in as_json if lease.get("damaged")] == [damaged]
+    listing = dump_db(db_path, "--bucket", V4_SUBNET)
+    assert listing.returncode == 0 and f"key={damaged} - value=" in listing.stdout, listing
+    released = ctl(db_path, "release", "--address", damaged)
+    assert released.returncode == 0 and f"released {damaged}" in released.stdout, released
+    assert check_records(db_path) == {V4_SUBNET: {}}  # GC released task-3 and task-4 (no valid attachment)

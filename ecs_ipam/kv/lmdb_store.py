@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..filelock import flock_before
 from . import dbfile
-from .base import KVPair, Store, Tx, check_bucket_name
+from .base import DAMAGED_INDEX, KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
 from .dbfile import check_single_name, resolve
 
@@ -351,6 +351,16 @@ def _release(env: _Environment) -> None:
             env.close()
 
 
+def _pair(key: str, raw: bytes) -> KVPair:
+    """The pair stored as *raw*; a damaged record is a pair of its own (see KVPair), so that
+    one damaged record stops no listing and no command that does not need it."""
+    try:
+        value, last_index = decode_record(raw, key)
+    except CorruptDatabaseError:
+        return KVPair(key, raw, DAMAGED_INDEX)
+    return KVPair(key, value, last_index)
+
+
 def _text(raw: bytes) -> str:
     """A key or bucket name as read from LMDB.  Ours are UTF-8; one that another program
     wrote with other bytes is listed with them as surrogate escapes, so that a listing, and
@@ -493,10 +503,7 @@ class _LMDBTx(Tx):
 
     def _read(self, key: str) -> KVPair | None:
         raw = self._txn.get(self.bucket_name, key.encode("utf-8"))
-        if raw is None:
-            return None
-        value, last_index = decode_record(raw, key)
-        return KVPair(key, value, last_index)
+        return None if raw is None else _pair(key, raw)
 
     def _contains(self, key: str) -> bool:
         return self._txn.get(self.bucket_name, key.encode("utf-8")) is not None
@@ -506,7 +513,7 @@ class _LMDBTx(Tx):
         previous = self._txn.get(self.bucket_name, encoded_key)
         last_index = self._txn.txn.id()
         if previous is not None:
-            last_index = max(last_index, decode_record(previous, key)[1] + 1)
+            last_index = max(last_index, _pair(key, previous).last_index + 1)
         self._txn.put(self.bucket_name, encoded_key, encode_record(value, last_index))
         return KVPair(key, value, last_index)
 
@@ -524,9 +531,7 @@ class _LMDBTx(Tx):
             for raw_key, raw in cursor:
                 if not raw_key.startswith(start):
                     break
-                key = _text(raw_key)
-                value, last_index = decode_record(raw, key)
-                pairs.append(KVPair(key, value, last_index))
+                pairs.append(_pair(_text(raw_key), raw))
         return pairs
 
     def bucket(self, name: str) -> Tx:
