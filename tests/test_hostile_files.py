@@ -269,6 +269,24 @@ def test_files_planted_by_another_user_are_refused(tmp_path, planted):
     assert "task-2" in check_records(db_path)[V4_SUBNET]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a symlink to another uid needs root")
+def test_symlink_planted_by_another_user_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    target = tmp_path / "chosen-by-them.db"
+    db_path = shared / "eni-ipam.db"
+    db_path.symlink_to(target)
+    os.lchown(db_path, OTHER_UID, -1)
+    code, error, stderr, _ = timed_plugin("ADD", netconf("task-1"), db_path)
+    assert (code, error["code"], stderr) == (1, 5, ""), error
+    assert f"made by uid {OTHER_UID}" in error["msg"], error
+    assert not target.exists()
+    os.lchown(db_path, os.geteuid(), -1)  # a link of one's own is fine (README: symlinks work)
+    add_ok(db_path, "task-1")
+    assert target.exists()
+
+
 def test_database_writable_by_others_is_refused(tmp_path):
     db_path = tmp_path / "eni-ipam.db"
     add_ok(db_path, "task-1")

@@ -249,6 +249,25 @@ def require_private(info: os.stat_result, given: str, what: str) -> None:
         )
 
 
+def require_own_link(given: str) -> None:
+    """Refuse a symlink at *given* that another user made: it would choose where this
+    user's database is read and created.  (The kernel's protected_symlinks guards opens in
+    sticky directories, not the resolving done here.)
+
+    :raises UnsafeFileError: naming the owner and the fix.
+    """
+    try:
+        info = os.lstat(given)
+    except OSError:
+        return  # nothing there (or nothing to see): the open reports it
+    if stat.S_ISLNK(info.st_mode) and info.st_uid not in (os.geteuid(), 0):
+        raise UnsafeFileError(
+            f"database path {given} is a symbolic link made by uid {info.st_uid}, not by this user "
+            f"(uid {os.geteuid()}) or root: it would choose where the database lies; it was left "
+            "untouched. Remove it, or replace it by a link of your own"
+        )
+
+
 def create_database_file(path: str, given: str) -> bool:
     """Create *path* empty, mode 0600 whatever the umask, for LMDB to fill in; return False
     if a file appeared there meanwhile (look again).  Made here rather than by LMDB, which

@@ -73,6 +73,7 @@ class _Environment:
     """The one LMDB environment of this process for one file, shared by its stores."""
 
     def __init__(self, path: str, read_only: bool, create: bool, map_size: int, timeout: float) -> None:
+        dbfile.require_own_link(path)
         real = resolve(path)
         kind = dbfile.file_kind(real, path)
         if kind == dbfile.MISSING:
