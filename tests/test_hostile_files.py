@@ -634,3 +634,59 @@ def test_a_damaged_record_is_shown_and_releasable_and_stops_nothing(tmp_path):
     released = ctl(db_path, "release", "--address", damaged)
     assert released.returncode == 0 and f"released {damaged}" in released.stdout, released
     assert check_records(db_path) == {V4_SUBNET: {}}  # GC released task-3 and task-4 (no valid attachment)
+
+
+# Another program writing through the lmdb module directly (it never stamps the file, so
+# every open walks the pages), churning pages as fast as it can.
+_CHURN = """
+import os, sys, lmdb
+env = lmdb.open(sys.argv[1], subdir=False, max_dbs=1024, max_readers=256, map_size=1 << 30, sync=False)
+db = env.open_db(b"churn")
+n = 0
+while not os.path.exists(sys.argv[2]):
+    with env.begin(write=True, db=db) as txn:
+        for k in range(20):
+            txn.put(b"%d" % ((n + k) % 300), os.urandom(50 + (n * 7 + k) % 3000))
+    n += 1
+"""
+
+_OPEN_AGAIN_AND_AGAIN = """
+import sys
+from ecs_ipam import kv
+from ecs_ipam.errors import CorruptDatabaseError
+damaged = 0
+for _ in range(int(sys.argv[2])):
+    try:
+        with kv.open_store(sys.argv[1], bucket="churn", read_only=True) as store:
+            store.list()
+    except CorruptDatabaseError as e:
+        damaged += 1
+        print(e, file=sys.stderr)
+print(damaged)
+"""
+
+
+def test_page_walk_under_concurrent_commits_sees_one_snapshot(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    add_ok(db_path, "task-1")
+    stop = tmp_path / "stop"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CHURN, str(db_path), str(stop)], cwd=ROOT, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(1)
+        readers = subprocess.run(
+            [sys.executable, "-c", _OPEN_AGAIN_AND_AGAIN, str(db_path), "300"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env=env,
+        )
+    finally:
+        stop.touch()
+        _, errors = writer.communicate(timeout=60)
+    assert writer.returncode == 0, errors.decode()[-2000:]
+    assert (readers.returncode, readers.stdout) == (0, "0\n"), readers.stderr[-2000:]
+    assert check_records(db_path)[V4_SUBNET] == {"task-1": "169.254.172.2"}

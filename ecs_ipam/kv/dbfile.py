@@ -161,24 +161,33 @@ def _check_lmdb_metas(fd: int, first: bytes, size: int) -> str:
 PAGES_CHECKED = "user.ecs-ipam.checked"
 
 
-def check_lmdb_pages(fd: int, given: str) -> None:
-    """Walk the pages of the LMDB file *fd* (one :func:`file_kind` found sound) before LMDB
-    maps them, unless the file is as a commit of ours left it.
+def pages_checked(fd: int) -> bool:
+    """Whether the LMDB file *fd* is as a commit of ours left it (its pages need no walk)."""
+    try:
+        return os.getxattr(fd, PAGES_CHECKED) == _identity(fd)
+    except OSError:
+        return False  # no stamp, or no extended attributes here
 
+
+def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
+    """Walk the pages of snapshot *txnid* of the LMDB file *fd*, which the caller pins with
+    a read transaction of that id (so that no writer reuses its pages meanwhile), before
+    anything reads them through LMDB's map.
+
+    :return: False when neither meta page describes that snapshot any more (two commits
+        went by): begin a new read transaction and look again.
     :raises CorruptDatabaseError: a page LMDB would not survive.
     """
-    try:
-        if os.getxattr(fd, PAGES_CHECKED) == _identity(fd):
-            return
-    except OSError:
-        pass  # no stamp, or no extended attributes here
     from .lmdb_pages import check_pages
 
-    first = os.pread(fd, LMDB_META_SIZE, 0)
-    page_size = struct.unpack_from("<I", first, LMDB_PAGE_SIZE_OFFSET)[0]
-    second = os.pread(fd, LMDB_META_SIZE, page_size)
-    newest = max((first, second), key=lambda meta: struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0])
-    check_pages(fd, page_size, newest, given)
+    page_size = struct.unpack_from("<I", os.pread(fd, LMDB_META_SIZE, 0), LMDB_PAGE_SIZE_OFFSET)[0]
+    for base in (0, page_size):
+        meta = os.pread(fd, LMDB_META_SIZE, base)
+        if len(meta) == LMDB_META_SIZE and struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0] == txnid:
+            check_pages(fd, page_size, meta, given)
+            # A meta page read while a commit rewrote it would fail this.
+            return os.pread(fd, LMDB_META_SIZE, base) == meta
+    return False
 
 
 def stamp_checked(fd: int) -> None:

@@ -90,12 +90,9 @@ class _Environment:
         self.read_only = read_only
         # Checked before LMDB opens the file, so that a refused name gets no -lock file.
         opened = _open_single_name(real, path)
-        if kind == dbfile.LMDB:
-            try:
-                dbfile.check_lmdb_pages(opened, path)
-            except BaseException:
-                os.close(opened)
-                raise
+        # Every page is walked before LMDB reads one through its map, unless the file is
+        # as a commit of ours left it (dbfile.check_lmdb_pages).
+        walk_pages = kind == dbfile.LMDB and not dbfile.pages_checked(opened)
         data_fd: int | None = opened
         # A read-only opener must not create the lock file; without one nobody is
         # writing under LMDB's locking, so reading without it is safe.
@@ -133,6 +130,8 @@ class _Environment:
                 # Slots left by readers that were killed would otherwise pin old pages
                 # (and the file's size) forever.
                 self.env.reader_check()
+            if walk_pages:
+                self._walk_pages(opened)
             if read_only:
                 _close(data_fd)
                 data_fd = None
@@ -155,6 +154,18 @@ class _Environment:
         self._resizing = _thread.allocate_lock()
         self._counts_lock = _thread.allocate_lock()
         self._open_txns: dict[int, int] = {}
+
+    def _walk_pages(self, fd: int) -> None:
+        """Walk the pages of the current snapshot, pinned by a read transaction that reads
+        nothing but the meta page (so no writer reuses its pages during the walk)."""
+        for _ in range(10):
+            txn = self.env.begin(write=False)
+            try:
+                if dbfile.check_lmdb_pages(fd, self.path, txn.id()):
+                    return
+            finally:
+                txn.abort()
+        raise StoreTimeoutError(f"database {self.path} kept changing while its pages were checked; try again")
 
     # -- opening transactions -------------------------------------------------------------
 
