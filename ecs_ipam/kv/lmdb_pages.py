@@ -1,4 +1,4 @@
-"""A structural check of an LMDB file's pages, read with ``pread``, before LMDB maps them.
+"""A structural check of an LMDB file's pages, read with ``pread``, before LMDB reads them.
 
 LMDB trusts its pages: a page damaged by hand (or by a disk) can make it read past the
 end of the map (SIGSEGV), past the end of the file (SIGBUS), or trip one of its own
