@@ -175,7 +175,8 @@ def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
     anything reads them through LMDB's map.
 
     :return: False when neither meta page describes that snapshot any more (two commits
-        went by): begin a new read transaction and look again.
+        went by since it began), or the one that does was being rewritten as it was read:
+        begin a new read transaction and look again.
     :raises CorruptDatabaseError: a page LMDB would not survive.
     """
     from .lmdb_pages import check_pages
@@ -184,9 +185,12 @@ def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
     for base in (0, page_size):
         meta = os.pread(fd, LMDB_META_SIZE, base)
         if len(meta) == LMDB_META_SIZE and struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0] == txnid:
+            if os.pread(fd, LMDB_META_SIZE, base) != meta:
+                return False  # torn: a commit was rewriting it
+            # The snapshot's pages stay as they are while the caller's read transaction
+            # lives, however many commits go by (its meta page may be reused meanwhile).
             check_pages(fd, page_size, meta, given)
-            # A meta page read while a commit rewrote it would fail this.
-            return os.pread(fd, LMDB_META_SIZE, base) == meta
+            return True
     return False
 
 
