@@ -6,6 +6,7 @@ plugins only have the database to agree on who holds what.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 
+import lmdb
 import pytest
 
 from ecs_ipam.config import DEFAULT_TIMEOUT
@@ -71,6 +73,69 @@ def test_64_plugins_started_at_once_get_64_distinct_addresses(tmp_path):
     db_path = tmp_path / "eni-ipam.db"
     v4, v6 = launch_adds(db_path, 64)
     check_distinct_and_recorded(db_path, v4, v6)
+
+
+# LMDB's first opener writes a new file's two meta pages with one pwrite, which the kernel
+# makes visible a page at a time, while it holds a write lock on byte 0 of the lock file.
+# A plugin that looked between the two pages found one meta page, as in a truncated file,
+# and answered "damaged or truncated" (code 5).  That moment is held open here: this
+# process holds the lock as LMDB does and has written LMDB's first meta page only.
+def _half_initialised(db_path) -> tuple[bytes, int]:
+    """The state above at *db_path*; return the pages still to write and the held lock file."""
+    model = str(db_path) + ".model"
+    lmdb.open(model, subdir=False, lock=False).close()  # a new file's meta pages, by LMDB
+    with open(model, "rb") as f:
+        pages = f.read()
+    os.unlink(model)
+    assert len(pages) == 8192
+    lock_fd = os.open(str(db_path) + "-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.posix_fallocate(lock_fd, 0, 16512)
+    fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
+    fd = os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.write(fd, pages[:4096])
+    os.close(fd)
+    return pages, lock_fd
+
+
+def _has_open(pid: int, path: str) -> bool:
+    fds = f"/proc/{pid}/fd"
+    try:
+        return any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds))
+    except OSError:
+        return False  # exited, or closed it while we looked
+
+
+def test_a_database_lmdb_is_still_creating_is_waited_for_not_called_damaged(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    pages, lock_fd = _half_initialised(db_path)
+    try:
+        plugin = PluginProcess("ADD", netconf("task-1"), db_path)
+        # It must be waiting for the lock, not answering: wait until it has the lock file
+        # open (or has ended, which is the bug).
+        deadline = time.monotonic() + 60
+        while plugin.proc.poll() is None and not _has_open(plugin.proc.pid, str(db_path) + "-lock"):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with open(db_path, "r+b") as f:
+            f.seek(4096)
+            f.write(pages[4096:])
+    finally:
+        os.close(lock_fd)  # LMDB's first open is done: the lock goes
+    code, result, stderr = plugin.finish(60)
+    assert (code, stderr) == (0, ""), result
+    assert result_ips(result) == ["169.254.172.2"]
+
+
+def test_a_truncated_database_beside_a_free_lock_file_is_still_refused(tmp_path):
+    db_path = tmp_path / "eni-ipam.db"
+    _, lock_fd = _half_initialised(db_path)
+    os.close(lock_fd)  # nobody is creating it: one meta page is a truncated file
+    before = db_path.read_bytes()
+    plugin = PluginProcess("ADD", netconf("task-1"), db_path)
+    code, error, stderr = plugin.finish(60)
+    assert (code, error["code"], stderr) == (1, 5, ""), error
+    assert "damaged or truncated" in error["msg"], error
+    assert db_path.read_bytes() == before
 
 
 @pytest.mark.slow

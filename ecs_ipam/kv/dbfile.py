@@ -110,6 +110,44 @@ def file_kind(path: str, given: str | None = None) -> str:
         os.close(fd)
 
 
+# What a new file shows while LMDB's first opener initialises it: LMDB writes both meta
+# pages with one pwrite, which the kernel publishes a page at a time, so a look in between
+# finds one meta page, as in a truncated file (a file system that published the size
+# before the bytes would show zeros: no magic).  That opener holds a write lock on byte 0
+# of the lock file throughout; a shared lock there is a look that no first open overlaps.
+UNSETTLED = (DAMAGED, OTHER)
+
+
+def settled_file_kind(path: str, lock_path: str, given: str, timeout: float) -> str:
+    """:func:`file_kind` of *path*, told while no process is inside LMDB's first open of it:
+    for a verdict of :data:`UNSETTLED` (an open that finds :data:`EMPTY` waits there anyway).
+
+    Without a lock file beside it (or one that is no private regular file, refused later)
+    nobody can be initialising the file, and the first look stands.
+
+    :raises StoreTimeoutError: the first open held byte 0 for *timeout* seconds.
+    :raises: as :func:`file_kind`.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.open(lock_path, _READ_FLAGS | os.O_NOFOLLOW)
+    except OSError:
+        return file_kind(path, given)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
+            return file_kind(path, given)
+        _wait_for_first_opener(fd, lock_path, deadline, timeout)  # holds a shared lock on success
+        return file_kind(path, given)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise StoreError(f"cannot use lock file {lock_path}: {e.strerror or e}") from None
+    finally:
+        # Drops the shared lock; this process has no other lock on the file yet.
+        os.close(fd)
+
+
 def has_bolt_magic(fd: int) -> bool:
     """Whether the file *fd* carries the bolt magic in meta page 0 or, failing that, in
     page 1 at bolt's usual page size.  A cheap sniff, not a validation (never raises)."""

@@ -81,6 +81,9 @@ class _Environment:
                 raise DatabaseNotFoundError(f"no database at {path}")
             # Made here, not by LMDB, which would open whatever appeared at the path since.
             kind = dbfile.EMPTY if dbfile.create_database_file(real, path) else dbfile.file_kind(real, path)
+        if kind in dbfile.UNSETTLED:
+            # Perhaps a new file another process's LMDB is still writing its meta pages into.
+            kind = dbfile.settled_file_kind(real, real + "-lock", path, timeout)
         if kind not in (dbfile.EMPTY, dbfile.LMDB):
             raise dbfile.not_ours(path, kind)
         if kind == dbfile.EMPTY and read_only:
