@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import time
 
-from ...errors import StoreError
+from ...errors import StoreError, StoreTimeoutError, StoreUnavailableError
 from ..base import KVPair, Tx, check_bucket_name, check_prefix
-from .client import Client, Conflict, Json
+from .client import TXN, Client, Conflict, Json, MaybeApplied
 from .layout import b64, prefix_end, unb64, utf8
 
 # etcd's default --max-txn-ops: the most compares, and the most operations, in one txn.
@@ -36,6 +36,36 @@ MAX_TXN_OPS = 128
 READ_AHEAD_AFTER = 16
 # Provisional last_index of a pair written inside a transaction, before the commit.
 PROVISIONAL_INDEX = 1 << 62
+
+
+# The value of a commit key: written by its commit, or by the fence that settles a commit
+# whose answer was lost (see TxState._settle).
+COMMITTED = b""
+FENCED = b"fenced"
+# The share of the timeout kept back to settle a lost answer, at most this many seconds:
+# enough for another endpoint to answer while a leader election runs.
+SETTLE_RESERVE = 1.5
+
+
+def _absent(key: bytes) -> Json:
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def _range_of(key: bytes) -> Json:
+    return {"request_range": {"key": b64(key)}}
+
+
+def _commit_record(answer: Json) -> Json | None:
+    """The commit key as the failure branch of a commit (or fence) read it, if it exists."""
+    kvs = answer["responses"][0]["response_range"].get("kvs")
+    return kvs[0] if kvs else None
+
+
+def _undecided(lost: MaybeApplied) -> StoreError:
+    return type(lost)(
+        f"{lost}; the commit may or may not have been applied, and no endpoint could tell within the "
+        f"timeout (an ADD sent again for the same id and container id answers the address it recorded)"
+    )
 
 
 def compare_mod(key: bytes, revision: int, result: str = "EQUAL", end: bytes | None = None) -> Json:
@@ -194,28 +224,66 @@ class TxState:
                     "create_revision": str(self.revision + 1),
                 }
             )
-        compares.append({"key": b64(commit_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
+        compares.append(_absent(commit_key))
         swept_from, swept_to = self.layout.expired_commits(now)
         operations = self._operations()
-        operations.append({"request_put": {"key": b64(commit_key), "value": ""}})
+        operations.append({"request_put": {"key": b64(commit_key), "value": b64(COMMITTED)}})
         operations.append({"request_delete_range": {"key": b64(swept_from), "range_end": b64(swept_to)}})
-        answer = self.client.call(
-            "/v3/kv/txn",
-            {
-                "compare": compares,
-                "success": operations,
-                "failure": [{"request_range": {"key": b64(commit_key)}}],
-            },
-            self.deadline,
-        )
+        request = {"compare": compares, "success": operations, "failure": [_range_of(commit_key)]}
+        answer = self._send(request, commit_key)
         revision = int(answer["header"]["revision"])
         if not answer.get("succeeded"):
-            ours = answer["responses"][0]["response_range"].get("kvs")
-            if not ours:
+            ours = _commit_record(answer)
+            if ours is None:
                 raise Conflict("key was modified by a concurrent transaction")
             # A copy of this request, sent before the connection broke, was applied.
-            revision = int(ours[0]["mod_revision"])
+            revision = int(ours["mod_revision"])
         self.committed_revision = revision
+
+    def _send(self, request: Json, commit_key: bytes) -> Json:
+        """Send the commit; when its answer is lost, find out whether it was applied.
+
+        :raises StoreTimeoutError, StoreUnavailableError: it was not applied, or (the
+            message says so) nobody could tell within the timeout.
+        """
+        client = self.client
+        # Time kept back to settle a commit whose answer was lost.
+        reserve = min(SETTLE_RESERVE, client.timeout / 3)
+        try:
+            return client.call(TXN, request, self.deadline - reserve)
+        except MaybeApplied as lost:
+            return self._settle(commit_key, lost)
+        except (StoreTimeoutError, StoreUnavailableError):
+            if time.monotonic() >= self.deadline:
+                raise
+        # No copy reached etcd, so no time is needed to settle one: use the rest.
+        try:
+            return client.call(TXN, request, self.deadline)
+        except MaybeApplied as lost:
+            raise _undecided(lost) from None
+
+    def _settle(self, commit_key: bytes, lost: MaybeApplied) -> Json:
+        """Decide whether a commit whose answer was lost was applied, by its commit key:
+        written by that commit only, or by the fence put here when it is still absent.
+        Either way the key then exists, and every copy of the commit still in flight
+        fails its compare "the commit key does not exist": the outcome is final.
+
+        :return: the answer of the commit, when it was applied.
+        """
+        fence = {
+            "compare": [_absent(commit_key)],
+            "success": [{"request_put": {"key": b64(commit_key), "value": b64(FENCED)}}],
+            "failure": [_range_of(commit_key)],
+        }
+        try:
+            answer = self.client.call(TXN, fence, self.deadline)
+        except (StoreTimeoutError, StoreUnavailableError):
+            # The fence itself is safe to send twice; but no endpoint answered it.
+            raise _undecided(lost) from None
+        record = None if answer.get("succeeded") else _commit_record(answer)
+        if record is None or unb64(record.get("value")) == FENCED:
+            raise type(lost)(f"{lost}; the commit was not applied (etcd says so), nothing was written") from None
+        return {"header": {"revision": record["mod_revision"]}, "succeeded": True}
 
     def _compares(self) -> list[Json]:
         per_bucket: dict[bytes, list[Json]] = {}
