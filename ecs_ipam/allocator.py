@@ -320,9 +320,13 @@ class PoolAllocator:
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}")
 
-    def allocate(self, owner: Owner, now: float) -> Network:
+    def allocate(self, owner: Owner, now: float, repeat: bool = False) -> Network:
         """Claim the pool's fixed address, or the next free one after the last-known address.
 
+        :param repeat: answer the address this very attachment (id, container id and
+            interface) holds in the pool, if any, instead of IdAlreadyAllocatedError:
+            for a store whose commit can end with its outcome unknown (etcd), where the
+            runtime's retry of such an ADD must get what the first one recorded.
         :return: the claimed address with its prefix length (the fixed address keeps its own).
         :raises AddressInUseError: the fixed address is taken.
         :raises PoolExhaustedError: no address is free.
@@ -332,6 +336,10 @@ class PoolAllocator:
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
             raise IdAlreadyAllocatedError(f"id already exists: {quoted(owner.id)} is the gateway's")
+        if repeat:
+            granted = self._granted_to(owner)
+            if granted is not None:
+                return granted
         fixed = self.pool.fixed_address
         if fixed is not None:
             ip = fixed.ip
@@ -354,6 +362,23 @@ class PoolAllocator:
             )
         self._claim(address, owner, now)
         return Network(ip, prefixlen)
+
+    def _granted_to(self, owner: Owner) -> Network | None:
+        """The address of this pool recorded for *owner*'s very attachment, or None."""
+        if not owner.id or not owner.container_id:
+            return None  # anonymous, or no attachment to tell a retry from another task
+        address = self.held_by(owner.id)
+        record = self.record(address) if address is not None else None
+        if record is None or (record.get("container_id"), record.get("ifname")) != (
+            owner.container_id,
+            owner.ifname or None,
+        ):
+            return None
+        fixed = self.pool.fixed_address
+        if fixed is not None:
+            return fixed if str(fixed.ip) == address else None
+        ip = parse_address(address, self.pool.version)
+        return None if ip is None else Network(ip, self.pool.subnet.prefixlen)
 
     def _next_free(self) -> int:
         # Round-robin from the last address handed out or released: a task that crash-

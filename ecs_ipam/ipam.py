@@ -66,7 +66,7 @@ def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocatio
         for pool in conf.pools:
             allocator = _allocator(tx, pool, names)
             allocator.reserve_gateway()
-            allocations.append((pool, allocator.allocate(owner, now)))
+            allocations.append((pool, allocator.allocate(owner, now, store.uncertain_commits)))
         return allocations
 
     return store.transact(body)

@@ -207,6 +207,10 @@ class Store(abc.ABC):
     #: The most keys one transaction may write or delete (None: no limit).  Work that
     #: writes without bound (GC) runs as several transactions of at most this many.
     max_writes: int | None = None
+    #: Whether a commit can end with its outcome unknown to the caller (etcd, when no
+    #: endpoint answers in time): an ADD then answers a retry of the same attachment
+    #: with the address the first one may have recorded, instead of "id already exists".
+    uncertain_commits = False
 
     # -- what a backend implements -------------------------------------------------------
 

@@ -88,6 +88,8 @@ class EtcdStore(Store):
     :raises StoreUnavailableError: etcd could not be reached to check that.
     """
 
+    uncertain_commits = True
+
     def __init__(
         self,
         url: str,

@@ -263,10 +263,14 @@ class TxState:
             raise _undecided(lost) from None
 
     def _settle(self, commit_key: bytes, lost: MaybeApplied) -> Json:
-        """Decide whether a commit whose answer was lost was applied, by its commit key:
-        written by that commit only, or by the fence put here when it is still absent.
-        Either way the key then exists, and every copy of the commit still in flight
-        fails its compare "the commit key does not exist": the outcome is final.
+        """Decide whether a commit whose answer was lost was applied, by its commit key,
+        which that commit alone writes.
+
+        A read (on the next endpoint: the client moved on from the silent one) finds the
+        key when the commit was applied.  When it is absent, a copy may still be on its
+        way through raft: a fence then writes the key itself, if still absent, so that
+        every copy in flight fails its compare "the commit key does not exist".  Either
+        way the outcome is final when this returns or raises.
 
         :return: the answer of the commit, when it was applied.
         """
@@ -276,9 +280,11 @@ class TxState:
             "failure": [_range_of(commit_key)],
         }
         try:
-            answer = self.client.call(TXN, fence, self.deadline)
+            _, kvs = self.client.range(commit_key, None, None, self.deadline)
+            answer = {"responses": [{"response_range": {"kvs": kvs}}]}
+            if not kvs:
+                answer = self.client.call(TXN, fence, self.deadline)
         except (StoreTimeoutError, StoreUnavailableError):
-            # The fence itself is safe to send twice; but no endpoint answered it.
             raise _undecided(lost) from None
         record = None if answer.get("succeeded") else _commit_record(answer)
         if record is None or unb64(record.get("value")) == FENCED:
