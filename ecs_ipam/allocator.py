@@ -21,6 +21,7 @@ holds it for all of them.
 
 from __future__ import annotations
 
+import os
 from operator import itemgetter
 
 from .addr import Address, Network, format_address, parse_address, parse_network
@@ -56,6 +57,9 @@ INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
 # Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
 # keys there must never be taken for leases.
 LEGACY_BUCKET = "go-plugin-IPAM"
+# How far (in addresses) a re-run ADD may start its walk after the pointer, doubled on
+# each further re-run (see PoolAllocator._spread).
+SPREAD_WINDOW = 64
 
 
 class Owner(_Fields):
@@ -242,7 +246,10 @@ class PoolAllocator:
         return None
 
     def last_known(self) -> int | None:
-        pair = self.tx.find(self.last_known_key)
+        # A hint: concurrent ADDs all rewrite the pointer, and conflicting over it would
+        # make them re-run even when they claim different addresses.  The claim itself
+        # is checked (the address must still be free at commit), whatever the pointer.
+        pair = self.tx.find_hint(self.last_known_key)
         if pair is None:
             return None
         address = parse_address(decode(pair.value), self.pool.version)
@@ -340,6 +347,11 @@ class PoolAllocator:
             granted = self._granted_to(owner)
             if granted is not None:
                 return granted
+        # Read before the walk, so that the walk's reads come last, just before the
+        # commit (less time for another writer to take the address found free); raised
+        # after it, as in the original: a taken address or a full pool is what the
+        # caller hears about first, also when the id holds an address already.
+        held = self.held_anywhere(owner.id) if owner.id else None
         fixed = self.pool.fixed_address
         if fixed is not None:
             ip = fixed.ip
@@ -353,9 +365,6 @@ class PoolAllocator:
             ip = Address(value, self.pool.version)
             address = address_text(value, self.pool.version)
             prefixlen = self.pool.subnet.prefixlen
-        # After the address, as in the original: a taken address or a full pool is what
-        # the caller hears about first, also when the id holds an address already.
-        held = self.held_anywhere(owner.id) if owner.id else None
         if held is not None:
             raise IdAlreadyAllocatedError(
                 f"id already exists: {quoted(owner.id)} holds {held[0]} in {held[1].bucket_name}"
@@ -386,6 +395,8 @@ class PoolAllocator:
         # elsewhere (ARP caches, conntrack, the agent's own records) has time to age out.
         start = self.last_known()
         candidate = self.first if start is None or start >= self.last else start + 1
+        if self.tx.reruns:
+            candidate = self._spread(candidate, self.tx.reruns)
         version = self.pool.version
         exists: Callable[[str], bool] = self.tx.exists
         if self.overlapping:
@@ -395,6 +406,20 @@ class PoolAllocator:
                 return candidate
             candidate = self.first if candidate >= self.last else candidate + 1
         raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
+
+    def _spread(self, candidate: int, reruns: int) -> int:
+        """Where a re-run body starts its walk: a random distance after *candidate*.
+
+        Only a body that lost a race is re-run, and the ADDs it raced walked from the
+        same pointer to the same address: starting each re-run at a random place among
+        the next addresses spreads them, instead of having them race again for the one
+        after.  A single writer never re-runs, so its walk is the original's; under
+        concurrency, an ADD that lost a race may take an address a little further on.
+        """
+        size = self.last - self.first + 1
+        window = min(size, SPREAD_WINDOW << min(reruns - 1, 4))
+        offset = int.from_bytes(os.urandom(4), "big") % window
+        return self.first + (candidate - self.first + offset) % size
 
     def _taken_anywhere(self, address: str) -> bool:
         return self.holder(address) is not None

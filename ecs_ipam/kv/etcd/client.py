@@ -268,13 +268,14 @@ class Client:
         """How long the next attempt may wait for its endpoint.
 
         With another endpoint to try, a silent one (frozen, partitioned, overloaded)
-        costs a short bound, not the whole deadline; the bound doubles on every round
-        through the endpoints, so a cluster that is merely slow still gets its time.
+        costs a short bound, not the whole deadline; the bound doubles with every
+        attempt, so a cluster that is merely slow (a loaded host, a leader election)
+        still gets its time.
         """
         count = len(self.endpoints)
         if count == 1:
             return remaining
-        return min(remaining, REQUEST_TIMEOUT * float(2 ** (trail.attempts // count)))
+        return min(remaining, REQUEST_TIMEOUT * float(2**trail.attempts))
 
     def _exchange(
         self, host: str, port: int, path: str, payload: bytes, bound: float, stream: bool, token: str | None

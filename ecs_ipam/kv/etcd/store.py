@@ -147,11 +147,11 @@ class EtcdStore(Store):
             yield tx
 
     @contextmanager
-    def _transaction(self, write: bool, deadline: float) -> Iterator[EtcdTx]:
+    def _transaction(self, write: bool, deadline: float, reruns: int = 0) -> Iterator[EtcdTx]:
         client = self._live_client()
         if write and self.read_only:
             raise StoreError(f"database {self.url} is open read-only")
-        state = TxState(client, write, deadline)
+        state = TxState(client, write, deadline, reruns)
         yield EtcdTx(state, self.bucket_name)
         state.commit()
 
@@ -167,12 +167,14 @@ class EtcdStore(Store):
         """transact(), also returning the revision of the commit (None: nothing written)."""
         deadline = time.monotonic() + self.timeout
         delay = 0.002
+        reruns = 0
         while True:
             try:
-                with self._transaction(write, deadline) as tx:
+                with self._transaction(write, deadline, reruns) as tx:
                     result = body(tx)
                 return result, tx._state.committed_revision
             except Conflict:
+                reruns += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StoreTimeoutError(

@@ -1,8 +1,9 @@
-"""Optimistic transactions over etcd: reads recorded at one snapshot, writes buffered,
-one etcd txn at commit.
+"""Optimistic transactions over etcd: reads recorded, writes buffered, one etcd txn at
+commit.
 
-Reads go to etcd at one snapshot revision (the first read's) and record what they saw;
-writes are buffered (and visible to later reads of the same transaction).  The commit
+A read-only transaction reads one snapshot revision (the first read's).  A write
+transaction reads the latest revision, and records what it saw; writes are buffered (and
+visible to later reads of the same transaction).  The commit
 is one etcd transaction that compares every key read against the revision it had,
 checks that no scanned range gained or changed a key, and applies the writes.  A failed
 compare raises :class:`Conflict`; the store re-runs the body instead, until the timeout.
@@ -17,7 +18,8 @@ compare-and-swap with it after the commit fails safely; read the key again).
 
 Every commit is safe to send twice: its compares include "the commit key does not exist
 yet", and the answer to a failed compare includes that key, so an earlier copy that was
-applied reads as success, never as a duplicate.
+applied reads as success, never as a duplicate.  When no answer comes back at all, the
+commit key tells whether it was applied (see TxState._settle).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import time
 
 from ...errors import StoreError, StoreTimeoutError, StoreUnavailableError
-from ..base import KVPair, Tx, check_bucket_name, check_prefix
+from ..base import KVPair, Tx, check_bucket_name, check_key, check_prefix
 from .client import TXN, Client, Conflict, Json, MaybeApplied
 from .layout import b64, prefix_end, unb64, utf8
 
@@ -90,18 +92,20 @@ def decoded(bucket: bytes, kvs: list[Json]) -> list[tuple[bytes, KVPair]]:
 class TxState:
     """What one transaction read (to be checked at commit) and wrote (to be applied)."""
 
-    def __init__(self, client: Client, writable: bool, deadline: float) -> None:
+    def __init__(self, client: Client, writable: bool, deadline: float, reruns: int = 0) -> None:
         self.client = client
+        self.reruns = reruns
         self.layout = client.layout
         self.writable = writable
         self.deadline = deadline
+        # The revision of the first read: the snapshot of a read-only transaction.
         self.revision: int | None = None
         # The snapshot as far as it was read: full key -> pair, or None for absent.
         self.known: dict[bytes, KVPair | None] = {}
         # Keys to compare at commit: full key -> (bucket data prefix, mod_revision or 0).
         self.checked: dict[bytes, tuple[bytes, int]] = {}
         # Scanned ranges, whose every key is in `known`: (bucket, start, end).
-        self.ranges: list[tuple[bytes, bytes, bytes]] = []
+        self.ranges: list[tuple[bytes, bytes, bytes, int]] = []
         self.misses: dict[bytes, int] = {}
         self.writes: dict[bytes, KVPair | None] = {}
         self.tree_deletes: list[tuple[bytes, bytes]] = []
@@ -111,6 +115,8 @@ class TxState:
         # The bucket names at the snapshot, once read: their markers' range is checked at
         # commit for a bucket created meanwhile.
         self.bucket_list: list[str] | None = None
+        self.names_revision = 0
+        self.latest_read: int | None = None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -118,36 +124,51 @@ class TxState:
         return decoded(bucket, [kv])[0]
 
     def _covered(self, start: bytes, end: bytes) -> bool:
-        return any(s <= start and end <= e for _, s, e in self.ranges)
+        return any(s <= start and end <= e for _, s, e, _ in self.ranges)
 
-    def _fetch(self, bucket: bytes, start: bytes, end: bytes | None) -> list[Json]:
-        revision, kvs = self.client.range(start, end, self.revision, self.deadline)
+    def _fetch(self, start: bytes, end: bytes | None, keys_only: bool = False) -> tuple[int, list[Json]]:
+        """``(revision read at, kvs)`` of a key or range.
+
+        A read-only transaction reads its snapshot.  A write transaction reads the latest
+        revision: every read is compared at commit anyway (a key against the revision it
+        had, a range against the revision it was read at), so the commit goes through
+        only if all it read is still current, and reading late leaves a shorter window
+        for another writer to take the address a walk just found free.
+        """
+        at = None if self.writable else self.revision
+        revision, kvs = self.client.range(start, end, at, self.deadline, keys_only=keys_only)
         if self.revision is None:
             self.revision = revision
-        return kvs
+        self.latest_read = revision
+        return revision, kvs
 
     def _fetch_range(self, bucket: bytes, start: bytes, end: bytes) -> None:
-        for kv in self._fetch(bucket, start, end):
+        revision, kvs = self._fetch(start, end)
+        for kv in kvs:
             full, pair = self._pair(bucket, kv)
             self.known[full] = pair
             self.checked[full] = (bucket, pair.last_index)
-        self.ranges.append((bucket, start, end))
+        self.ranges.append((bucket, start, end, revision))
 
-    def read(self, bucket: bytes, full: bytes) -> KVPair | None:
+    def read(self, bucket: bytes, full: bytes, check: bool = True) -> KVPair | None:
+        """The pair under *full* in the snapshot (or as this transaction wrote it).
+
+        :param check: compare it at commit (a hint is not: see Tx.find_hint).
+        """
         if full in self.writes:
             return self.writes[full]
-        if full in self.known:
-            return self.known[full]
-        if self._covered(full, full + b"\x00"):
-            return None
-        self.misses[bucket] = self.misses.get(bucket, 0) + 1
-        if self.misses[bucket] > READ_AHEAD_AFTER:
-            self._fetch_range(bucket, bucket, prefix_end(bucket))
-            return self.known.get(full)
-        kvs = self._fetch(bucket, full, None)
-        pair = self._pair(bucket, kvs[0])[1] if kvs else None
-        self.known[full] = pair
-        self.checked[full] = (bucket, pair.last_index if pair else 0)
+        if full not in self.known:
+            if self._covered(full, full + b"\x00"):
+                return None  # the range's own compare sees it appear
+            self.misses[bucket] = self.misses.get(bucket, 0) + check
+            if self.misses[bucket] > READ_AHEAD_AFTER:
+                self._fetch_range(bucket, bucket, prefix_end(bucket))
+                return self.known.get(full)
+            _, kvs = self._fetch(full, None)
+            self.known[full] = self._pair(bucket, kvs[0])[1] if kvs else None
+        pair = self.known[full]
+        if check and full not in self.checked:
+            self.checked[full] = (bucket, pair.last_index if pair else 0)
         return pair
 
     def scan(self, bucket: bytes, prefix: bytes) -> list[KVPair]:
@@ -166,9 +187,7 @@ class TxState:
     def bucket_names(self) -> list[str]:
         if self.bucket_list is None:
             start = self.layout.markers
-            revision, kvs = self.client.range(start, prefix_end(start), self.revision, self.deadline, keys_only=True)
-            if self.revision is None:
-                self.revision = revision
+            self.names_revision, kvs = self._fetch(start, prefix_end(start), keys_only=True)
             self.bucket_list = [self.layout.bucket_of_marker(unb64(kv["key"])) for kv in kvs]
         written = {
             self.layout.bucket_of_marker(self.layout.marker_of(bucket))
@@ -207,11 +226,13 @@ class TxState:
         :raises Conflict: something read has changed since (the body must be re-run).
         """
         if not self.writes:
-            return  # nothing to apply; the reads came from one snapshot
+            if self.writable and self.latest_read != self.revision:
+                self._validate()
+            return
         now = time.time()
         commit_key = self.layout.commit_key(now)
         compares = self._compares()
-        if self.bucket_list is not None and self.revision is not None:
+        if self.bucket_list is not None:
             # Creation, not modification: every write rewrites its bucket's marker, and
             # only a new bucket changes the names this transaction read.
             start = self.layout.markers
@@ -221,7 +242,7 @@ class TxState:
                     "range_end": b64(prefix_end(start)),
                     "target": "CREATE",
                     "result": "LESS",
-                    "create_revision": str(self.revision + 1),
+                    "create_revision": str(self.names_revision + 1),
                 }
             )
         compares.append(_absent(commit_key))
@@ -239,6 +260,16 @@ class TxState:
             # A copy of this request, sent before the connection broke, was applied.
             revision = int(ours["mod_revision"])
         self.committed_revision = revision
+
+    def _validate(self) -> None:
+        """Check that a write transaction that wrote nothing read one consistent state:
+        its reads, made at several revisions, are all still current.
+
+        :raises Conflict: one changed (the body must be re-run).
+        """
+        answer = self.client.call(TXN, {"compare": self._compares(), "success": [], "failure": []}, self.deadline)
+        if not answer.get("succeeded"):
+            raise Conflict("key was modified by a concurrent transaction")
 
     def _send(self, request: Json, commit_key: bytes) -> Json:
         """Send the commit; when its answer is lost, find out whether it was applied.
@@ -297,12 +328,10 @@ class TxState:
             if mod == 0 and self._covered(full, full + b"\x00"):
                 continue  # the range's own compare sees it appear
             per_bucket.setdefault(bucket, []).append(compare_mod(full, mod))
-        for bucket, start, end in self.ranges:
-            # The fetch that recorded the range fixed the snapshot.
-            assert self.revision is not None
+        for bucket, start, end, revision in self.ranges:
             # A key deleted from the range is caught by its own compare above; one that
-            # appeared or changed has a mod_revision above the snapshot.
-            per_bucket.setdefault(bucket, []).append(compare_mod(start, self.revision + 1, "LESS", end))
+            # appeared or changed has a mod_revision above the revision it was read at.
+            per_bucket.setdefault(bucket, []).append(compare_mod(start, revision + 1, "LESS", end))
         # The commit key takes one, the bucket names another.
         budget = MAX_TXN_OPS - 1 - (self.bucket_list is not None)
         total = sum(len(compares) for compares in per_bucket.values())
@@ -313,13 +342,15 @@ class TxState:
             total -= len(per_bucket[bucket]) - 1
             coarse.append(bucket)
         if coarse:
-            markers = self._markers_at_snapshot()
+            markers = self._markers_at_first_read()
             for bucket in coarse:
                 marker = self.layout.marker_of(bucket)
                 per_bucket[bucket] = [compare_mod(marker, markers.get(marker, 0))]
         return [compare for compares in per_bucket.values() for compare in compares]
 
-    def _markers_at_snapshot(self) -> dict[bytes, int]:
+    def _markers_at_first_read(self) -> dict[bytes, int]:
+        # A marker unchanged since the first read means no commit wrote its bucket since
+        # then: every later read of the bucket is still current.
         start = self.layout.markers
         _, kvs = self.client.range(start, prefix_end(start), self.revision, self.deadline, keys_only=True)
         return {unb64(kv["key"]): int(kv["mod_revision"]) for kv in kvs}
@@ -347,6 +378,7 @@ class EtcdTx(Tx):
     def __init__(self, state: TxState, bucket_name: str) -> None:
         self._state = state
         self.bucket_name = bucket_name
+        self.reruns = state.reruns
         self._prefix = state.layout.data_prefix(bucket_name)
 
     def _full(self, key: str) -> bytes:
@@ -354,6 +386,9 @@ class EtcdTx(Tx):
 
     def _read(self, key: str) -> KVPair | None:
         return self._state.read(self._prefix, self._full(key))
+
+    def find_hint(self, key: str) -> KVPair | None:
+        return self._state.read(self._prefix, self._full(check_key(key)), check=False)
 
     def _write(self, key: str, value: bytes) -> KVPair:
         return self._state.write(self._prefix, self._full(key), key, value)
