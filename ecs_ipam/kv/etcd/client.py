@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
 from .http import BrokenResponse, Connection, describe, speaks_tls, timed_out
-from .layout import Layout, b64
+from .layout import Layout, b64, prefix_end, unb64
 from .settings import VARIABLES, Security, parse_url
 
 if TYPE_CHECKING:
@@ -423,6 +423,13 @@ class Client:
             body["limit"] = str(limit)
         answer = self.call("/v3/kv/range", body, deadline)
         return int(answer["header"]["revision"]), list(answer.get("kvs", []))
+
+    def markers(self, revision: int | None, deadline: float, limit: int = 0) -> tuple[int, dict[str, int]]:
+        """``(header revision, {bucket name: its marker's mod_revision})``: the buckets
+        of the database (at *revision*, or the latest), read from their markers."""
+        start = self.layout.markers
+        at, kvs = self.range(start, prefix_end(start), revision, deadline, keys_only=True, limit=limit)
+        return at, {self.layout.bucket_of_marker(unb64(kv["key"])): int(kv["mod_revision"]) for kv in kvs}
 
 
 def _json_object(host: str, port: int, data: bytes) -> Json:

@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
-from ...errors import DatabaseNotFoundError, KeyNotFoundError, StoreError, StoreTimeoutError
+from ...errors import KeyNotFoundError, StoreError, StoreTimeoutError
 from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
 from .client import Client, Conflict, Json
-from .layout import prefix_end, unb64, utf8
+from .layout import prefix_end, utf8
 from .settings import security_of
 from .tx import MAX_TXN_OPS, EtcdTx, TxState, decoded
 
@@ -74,7 +74,8 @@ class EtcdStore(Store):
     :param timeout: seconds an operation may take, retries included, before
         StoreTimeoutError or StoreUnavailableError.
     :param read_only: refuse write transactions.
-    :param create: when false (or read-only), the prefix must already hold a database.
+    :param create: when false (or read-only), etcd is asked at once whether the prefix
+        can be read (a prefix nothing was written under is an empty database: no bucket).
     :param cacert, cert, key, user, password: TLS files and etcd user; each one not
         given is read from *environ* (``IPAM_ETCD_CACERT``... see :mod:`.settings`).
     :param environ: where unset options are read (default: the process environment).
@@ -83,9 +84,7 @@ class EtcdStore(Store):
         (the message names the variable).
     :raises StoreError: etcd refused the user or the TLS handshake (checked at once when
         the database must already exist, else by the first operation).
-    :raises DatabaseNotFoundError: nothing was ever written under the prefix, and the
-        caller asked not to create a database.
-    :raises StoreUnavailableError: etcd could not be reached to check that.
+    :raises StoreUnavailableError: etcd could not be reached to check the prefix.
     """
 
     uncertain_commits = True
@@ -126,10 +125,9 @@ class EtcdStore(Store):
         self._client: Client | None = _client
 
     def _require_database(self, client: Client) -> None:
-        start = client.layout.markers
-        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout, keys_only=True, limit=1)
-        if not kvs:
-            raise DatabaseNotFoundError(f"no database at {self.url}: nothing under prefix {client.prefix!r}")
+        # Reachable and readable is enough: a prefix nothing was written under yet is an
+        # empty database (no bucket), not a missing one.
+        client.markers(None, time.monotonic() + self.timeout, limit=1)
 
     def _live_client(self) -> Client:
         if self._client is None:
@@ -242,10 +240,8 @@ class EtcdStore(Store):
         return EtcdStore(self.url, name, self.timeout, read_only=self.read_only, _client=client)
 
     def buckets(self) -> list[str]:
-        client = self._live_client()
-        start = client.layout.markers
-        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout, keys_only=True)
-        return sorted(client.layout.bucket_of_marker(unb64(kv["key"])) for kv in kvs)
+        _, markers = self._live_client().markers(None, time.monotonic() + self.timeout)
+        return sorted(markers)
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -126,7 +126,7 @@ class TxState:
     def _covered(self, start: bytes, end: bytes) -> bool:
         return any(s <= start and end <= e for _, s, e, _ in self.ranges)
 
-    def _fetch(self, start: bytes, end: bytes | None, keys_only: bool = False) -> tuple[int, list[Json]]:
+    def _fetch(self, start: bytes, end: bytes | None) -> tuple[int, list[Json]]:
         """``(revision read at, kvs)`` of a key or range.
 
         A read-only transaction reads its snapshot.  A write transaction reads the latest
@@ -135,12 +135,17 @@ class TxState:
         only if all it read is still current, and reading late leaves a shorter window
         for another writer to take the address a walk just found free.
         """
-        at = None if self.writable else self.revision
-        revision, kvs = self.client.range(start, end, at, self.deadline, keys_only=keys_only)
+        revision, kvs = self.client.range(start, end, self._read_at(), self.deadline)
+        self._note(revision)
+        return revision, kvs
+
+    def _read_at(self) -> int | None:
+        return None if self.writable else self.revision
+
+    def _note(self, revision: int) -> None:
         if self.revision is None:
             self.revision = revision
         self.latest_read = revision
-        return revision, kvs
 
     def _fetch_range(self, bucket: bytes, start: bytes, end: bytes) -> None:
         revision, kvs = self._fetch(start, end)
@@ -186,9 +191,9 @@ class TxState:
 
     def bucket_names(self) -> list[str]:
         if self.bucket_list is None:
-            start = self.layout.markers
-            self.names_revision, kvs = self._fetch(start, prefix_end(start), keys_only=True)
-            self.bucket_list = [self.layout.bucket_of_marker(unb64(kv["key"])) for kv in kvs]
+            self.names_revision, markers = self.client.markers(self._read_at(), self.deadline)
+            self._note(self.names_revision)
+            self.bucket_list = list(markers)
         written = {
             self.layout.bucket_of_marker(self.layout.marker_of(bucket))
             for bucket in self.written_buckets
@@ -342,18 +347,14 @@ class TxState:
             total -= len(per_bucket[bucket]) - 1
             coarse.append(bucket)
         if coarse:
-            markers = self._markers_at_first_read()
+            # A marker unchanged since the first read means no commit wrote its bucket
+            # since then: every later read of the bucket is still current.
+            _, markers = self.client.markers(self.revision, self.deadline)
             for bucket in coarse:
                 marker = self.layout.marker_of(bucket)
-                per_bucket[bucket] = [compare_mod(marker, markers.get(marker, 0))]
+                name = self.layout.bucket_of_marker(marker)
+                per_bucket[bucket] = [compare_mod(marker, markers.get(name, 0))]
         return [compare for compares in per_bucket.values() for compare in compares]
-
-    def _markers_at_first_read(self) -> dict[bytes, int]:
-        # A marker unchanged since the first read means no commit wrote its bucket since
-        # then: every later read of the bucket is still current.
-        start = self.layout.markers
-        _, kvs = self.client.range(start, prefix_end(start), self.revision, self.deadline, keys_only=True)
-        return {unb64(kv["key"]): int(kv["mod_revision"]) for kv in kvs}
 
     def _operations(self) -> list[Json]:
         puts = [(full, pair) for full, pair in self.writes.items() if pair is not None]
