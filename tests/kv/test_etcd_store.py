@@ -21,7 +21,6 @@ import pytest
 from ecs_ipam import kv
 from ecs_ipam.errors import (
     TRY_AGAIN_LATER,
-    DatabaseNotFoundError,
     InvalidArgumentError,
     KeyExistsError,
     KeyModifiedError,
