@@ -254,6 +254,12 @@ class Client:
             message, code = _error_of(data, status)
             if token is not None and any(stale in message for stale in STALE_TOKEN):
                 raise _StaleToken(message)
+            if status == 503 and conn.lacks_client_auth():
+                raise RefusedError(
+                    f"etcd at {host}:{port} cannot serve its JSON gateway ({message}): the server's certificate "
+                    f"lacks the clientAuth extended key usage, which the gateway needs to present it to etcd "
+                    f"itself; issue it with extendedKeyUsage=serverAuth,clientAuth"
+                )
             if status >= 500 or code in TRANSIENT_GRPC_CODES:
                 # No leader, leader changed, etcd shutting down, request timed out inside
                 # etcd: the request may still be applied, and sending it again is safe.
