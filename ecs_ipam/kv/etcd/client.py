@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
-from .http import BrokenResponse, Connection, describe, speaks_tls, timed_out
+from .http import TIMEOUTS, BrokenResponse, Connection, describe, speaks_tls
 from .layout import Layout, b64, prefix_end, unb64
 from .settings import VARIABLES, Security, parse_url
 
@@ -87,7 +87,7 @@ class _Broken(Exception):
 
     def __init__(self, error: OSError, sent: bool, fresh: bool) -> None:
         super().__init__(describe(error))
-        self.timed_out = timed_out(error)
+        self.timed_out = isinstance(error, TIMEOUTS)
         # The request went out (it may have been applied).
         self.sent = sent
         # A new connection that broke before any byte of an answer.

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 MAX_LINE = 65536
+# A socket timeout is a TimeoutError from Python 3.10 on; before, socket.timeout is another OSError.
+TIMEOUTS = (TimeoutError, socket.timeout)
 
 
 class BrokenResponse(ConnectionError):
@@ -184,14 +186,8 @@ def speaks_tls(host: str, port: int, timeout: float) -> bool:
     return len(first) == 1 and first[0] in _TLS_RECORD_TYPES
 
 
-def timed_out(error: BaseException) -> bool:
-    """Whether *error* is a socket timeout (before Python 3.10, ``socket.timeout`` is
-    not a ``TimeoutError``)."""
-    return isinstance(error, (TimeoutError, socket.timeout))
-
-
 def describe(error: BaseException) -> str:
     """A short reason for a failed connection, for error messages."""
-    if timed_out(error):
+    if isinstance(error, TIMEOUTS):
         return "timed out"
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
