@@ -58,8 +58,12 @@ def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> Pool
 def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:
     """Claim one address in every pool of *conf* for *owner*: all of them or none.
 
+    On a store whose commits can end with their outcome unknown (etcd), an ADD retried
+    for the same attachment (id, container id, interface) answers what it holds.
     :raises IdAlreadyAllocatedError, AddressInUseError, PoolExhaustedError: nothing is claimed.
     """
+    # A store of the embedding program's own may not have the attribute: sure commits.
+    repeat = getattr(store, "uncertain_commits", False)
 
     def body(tx: Tx) -> list[Allocation]:
         allocations = []
@@ -67,7 +71,7 @@ def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocatio
         for pool in conf.pools:
             allocator = _allocator(tx, pool, names)
             allocator.reserve_gateway()
-            allocations.append((pool, allocator.allocate(owner, now, store.uncertain_commits)))
+            allocations.append((pool, allocator.allocate(owner, now, repeat)))
         return allocations
 
     return store.transact(body)
