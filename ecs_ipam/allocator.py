@@ -94,6 +94,13 @@ def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overla
     return found
 
 
+def releases_within(max_writes: int, pools: int) -> int:
+    """How many releases one transaction over *pools* pools can hold, when it may write
+    at most *max_writes* keys (GC's batches): a release deletes the address and its
+    id-index entry, and each pool rewrites its last-known pointer once."""
+    return max(1, (max_writes - pools) // 2)
+
+
 class PoolAllocator:
     """Claims and releases the addresses of one pool inside one transaction.
 

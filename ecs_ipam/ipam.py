@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import Owner, PoolAllocator, overlapping_buckets
+from .allocator import Owner, PoolAllocator, overlapping_buckets, releases_within
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -155,9 +155,7 @@ def gc(store: Store, conf: NetConf) -> list[str]:
     :return: the released addresses.
     """
     valid = {(a.container_id, a.ifname) for a in conf.valid_attachments or ()}
-    # A release deletes the address and its index entry; each pool also rewrites its
-    # last-known pointer.
-    batch = None if store.max_writes is None else max(1, (store.max_writes - len(conf.pools)) // 2)
+    batch = None if store.max_writes is None else releases_within(store.max_writes, len(conf.pools))
 
     def body(tx: Tx) -> list[str]:
         released: list[str] = []

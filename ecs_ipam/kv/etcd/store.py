@@ -29,7 +29,7 @@ from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
 from .client import Client, Conflict, Json
 from .layout import prefix_end, utf8
 from .settings import security_of
-from .tx import MAX_TXN_OPS, EtcdTx, TxState, decoded
+from .tx import MAX_WRITES, EtcdTx, TxState, decoded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -66,8 +66,8 @@ def _follow(
 class EtcdStore(Store):
     """A bucket of a database kept in etcd.
 
-    ``max_writes`` leaves, under etcd's default --max-txn-ops of 128, room for the
-    commit key, the sweep of old ones and a marker per written bucket.
+    ``max_writes`` is :data:`.tx.MAX_WRITES` (etcd's --max-txn-ops, less a commit's own
+    operations and room for the bucket markers).
 
     :param url: ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]``, ``etcds://`` for TLS.
     :param bucket: the bucket this store reads and writes.
@@ -105,7 +105,7 @@ class EtcdStore(Store):
         environ: Mapping[str, str] | None = None,
         _client: Client | None = None,
     ) -> None:
-        self.max_writes = MAX_TXN_OPS - 28
+        self.max_writes = MAX_WRITES
         self.bucket_name = check_bucket_name(bucket)
         self.url = url
         self.timeout = timeout

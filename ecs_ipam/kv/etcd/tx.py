@@ -33,6 +33,14 @@ from .layout import b64, prefix_end, unb64, utf8
 
 # etcd's default --max-txn-ops: the most compares, and the most operations, in one txn.
 MAX_TXN_OPS = 128
+# The operations every commit adds to its writes: its commit key, and the sweep of old ones.
+COMMIT_OPERATIONS = 2
+# Room for the markers of the buckets one transaction writes (each written bucket
+# rewrites its own): far more buckets than one command of the plugin writes.
+MARKER_ROOM = 26
+# The most keys one transaction may write or delete: Store.max_writes, by which GC sizes
+# its batches.
+MAX_WRITES = MAX_TXN_OPS - COMMIT_OPERATIONS - MARKER_ROOM
 # After this many point reads of one bucket that missed the cache, a transaction (the
 # allocator walking a crowded pool) fetches the whole bucket in one range instead.
 READ_AHEAD_AFTER = 16
