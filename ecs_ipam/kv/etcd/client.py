@@ -140,6 +140,8 @@ class Client:
         self.user = security.user
         self._password = security.password
         self._token: str | None = None
+        self._token_cache = security.token_cache if security.user is not None else None
+        self._cache_read = False
         self._context: ssl.SSLContext | None = None
         self._has_certificate = bool(security.cert)
         if security.tls:
@@ -194,14 +196,36 @@ class Client:
     # -- authentication ------------------------------------------------------------------
 
     def _authenticated(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
+        if self._token_cache is not None and self.user is not None and not self._cache_read:
+            self._cache_read = True
+            self._reuse_token(self._token_cache, self.user)
         for _ in range(TOKEN_ATTEMPTS):
             if self.user is not None and self._token is None:
                 self._token = self._authenticate(deadline)
+                if self._token_cache is not None:
+                    from .token_cache import save
+
+                    save(self._token_cache, self.user, self._endpoint_name(self.current), self._token)
             try:
                 return self._call(path, payload, deadline, stream)
             except _StaleToken:
                 self._token = None
         raise StoreError(f"etcd at {self.where()} kept refusing fresh tokens of user {self.user!r}")
+
+    def _reuse_token(self, path: str, user: str) -> None:
+        """Start with the token a previous process kept, at the endpoint that issued it
+        (etcd's simple tokens are known to that member only); once per client."""
+        from .token_cache import load
+
+        names = [self._endpoint_name(n) for n in range(len(self.endpoints))]
+        kept = load(path, user, names)
+        if kept is not None:
+            self.current = names.index(kept[0])
+            self._token = kept[1]
+
+    def _endpoint_name(self, index: int) -> str:
+        host, port = self.endpoints[index]
+        return f"{host}:{port}"
 
     def _authenticate(self, deadline: float) -> str:
         # The body is built here and never kept: the password is in no message or log.
