@@ -151,10 +151,10 @@ class Cluster:
                 member.process.wait()
 
 
-def plugin_env(db: str) -> dict[str, str]:
+def plugin_env(db: str, root: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "IPAM_", "ECS_CNI_"))}
     env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
         CNI_COMMAND="ADD",
         CNI_NETNS="/var/run/netns/bench",
         CNI_IFNAME="eth0",
@@ -166,13 +166,13 @@ def plugin_env(db: str) -> dict[str, str]:
     return env
 
 
-def add(db: str, owner: str) -> float:
-    """One ADD process for *owner*; its wall time in seconds.
+def add(db: str, owner: str, root: str = REPO_ROOT) -> float:
+    """One ADD process for *owner*, of the package in checkout *root*; its wall time.
 
     :raises BenchError: it failed.
     """
     conf = {"cniVersion": "0.3.0", "name": "bench", "ipam": {"type": "ecs-ipam", "ipv4-subnet": SUBNET, "id": owner}}
-    env = plugin_env(db)
+    env = plugin_env(db, root)
     env["CNI_CONTAINERID"] = f"c-{owner}"
     started = time.perf_counter()
     done = subprocess.run(
@@ -184,7 +184,7 @@ def add(db: str, owner: str) -> float:
     return elapsed
 
 
-def in_parallel(db: str, owners: list[str], workers: int) -> tuple[float, int]:
+def in_parallel(db: str, owners: list[str], workers: int, root: str = REPO_ROOT) -> tuple[float, int]:
     """ADD every owner, *workers* processes at a time: ``(seconds it took, ADDs that
     failed)``.  A failure (code 11 on a machine too loaded to answer in time) is
     counted, not fatal: the rows say how many there were."""
@@ -199,7 +199,7 @@ def in_parallel(db: str, owners: list[str], workers: int) -> tuple[float, int]:
                     return
                 owner = pending.pop()
             try:
-                add(db, owner)
+                add(db, owner, root)
             except BenchError as error:
                 with lock:
                     failures.append(error)
@@ -219,14 +219,14 @@ def owners(tag: str, count: int) -> list[str]:
     return [f"{tag}-{n:04d}" for n in range(count)]
 
 
-def txn_per_add(cluster: Cluster, count: int, workers: int) -> tuple[float, int]:
+def txn_per_add(cluster: Cluster, count: int, workers: int, root: str = REPO_ROOT) -> tuple[float, int]:
     """``(Txn calls per ADD that succeeded, ADDs that failed)``, in a pool that one ADD
     created first (the ADDs that create a pool at the same moment all race for its
     bucket and gateway once: a cost of the pool's first second, not of its life)."""
     url = cluster.url(f"bench-{uuid.uuid4().hex[:8]}")
-    add(url, "first")
+    add(url, "first", root)
     before = cluster.txn_calls()
-    _, failed = in_parallel(url, owners("t", count), workers)
+    _, failed = in_parallel(url, owners("t", count), workers, root)
     return (cluster.txn_calls() - before) / (count - failed), failed
 
 
@@ -240,7 +240,10 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
 
 
-def run(params: dict[str, int], etcd: str, workdir: str) -> None:
+def run(params: dict[str, int], etcd: str, workdir: str, against: str | None) -> None:
+    """Every table; with *against* (another checkout), its rows beside this one's for
+    the conflicts and the throughput, measured alternately in the same run."""
+    roots = [("", REPO_ROOT)] + ([(f" ({against})", against)] if against else [])
     single = Cluster(etcd, workdir, 1)
     try:
         triple = Cluster(etcd, workdir, 3)
@@ -250,9 +253,10 @@ def run(params: dict[str, int], etcd: str, workdir: str) -> None:
     try:
         rows = []
         for name, cluster in (("1 member", single), ("3 members", triple)):
-            sequential, _ = txn_per_add(cluster, params["sequential"], 1)
-            concurrent, failed = txn_per_add(cluster, params["concurrent"], params["at_once"])
-            rows.append([name, sequential, concurrent, concurrent / sequential, failed])
+            for label, root in roots:
+                sequential, _ = txn_per_add(cluster, params["sequential"], 1, root)
+                concurrent, failed = txn_per_add(cluster, params["concurrent"], params["at_once"], root)
+                rows.append([name + label, sequential, concurrent, concurrent / sequential, failed])
         table(
             f"Txn calls per ADD: one at a time, and {params['at_once']} at a time",
             ["etcd", "sequential", "concurrent", "ratio", "failed ADDs"],
@@ -262,9 +266,10 @@ def run(params: dict[str, int], etcd: str, workdir: str) -> None:
         rows = []
         total = params["hosts"] * params["per_host"]
         for name, cluster in (("1 member", single), ("3 members", triple)):
-            url = cluster.url(f"bench-{uuid.uuid4().hex[:8]}")
-            seconds, failed = in_parallel(url, owners("h", total), params["hosts"])
-            rows.append([name, total, seconds, (total - failed) / seconds, failed])
+            for label, root in roots:
+                url = cluster.url(f"bench-{uuid.uuid4().hex[:8]}")
+                seconds, failed = in_parallel(url, owners("h", total), params["hosts"], root)
+                rows.append([name + label, total, seconds, (total - failed) / seconds, failed])
         table(f"{params['hosts']} hosts sharing one pool", ["etcd", "ADDs", "seconds", "ADDs/s", "failed ADDs"], rows)
 
         rows = []
@@ -308,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_etcd.py", description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes")
     parser.add_argument("--keep", action="store_true", help="keep the etcd data and logs")
+    parser.add_argument(
+        "--against", metavar="CHECKOUT", help="another checkout of ecs-ipam whose rows to show beside (a git worktree)"
+    )
     args = parser.parse_args(argv)
     etcd = shutil.which("etcd")
     if etcd is None:
@@ -317,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ecs-ipam on etcd{' (smoke sizes)' if args.smoke else ''}")
     print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
     try:
-        run(SMOKE if args.smoke else FULL, etcd, workdir)
+        run(SMOKE if args.smoke else FULL, etcd, workdir, args.against)
     except BenchError as error:
         print(f"\nbench: FAILED: {error}", file=sys.stderr)
         return 1

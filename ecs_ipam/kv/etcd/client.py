@@ -257,6 +257,12 @@ class Client:
         return Connection(host, port, timeout)
 
     def _call(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
+        """Send the request to the current endpoint, then to the next ones, until one
+        answers or the deadline passes; the answer, or the connection of a stream.
+
+        :raises _StaleToken: etcd refused the token (authenticate, then call again).
+        :raises MaybeApplied: time ran out after a copy of a txn may have been applied.
+        """
         token = None if path == AUTHENTICATE else self._token
         trail = _Trail()
         while (remaining := deadline - time.monotonic()) > 0:
