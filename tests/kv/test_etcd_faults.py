@@ -197,6 +197,28 @@ def test_a_lost_answer_that_cannot_be_settled_says_so_and_the_retry_gets_the_add
         proxy.close()
 
 
+def test_lost_answers_of_an_add_and_a_del_are_settled_by_the_commit_key(cluster, prefix):
+    from plugin import netconf, run_plugin
+
+    # One endpoint, which applies every commit and loses its answer: only the commit key,
+    # read back, tells the plugin what happened.
+    proxy = FaultyProxy(cluster.members[0].endpoint, DROP_COMMIT_ANSWERS)
+    try:
+        url = f"etcd://{proxy.endpoint}/{prefix}"
+        env = {**TIMEOUT, "CNI_CONTAINERID": "c-task"}
+        code, added, _ = run_plugin("ADD", netconf("task"), env, url)
+        assert code == 0, added
+        address = added["ips"][0]["address"].split("/")[0]
+        assert recorded(f"{cluster.url}/{prefix}") == {address: "task"}
+
+        code, deleted, _ = run_plugin("DEL", netconf("task"), {**TIMEOUT, "CNI_CONTAINERID": ""}, url)
+        assert code == 0, deleted
+        assert recorded(f"{cluster.url}/{prefix}") == {}
+        assert proxy.dropped == 2
+    finally:
+        proxy.close()
+
+
 # -- the commit key ------------------------------------------------------------------------------
 
 
