@@ -212,6 +212,8 @@ def in_parallel(db: str, owners: list[str], workers: int, root: str = REPO_ROOT)
         thread.join()
     if len(failures) == len(owners):
         raise BenchError(str(failures[0]))
+    for failure in failures[:3]:
+        print(f"(failed: {failure})", file=sys.stderr)
     return time.perf_counter() - started, len(failures)
 
 
