@@ -129,7 +129,7 @@ def test_adds_go_through_while_one_member_is_frozen(cluster, prefix, which):
     with frozen(cluster, member):
         outcomes = run_adds(url, owners)
     report(f"frozen {which}", outcomes)
-    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), outcomes
+    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), [o for o in outcomes if o[1]]
     check_ledger(url, outcomes)
 
 
@@ -147,7 +147,7 @@ def test_adds_go_through_while_a_member_is_killed_and_restarted(cluster, prefix)
             member.launch()
         healthy(cluster)
     report("killed and restarted", outcomes)
-    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), outcomes
+    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), [o for o in outcomes if o[1]]
     check_ledger(url, outcomes)
 
 
@@ -165,7 +165,7 @@ def test_a_member_behind_a_faulty_proxy_costs_no_add_and_no_lease(cluster, prefi
     finally:
         proxy.close()
     report(mode, outcomes)
-    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), outcomes
+    assert [code for _, code, _, _ in outcomes] == [0] * len(owners), [o for o in outcomes if o[1]]
     if mode == DROP_COMMIT_ANSWERS:
         assert proxy.dropped > 0  # some plugins started at the proxy
     check_ledger(f"{cluster.url}/{prefix}", outcomes)
@@ -244,8 +244,10 @@ def test_a_lost_commit_is_fenced_so_a_late_copy_never_applies(cluster, prefix):
     with EtcdStore(url, "test") as store:
         store.put("other", b"1")
         kept = intercepted_commit(store)
-        with pytest.raises(StoreError, match=r"the commit was not applied \(etcd says so\), nothing was written"):
-            store.put("k", b"v")
+        not_applied = r"the commit was not applied \(etcd says so\), nothing was written"
+        with pytest.raises(StoreError, match=not_applied):  # noqa: SIM117 - one block each, 3.9
+            with store.transaction() as tx:
+                tx.put("k", b"v")
         # The copy that was on its way arrives now: the commit key, written by the
         # fence, makes its compare fail.  Without that compare it would apply.
         late = cluster.members[0].request("/v3/kv/txn", kept[0])
@@ -258,6 +260,15 @@ def test_a_lost_commit_is_fenced_so_a_late_copy_never_applies(cluster, prefix):
         )
         fence = cluster.members[0].request("/v3/kv/range", {"key": base64.b64encode(commit_key).decode()})
         assert base64.b64decode(fence["kvs"][0]["value"]) == FENCED
+
+
+def test_a_commit_settled_as_not_applied_is_run_again_while_time_remains(cluster, prefix):
+    with EtcdStore(f"{cluster.url}/{prefix}", "test") as store:
+        kept = intercepted_commit(store)
+        runs = []
+        store.transact(lambda tx: (runs.append(tx.reruns), tx.put("k", b"v")))
+        assert kept and runs == [0, 1]
+        assert store.get("k").value == b"v"
 
 
 def test_a_blind_write_sent_twice_never_undoes_a_later_write(cluster, prefix):

@@ -57,6 +57,15 @@ class Conflict(KeyModifiedError):
     """A transaction's reads are no longer current: its body must be re-run."""
 
 
+class NotApplied(Conflict):
+    """A commit whose answer was lost was settled as never applied: nothing was written,
+    and the body may be re-run while time remains; else *final* is the error to raise."""
+
+    def __init__(self, final: StoreError) -> None:
+        super().__init__(str(final))
+        self.final = final
+
+
 class RefusedError(StoreError):
     """etcd answered the request with an error that sending it again will not change."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ...errors import KeyNotFoundError, StoreError, StoreTimeoutError
 from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
-from .client import Client, Conflict, Json
+from .client import Client, Conflict, Json, NotApplied
 from .layout import prefix_end, utf8
 from .settings import security_of
 from .tx import MAX_WRITES, EtcdTx, TxState, decoded
@@ -141,8 +141,11 @@ class EtcdStore(Store):
         :raises KeyModifiedError: at the end of the block, when a key the block read was
             changed by someone else meanwhile; nothing was written.
         """
-        with self._transaction(write, time.monotonic() + self.timeout) as tx:
-            yield tx
+        try:
+            with self._transaction(write, time.monotonic() + self.timeout) as tx:
+                yield tx
+        except NotApplied as settled:
+            raise settled.final from None
 
     @contextmanager
     def _transaction(self, write: bool, deadline: float, reruns: int = 0) -> Iterator[EtcdTx]:
@@ -171,9 +174,12 @@ class EtcdStore(Store):
                 with self._transaction(write, deadline, reruns) as tx:
                     result = body(tx)
                 return result, tx._state.committed_revision
-            except Conflict:
+            except Conflict as conflict:
+                # Also a commit settled as never applied: a clean re-run, time allowing.
                 reruns += 1
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and isinstance(conflict, NotApplied):
+                    raise conflict.final from None
                 if remaining <= 0:
                     raise StoreTimeoutError(
                         f"etcd at {self.url}: other writers kept changing what this transaction read "

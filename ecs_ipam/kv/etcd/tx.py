@@ -28,7 +28,7 @@ import time
 
 from ...errors import StoreError, StoreTimeoutError, StoreUnavailableError
 from ..base import KVPair, Tx, check_bucket_name, check_key, check_prefix
-from .client import TXN, Client, Conflict, Json, MaybeApplied
+from .client import TXN, Client, Conflict, Json, MaybeApplied, NotApplied
 from .layout import b64, prefix_end, unb64, utf8
 
 # etcd's default --max-txn-ops: the most compares, and the most operations, in one txn.
@@ -287,8 +287,9 @@ class TxState:
     def _send(self, request: Json, commit_key: bytes) -> Json:
         """Send the commit; when its answer is lost, find out whether it was applied.
 
-        :raises StoreTimeoutError, StoreUnavailableError: it was not applied, or (the
-            message says so) nobody could tell within the timeout.
+        :raises NotApplied: the answer was lost, and the commit was not applied.
+        :raises StoreTimeoutError, StoreUnavailableError: it was not sent, or (the
+            message says so) nobody could tell within the timeout whether it was applied.
         """
         client = self.client
         # Time kept back to settle a commit whose answer was lost.
@@ -332,7 +333,7 @@ class TxState:
             raise _undecided(lost) from None
         record = None if answer.get("succeeded") else _commit_record(answer)
         if record is None or unb64(record.get("value")) == FENCED:
-            raise type(lost)(f"{lost}; the commit was not applied (etcd says so), nothing was written") from None
+            raise NotApplied(type(lost)(f"{lost}; the commit was not applied (etcd says so), nothing was written"))
         return {"header": {"revision": record["mod_revision"]}, "succeeded": True}
 
     def _compares(self) -> list[Json]:
