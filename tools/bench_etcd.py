@@ -13,7 +13,8 @@ the installed package), as a container runtime starts it; each "host" is a threa
 starts its ADDs one after another.  Tables:
 
 * ``Txn`` calls per ADD (etcd's own gRPC counters, summed over the members), for ADDs one
-  after another and for ADDs 32 at a time: what concurrent ADDs cost in conflicts;
+  after another and for ADDs 32 at a time: what concurrent ADDs cost in conflicts; and for
+  32 threads of one process released together (the embedded API), where every ADD races;
 * ADDs per second, 8 hosts sharing one pool, on one member and on three;
 * the wall time of one ADD process with the first member of the URL frozen (SIGSTOP),
   against all members healthy, with the 5 s default timeout;
@@ -40,8 +41,26 @@ from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNET = "10.64.0.0/20"
-FULL = {"sequential": 64, "concurrent": 64, "at_once": 32, "hosts": 8, "per_host": 50, "frozen": 12, "pair": 20}
-SMOKE = {"sequential": 8, "concurrent": 8, "at_once": 8, "hosts": 4, "per_host": 4, "frozen": 4, "pair": 4}
+FULL = {
+    "sequential": 64,
+    "concurrent": 64,
+    "at_once": 32,
+    "hosts": 8,
+    "per_host": 50,
+    "frozen": 12,
+    "pair": 20,
+    "per_thread": 4,
+}
+SMOKE = {
+    "sequential": 8,
+    "concurrent": 8,
+    "at_once": 8,
+    "hosts": 4,
+    "per_host": 4,
+    "frozen": 4,
+    "pair": 4,
+    "per_thread": 2,
+}
 
 
 class BenchError(Exception):
@@ -217,6 +236,51 @@ def in_parallel(db: str, owners: list[str], workers: int, root: str = REPO_ROOT)
     return time.perf_counter() - started, len(failures)
 
 
+# Writers that are truly concurrent: threads of one process, each with its own store and
+# connection, released together, ADDing through the embedded API (no process start-up to
+# spread them out in time).  Prints {"failed": N}.
+_THREADS = """
+import json, sys, threading
+from ecs_ipam import IPAM
+url, threads, per, subnet = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def conf(owner):
+    return {"cniVersion": "0.3.0", "name": "bench", "ipam": {"type": "ecs-ipam", "ipv4-subnet": subnet, "id": owner}}
+barrier, failed = threading.Barrier(threads), []
+def work(k):
+    with IPAM(url) as ipam:
+        barrier.wait()
+        for n in range(k * per, (k + 1) * per):
+            try:
+                ipam.add(conf(f"w-{n}"), f"c-{n}", "eth0")
+            except Exception as error:
+                failed.append(str(error))
+workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+print(json.dumps({"failed": len(failed)}))
+"""
+
+
+def threads_txn_per_add(cluster: Cluster, threads: int, per: int, root: str) -> tuple[float, float, int]:
+    """``(Txn calls per ADD, seconds, failed ADDs)`` of *threads* writers in one process,
+    *per* ADDs each, in a pool one ADD created."""
+    url = cluster.url(f"bench-{uuid.uuid4().hex[:8]}")
+    add(url, "first", root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    before = cluster.txn_calls()
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS, url, str(threads), str(per), SUBNET], capture_output=True, text=True, env=env
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"the threaded writers failed: {done.stderr[-300:]}")
+    failed = int(json.loads(done.stdout)["failed"])
+    return (cluster.txn_calls() - before) / max(1, threads * per - failed), seconds, failed
+
+
 def owners(tag: str, count: int) -> list[str]:
     return [f"{tag}-{n:04d}" for n in range(count)]
 
@@ -262,6 +326,18 @@ def run(params: dict[str, int], etcd: str, workdir: str, against: str | None) ->
         table(
             f"Txn calls per ADD: one at a time, and {params['at_once']} at a time",
             ["etcd", "sequential", "concurrent", "ratio", "failed ADDs"],
+            rows,
+        )
+
+        rows = []
+        threads, per = params["at_once"], params["per_thread"]
+        for name, cluster in (("1 member", single), ("3 members", triple)):
+            for label, root in roots:
+                calls, seconds, failed = threads_txn_per_add(cluster, threads, per, root)
+                rows.append([name + label, threads * per, calls, seconds, failed])
+        table(
+            f"{threads} writers in one process (embedded API), {per} ADDs each",
+            ["etcd", "ADDs", "Txn calls per ADD", "seconds", "failed ADDs"],
             rows,
         )
 
