@@ -194,8 +194,9 @@ def add(db: str, owner: str, root: str = REPO_ROOT) -> float:
     env = plugin_env(db, root)
     env["CNI_CONTAINERID"] = f"c-{owner}"
     started = time.perf_counter()
+    # In *root*: `-m` puts the working folder first on the path, ahead of PYTHONPATH.
     done = subprocess.run(
-        [sys.executable, "-m", "ecs_ipam"], input=json.dumps(conf).encode(), capture_output=True, env=env
+        [sys.executable, "-m", "ecs_ipam"], input=json.dumps(conf).encode(), capture_output=True, env=env, cwd=root
     )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
@@ -272,7 +273,11 @@ def threads_txn_per_add(cluster: Cluster, threads: int, per: int, root: str) -> 
     before = cluster.txn_calls()
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _THREADS, url, str(threads), str(per), SUBNET], capture_output=True, text=True, env=env
+        [sys.executable, "-c", _THREADS, url, str(threads), str(per), SUBNET],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
