@@ -6,6 +6,7 @@ Usage::
     python tools/bench.py --smoke    # tiny sizes, well under a minute: CI runs this
     python tools/bench.py --check    # exit 2 when a target of issue #5 or #12 is missed
     python tools/bench.py --peer PATH/TO/OTHER-IPAM-PLUGIN   # its rows side by side
+    python tools/bench.py --etcd     # the plugin on etcd instead: see tools/bench_etcd.py
 
 Sections, each printed as a table:
 
@@ -760,11 +761,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    parser.add_argument("--etcd", action="store_true", help="the etcd benchmark instead (tools/bench_etcd.py)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.etcd:
+        from bench_etcd import main as etcd_main
+
+        return etcd_main(["--smoke"] if args.smoke else [])
     params: dict[str, Any] = dict(SMOKE if args.smoke else FULL)
     sections = SECTIONS if args.only is None else args.only.split(",")
     unknown = sorted(set(sections) - set(SECTIONS))

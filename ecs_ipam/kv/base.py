@@ -154,6 +154,9 @@ class Tx(abc.ABC):
     """
 
     bucket_name: str
+    #: How many times this transaction's body already lost a race and is being re-run
+    #: (an optimistic backend: etcd); 0 on a backend that never re-runs a body.
+    reruns = 0
 
     # -- primitives a backend implements ----------------------------------------------
 
@@ -199,6 +202,13 @@ class Tx(abc.ABC):
     def find(self, key: str) -> KVPair | None:
         """Like :meth:`get`, but None for a missing key instead of an exception."""
         return self._read(check_key(key))
+
+    def find_hint(self, key: str) -> KVPair | None:
+        """Like :meth:`find`, for a value that only guides the body (where a walk
+        starts): a backend that checks reads at commit (etcd) does not check this one,
+        so another writer changing it meanwhile is no conflict.  The body must stay
+        correct whatever stale value it gets."""
+        return self.find(key)
 
     def exists(self, key: str) -> bool:
         return self._contains(check_key(key))
@@ -252,6 +262,10 @@ class Store(abc.ABC):
     #: The most keys one transaction may write or delete (None: no limit).  Work that
     #: writes without bound (GC) runs as several transactions of at most this many.
     max_writes: int | None = None
+    #: Whether a commit can end with its outcome unknown to the caller (etcd, when no
+    #: endpoint answers in time): an ADD then answers a retry of the same attachment
+    #: with the address the first one may have recorded, instead of "id already exists".
+    uncertain_commits = False
 
     # -- what a backend implements -------------------------------------------------------
 
