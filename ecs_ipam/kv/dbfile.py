@@ -114,13 +114,14 @@ def file_kind(path: str, given: str | None = None) -> str:
 # pages with one pwrite, which the kernel publishes a page at a time, so a look in between
 # finds one meta page, as in a truncated file (a file system that published the size
 # before the bytes would show zeros: no magic).  That opener holds a write lock on byte 0
-# of the lock file throughout; a shared lock there is a look that no first open overlaps.
+# of the lock file from before its write until the file is whole.
 UNSETTLED = (DAMAGED, OTHER)
 
 
 def settled_file_kind(path: str, lock_path: str, given: str, timeout: float) -> str:
-    """:func:`file_kind` of *path*, told while no process is inside LMDB's first open of it:
-    for a verdict of :data:`UNSETTLED` (an open that finds :data:`EMPTY` waits there anyway).
+    """:func:`file_kind` of *path*, told again once no process is inside LMDB's first open
+    of it: for a verdict of :data:`UNSETTLED` (an open that finds :data:`EMPTY` waits there
+    anyway).  A later first open rewrites nothing of a file that is not empty.
 
     Without a lock file beside it (or one that is no private regular file, refused later)
     nobody can be initialising the file, and the first look stands.
@@ -137,14 +138,13 @@ def settled_file_kind(path: str, lock_path: str, given: str, timeout: float) -> 
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
             return file_kind(path, given)
-        _wait_for_first_opener(fd, lock_path, deadline, timeout)  # holds a shared lock on success
+        _wait_for_first_opener(fd, lock_path, deadline, timeout)
         return file_kind(path, given)
     except StoreError:
         raise
     except OSError as e:
         raise StoreError(f"cannot use lock file {lock_path}: {e.strerror or e}") from None
     finally:
-        # Drops the shared lock; this process has no other lock on the file yet.
         os.close(fd)
 
 
@@ -449,15 +449,28 @@ def _allocate(fd: int, path: str, size: int) -> None:
         ) from None
 
 
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (and the padding after it).
+_FLOCK = struct.Struct("@hhqqi4x")
+
+
+def _first_open_in_progress(fd: int) -> bool:
+    """Whether another process holds the write lock on byte 0 of the lock file *fd* that
+    LMDB's first opener holds while it sets the files up.
+
+    Asked (``F_GETLK``), not tried with a shared lock of our own: an LMDB opener that met
+    such a lock would take the lock file for set up by someone else, find no magic in it
+    and fail with MDB_INVALID ("not an LMDB database").
+    """
+    query = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 1, 0)
+    answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
+
+
 def _wait_for_first_opener(fd: int, path: str, deadline: float, timeout: float) -> None:
     delay = 0.0005
     while True:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
+        if not _first_open_in_progress(fd):
             return
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise StoreTimeoutError(

@@ -181,7 +181,9 @@ def test_processes_opening_a_new_file_at_once_never_find_it_damaged(tmp_path):
     # LMDB's first opener writes the two meta pages of a new file with one pwrite, which
     # the kernel may publish a page at a time (tmpfs does; ext4 with large folios seldom
     # does): another opener looking in between saw one meta page, as in a truncated file.
-    # Before the fix about two runs in three met it here (tmpfs, two cores);
+    # And an LMDB open that met another opener's probe (a shared lock on the lock file's
+    # byte 0) took the new lock file for set up already: "not an LMDB database".
+    # Before the fixes about two runs in three met one of them here (tmpfs, two cores);
     # tests/test_parallel.py holds that moment open for a deterministic check.
     shm = "/dev/shm"
     directory = tempfile.mkdtemp(dir=shm) if os.path.isdir(shm) else str(tmp_path)
