@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import __version__
-from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
+from .config import SUPPORTED_VERSIONS, cni_version_of, log_settings, parse_environment, parse_netconf
 from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError, cut
 from .log import Log
 
@@ -46,10 +46,7 @@ def main(
     if argv:
         return _flags(argv, stdout)
 
-    log = Log(
-        environ.get("ECS_CNI_LOG_FILE") or "/log/ecs-cni-ipam-plugin.log",
-        environ.get("ECS_CNI_LOGLEVEL") or "info",
-    )
+    log = Log(*log_settings(environ))
     reply_version = SUPPORTED_VERSIONS[-1]
     command = environ.get("CNI_COMMAND", "")
     try:
@@ -83,7 +80,7 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
 
     from .ipam import IPAM
 
-    with IPAM(env.db_path, env.timeout, environ=environ) as ipam:
+    with IPAM(env.settings.db_path, env.settings.timeout, environ=environ) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))

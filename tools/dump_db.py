@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:
 import msgpack
 
 from ecs_ipam import kv
-from ecs_ipam.config import DEFAULT_DB_PATH
+from ecs_ipam.config import DEFAULT_DB_PATH, host_path, operator_settings
 from ecs_ipam.errors import ECSIPAMError
 from ecs_ipam.kv.lmdb_store import sniff
 
@@ -145,8 +145,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--db",
-        default=os.environ.get("IPAM_DB_PATH") or DEFAULT_DB_PATH,
-        help="database file (default: $IPAM_DB_PATH, else %(default)s)",
+        help=f"database file (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH}, else {host_path(DEFAULT_DB_PATH)} "
+        "on the host)",
     )
     parser.add_argument("--bucket", help="list the pairs of this bucket, e.g. 169.254.172.0/22")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -162,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:
+        settings, notes = operator_settings(os.environ, os.path.exists, args.db)
+        if "database" in notes:
+            print(f"{PROG}: {notes['database']}", file=sys.stderr)
         if args.bucket is None:
-            print_buckets(bucket_counts(args.db), args.json)
+            print_buckets(bucket_counts(settings.db_path), args.json)
         else:
-            print_pairs(args.bucket, bucket_pairs(args.db, args.bucket), args.json)
+            print_pairs(args.bucket, bucket_pairs(settings.db_path, args.bucket), args.json)
     except (DumpError, ECSIPAMError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ecs_ipam.allocator import LEGACY_BUCKET
-from ecs_ipam.config import DEFAULT_DB_PATH, DEFAULT_TIMEOUT
+from ecs_ipam.config import DEFAULT_DB_PATH, host_path, operator_settings
 from ecs_ipam.errors import ECSIPAMError
 from ecs_ipam.kv.lmdb_store import sniff
 from ecs_ipam.migrate import backup_path, conflicts, copy_into, migrate_in_place, read_locked
@@ -100,16 +100,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "src",
         metavar="SRC",
         nargs="?",
-        default=os.environ.get("IPAM_DB_PATH") or DEFAULT_DB_PATH,
-        help="the bolt file (default: $IPAM_DB_PATH, else %(default)s)",
+        help=f"the bolt file (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH}, else {host_path(DEFAULT_DB_PATH)} "
+        "on the host)",
     )
     parser.add_argument("--db", metavar="DEST", help="LMDB database to add the pairs to (default: SRC, in place)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be moved, write nothing")
     parser.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_TIMEOUT,
-        help="seconds to wait for a running Go plugin to release SRC (default: %(default)g)",
+        help="seconds to wait for a running Go plugin to release SRC (default: $IPAM_DB_CONNECTION_TIMEOUT, else 5)",
     )
     return parser.parse_args(argv)
 
@@ -122,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     :raises SystemExit: 2 on invalid arguments, from argparse.
     """
     args = parse_args(argv)
-    dest = args.db if args.db is not None else args.src
     try:
+        settings, notes = operator_settings(os.environ, os.path.exists, args.src)
+        if "database" in notes:
+            print(f"{PROG}: {notes['database']}", file=sys.stderr)
+        args.src = settings.db_path
+        args.timeout = settings.timeout if args.timeout is None else args.timeout
+        dest = args.db if args.db is not None else args.src
         kind = sniff(args.src)
         if kind == "lmdb" and in_place(args.src, dest):
             print(f"{args.src} is already an ecs-ipam LMDB database; nothing to migrate")

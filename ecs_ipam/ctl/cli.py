@@ -15,8 +15,8 @@ import time
 from typing import IO, TYPE_CHECKING, NoReturn
 
 from ..addr import parse_address
-from ..config import DEFAULT_DB_PATH, DEFAULT_LOG_FILE, DEFAULT_TIMEOUT, parse_cidr, parse_go_duration, parse_ip
-from ..errors import ECSIPAMError, OperatorRequestError
+from ..config import DEFAULT_DB_PATH, Settings, host_path, operator_settings, parse_cidr, parse_ip
+from ..errors import DatabaseNotFoundError, ECSIPAMError, OperatorRequestError
 from ..log import Log
 from . import output
 from .leases import (
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 PROG = "ecs-ipamctl"
+# The commands that append to the plugin's log.
+_WRITES_LOG = ("release",)
 USAGE_ERROR = 2
 
 
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--db",
         metavar="PATH_OR_URL",
-        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH})",
+        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH}, "
+        f"else {host_path(DEFAULT_DB_PATH)} on the host)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -109,9 +112,14 @@ def main(
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     parser = build_parser()
+    notes: dict[str, str] = {}
     try:
         args = parser.parse_args(argv)
-        stdout.write(_run(args, environ, stdin, clock))
+        settings, notes = _settings(args.db, environ)
+        for what in ("database", "log") if args.command in _WRITES_LOG else ("database",):
+            if what in notes:
+                stderr.write(f"{PROG}: {notes[what]}\n")
+        stdout.write(_run(args, settings, environ, stdin, clock))
         stdout.flush()
     except _UsageError as error:
         stderr.write(f"{error.usage}{PROG}: error: {error}\n")
@@ -119,7 +127,7 @@ def main(
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else 0
     except ECSIPAMError as error:
-        stderr.write(f"{PROG}: error: {error.msg}\n")
+        stderr.write(f"{PROG}: error: {_message(error, notes)}\n")
         return 1
     except BrokenPipeError:
         # "ecs-ipamctl leases | head": the reader has what it wanted.
@@ -138,8 +146,10 @@ def _silence(stream: IO[str]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], clock: Callable[[], float]) -> str:
-    db = _database(args.db, environ)
+def _run(
+    args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], stdin: IO[str], clock: Callable[[], float]
+) -> str:
+    db = settings.db_path
     if args.command == "leases":
         subnet = parse_cidr(args.subnet, "--subnet").cidr if args.subnet is not None else None
         holdings = _read(db, environ)
@@ -161,16 +171,22 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], c
         if args.prometheus:
             return output.usage_prometheus(rows)
         return output.usage_json(rows) if args.json else output.usage_table(rows)
-    return _release(args, db, environ, stdin)
+    return _release(args, settings, environ, stdin)
 
 
-def _database(option: str | None, environ: Mapping[str, str]) -> str:
+def _settings(option: str | None, environ: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The plugin's settings, with the host's paths where only they exist (and a note saying so)."""
     if option is not None:
         if not option.strip():
             raise OperatorRequestError("--db is empty")
-        return _text(option, "--db")
-    value = environ.get("IPAM_DB_PATH") or ""
-    return _text(value, "IPAM_DB_PATH") if value.strip() else DEFAULT_DB_PATH
+        _text(option, "--db")
+    return operator_settings(environ, os.path.exists, option)
+
+
+def _message(error: ECSIPAMError, notes: dict[str, str]) -> str:
+    if isinstance(error, DatabaseNotFoundError) and "no database" in notes:
+        return f"{notes['no database']}; name the database with --db or IPAM_DB_PATH"
+    return error.msg
 
 
 def _text(value: str, what: str) -> str:
@@ -204,7 +220,7 @@ def _read(db: str, environ: Mapping[str, str]) -> Holdings:
         return store.transact(read_holdings, write=False)
 
 
-def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdin: IO[str]) -> str:
+def _release(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], stdin: IO[str]) -> str:
     from .. import kv
 
     if args.live is not None and not args.stale:
@@ -221,11 +237,12 @@ def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdi
         rules = StaleRules(_live(args.live, stdin))
         select, why, asked = by_staleness(rules), "stale", "no lease looks stale"
     write = not args.dry_run
-    timeout = _timeout(environ)
-    with kv.open_store(db, timeout=timeout, read_only=not write, create=False, environ=environ) as store:
+    with kv.open_store(
+        settings.db_path, timeout=settings.timeout, read_only=not write, create=False, environ=environ
+    ) as store:
         released = store.transact(release_body(select, write), write=write)
     if write:
-        audit = _audit_log(environ)
+        audit = _audit_log(settings)
         for lease in released:
             audit.info(
                 f"ecs-ipamctl released {lease.address} ({lease.subnet or 'not yet in a pool'}) {why}: "
@@ -234,13 +251,7 @@ def _release(args: argparse.Namespace, db: str, environ: Mapping[str, str], stdi
     return output.release_lines(released, args.dry_run, asked)
 
 
-def _timeout(environ: Mapping[str, str]) -> float:
-    raw = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
-    return DEFAULT_TIMEOUT if not raw.strip() else parse_go_duration(raw, "IPAM_DB_CONNECTION_TIMEOUT")
-
-
-def _audit_log(environ: Mapping[str, str]) -> Log:
+def _audit_log(settings: Settings) -> Log:
     # The plugin's own log, so that a release by hand sits beside the ADDs and DELs it
     # undoes.  Written at any level but "off": an audit line is not chatter.
-    level = "off" if (environ.get("ECS_CNI_LOGLEVEL") or "").lower() == "off" else "info"
-    return Log(environ.get("ECS_CNI_LOG_FILE") or DEFAULT_LOG_FILE, level)
+    return Log(settings.log_file, "off" if settings.log_level == "off" else "info")
