@@ -80,7 +80,7 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
 
     from .ipam import IPAM
 
-    with IPAM(env.settings.db_path, env.settings.timeout, environ=environ) as ipam:
+    with IPAM(env.settings.db_path, env.settings.timeout, environ=environ, report=log.info) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))

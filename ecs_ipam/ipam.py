@@ -212,6 +212,8 @@ class IPAM:
     :param timeout: seconds to wait for another writer before StoreTimeoutError.
     :param environ: where an etcd URL's ``IPAM_ETCD_*`` settings are read (default:
         the process environment).
+    :param report: called with a line saying what a migration of a bolt file did and
+        where the bolt file is kept (the plugin logs it).
     """
 
     def __init__(
@@ -221,11 +223,13 @@ class IPAM:
         *,
         clock: Callable[[], float] = time.time,
         environ: Mapping[str, str] | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.db_path = db_path
         self.timeout = timeout
         self._clock = clock
         self._environ = environ
+        self._report = report
         self._store: Store | None = None
 
     def __enter__(self) -> IPAM:
@@ -257,7 +261,7 @@ class IPAM:
                     # else, or if another process just did), then open what is there now.
                     from .migrate import migrate_in_place
 
-                    migrate_in_place(self.db_path, self.timeout)
+                    migrate_in_place(self.db_path, self.timeout, report=self._report)
                     self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
             except DatabaseNotFoundError:
                 if create:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 PROG = "ecs-ipamctl"
 # The commands that append to the plugin's log.
-_WRITES_LOG = ("release",)
+_WRITES_LOG = ("release", "migrate")
 USAGE_ERROR = 2
 
 
@@ -54,11 +54,11 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message, self.format_usage())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG,
+        prog=prog,
         description="See the address pools of an ecs-ipam database, find leaked leases, release them, "
-        "and export usage.",
+        "export usage, list the raw buckets, and migrate a bolt database of the Go plugin.",
     )
     parser.add_argument(
         "--db",
@@ -88,7 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     form = usage.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     form.add_argument("--prometheus", action="store_true", help="the text format of node_exporter's textfile collector")
+
+    dump = commands.add_parser("dump", help="list the buckets, or the pairs of one bucket (read-only)")
+    _db_after_command(dump)
+    dump.add_argument("--bucket", help="list the pairs of this bucket, e.g. 169.254.172.0/22")
+    dump.add_argument("--json", action="store_true", help="one JSON document")
+
+    migrate = commands.add_parser("migrate", help="move a bolt database of the Go plugin into LMDB")
+    migrate.add_argument(
+        "src", metavar="SRC", nargs="?", help="the bolt file (default: the database, migrated in place)"
+    )
+    _db_after_command(migrate, "the LMDB database to add the pairs to (default: SRC, in place)")
+    migrate.add_argument("--dry-run", action="store_true", help="print what would be moved, write nothing")
+    migrate.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for a running Go plugin to release SRC (default: $IPAM_DB_CONNECTION_TIMEOUT, else 5)",
+    )
     return parser
+
+
+def _db_after_command(command: argparse.ArgumentParser, help: str = "as --db before the command") -> None:
+    # SUPPRESS: a subcommand's default would replace a --db given before the command.
+    command.add_argument("--db", metavar="PATH_OR_URL", default=argparse.SUPPRESS, help=help)
 
 
 def main(
@@ -98,6 +121,7 @@ def main(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     clock: Callable[[], float] = time.time,
+    prog: str = PROG,
 ) -> int:
     """Run one ecs-ipamctl command; return the exit status.
 
@@ -105,29 +129,31 @@ def main(
     :param environ: ``IPAM_DB_PATH``, ``IPAM_DB_CONNECTION_TIMEOUT``, ``ECS_CNI_LOG_FILE``,
         ``ECS_CNI_LOGLEVEL`` and an etcd URL's ``IPAM_ETCD_*`` (default: the process environment).
     :param stdin: where ``--live -`` is read.
+    :param prog: the name in messages (``tools/dump_db.py`` and ``tools/migrate_boltdb.py``
+        run the ``dump`` and ``migrate`` commands under their own names).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     environ = os.environ if environ is None else environ
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
-    parser = build_parser()
+    parser = build_parser(prog)
     notes: dict[str, str] = {}
     try:
         args = parser.parse_args(argv)
         settings, notes = _settings(args.db, environ)
         for what in ("database", "log") if args.command in _WRITES_LOG else ("database",):
             if what in notes:
-                stderr.write(f"{PROG}: {notes[what]}\n")
+                stderr.write(f"{prog}: {notes[what]}\n")
         stdout.write(_run(args, settings, environ, stdin, clock))
         stdout.flush()
     except _UsageError as error:
-        stderr.write(f"{error.usage}{PROG}: error: {error}\n")
+        stderr.write(f"{error.usage}{prog}: error: {error}\n")
         return USAGE_ERROR
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else 0
     except ECSIPAMError as error:
-        stderr.write(f"{PROG}: error: {_message(error, notes)}\n")
+        stderr.write(f"{prog}: error: {_message(error, notes)}\n")
         return 1
     except BrokenPipeError:
         # "ecs-ipamctl leases | head": the reader has what it wanted.
@@ -136,7 +162,7 @@ def main(
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - no traceback ever reaches an operator
-        stderr.write(f"{PROG}: internal error: {type(error).__name__}: {error}\n")
+        stderr.write(f"{prog}: internal error: {type(error).__name__}: {error}\n")
         return 1
     return 0
 
@@ -171,7 +197,31 @@ def _run(
         if args.prometheus:
             return output.usage_prometheus(rows)
         return output.usage_json(rows) if args.json else output.usage_table(rows)
+    if args.command == "dump":
+        return _dump(args, settings, environ)
+    if args.command == "migrate":
+        return _migrate(args, settings)
     return _release(args, settings, environ, stdin)
+
+
+def _dump(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> str:
+    from . import dump
+
+    if args.bucket is None:
+        return dump.buckets_text(dump.bucket_counts(settings.db_path, environ), args.json)
+    return dump.pairs_text(args.bucket, dump.bucket_pairs(settings.db_path, args.bucket, environ), args.json)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> str:
+    from .migration import migrate
+
+    # As the tool always did: the database named by --db is the destination, and the
+    # source defaults to it (in place); a source alone is migrated in place.
+    src = settings.db_path if args.src is None else _text(args.src, "SRC")
+    dest = src if args.db is None else settings.db_path
+    timeout = settings.timeout if args.timeout is None else args.timeout
+    log = _audit_log(settings)
+    return migrate(src, dest, timeout, args.dry_run, lambda line: log.info(f"ecs-ipamctl {line}"))
 
 
 def _settings(option: str | None, environ: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:

@@ -137,7 +137,7 @@ def _not_ours(path: str, kind: str) -> StoreError:
     if kind == "bolt":
         return NotADatabaseError(
             f"{path} is a bolt database written by the Go ecs-ipam plugin, not LMDB; "
-            "migrate it with tools/migrate_boltdb.py (see README, 'Upgrading from the Go plugin')"
+            "migrate it with ecs-ipamctl migrate (see README, 'Upgrading from the Go plugin')"
         )
     if kind == "incompatible":
         return NotADatabaseError(f"{path} was written by an incompatible LMDB version; it was left untouched")
