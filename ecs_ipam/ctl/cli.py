@@ -185,10 +185,8 @@ def _run(
         rules = StaleRules(_live(args.live, stdin))
         holdings = _read(db, environ)
         stale = [(lease, reason) for lease in holdings.leases if (reason := rules.reason(lease))]
-        leases = [lease for lease, _ in stale]
-        if args.json:
-            return output.leases_json(leases)
-        return output.leases_table(leases, clock(), [reason for _, reason in stale])
+        leases, reasons = [lease for lease, _ in stale], [reason for _, reason in stale]
+        return output.leases_json(leases, reasons) if args.json else output.leases_table(leases, clock(), reasons)
     if args.command == "usage":
         rules = StaleRules()
         holdings = _read(db, environ)
@@ -296,7 +294,7 @@ def _release(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
         for lease in released:
             audit.info(
                 f"ecs-ipamctl released {lease.address} ({lease.subnet or 'not yet in a pool'}) {why}: "
-                f"id={lease.id!r} container={lease.container_id!r} uid={os.getuid()}"
+                f"id={lease.id!r} container={output.container_text(lease)} uid={os.getuid()}"
             )
     return output.release_lines(released, args.dry_run, asked)
 

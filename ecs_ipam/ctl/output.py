@@ -45,8 +45,18 @@ def lease_json(lease: Lease) -> dict[str, object]:
     return {key: getattr(lease, key) for key in LEASE_KEYS}
 
 
-def leases_json(leases: Sequence[Lease]) -> str:
-    return json.dumps([lease_json(lease) for lease in leases], indent=2) + "\n"
+def leases_json(leases: Sequence[Lease], reasons: Sequence[str] | None = None) -> str:
+    """A JSON list of leases; with *reasons*, each has a ``reason`` (why it looks leaked)."""
+    documents = [lease_json(lease) for lease in leases]
+    if reasons is not None:
+        for document, reason in zip(documents, reasons, strict=True):
+            document["reason"] = reason
+    return json.dumps(documents, indent=2) + "\n"
+
+
+def container_text(lease: Lease) -> str:
+    """The container id as the release lines and their log lines show it (``-``: none recorded)."""
+    return _cell(lease.container_id) if lease.container_id else "-"
 
 
 def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | None = None) -> str:
@@ -57,7 +67,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
             lease.address,
             lease.subnet or "-",
             _cell(lease.id) if lease.id else "(anonymous)",
-            _cell(lease.container_id) if lease.container_id else "-",
+            container_text(lease),
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
         ]
@@ -157,7 +167,7 @@ def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
     verb = "would release" if dry_run else "released"
     lines = [
         f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) "
-        f"id={lease.id!r} container={_cell(lease.container_id) if lease.container_id else '-'}"
+        f"id={lease.id!r} container={container_text(lease)}"
         for lease in leases
     ]
     if not leases:
