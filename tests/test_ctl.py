@@ -644,3 +644,25 @@ def test_a_migrated_lease_shows_the_same_placeholder_in_the_output_and_the_log(t
             f"ecs-ipamctl released 169.254.172.5 (not yet in a pool) by id: id={owner!r} container=- uid={os.getuid()}"
         )
     )
+
+
+def test_usage_output_replaces_the_file_atomically_and_a_failure_leaves_the_old_one(tmp_path, db):
+    add(db, "task-1")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    prom = textfile / "ecs_ipam.prom"
+
+    assert ok("usage", "--prometheus", "--output", str(prom), db=db) == ""
+    assert prom.read_text() == ok("usage", "--prometheus", db=db)
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+    assert os.listdir(textfile) == ["ecs_ipam.prom"]
+
+    before = prom.read_text()
+    code, out, err = ctl("usage", "--prometheus", "--output", str(prom), db=tmp_path / "absent.db")
+    assert (code, out) == (1, "") and "no database at" in err
+    assert prom.read_text() == before
+    assert os.listdir(textfile) == ["ecs_ipam.prom"], "a failed run left a file behind"
+
+    code, _, err = ctl("usage", "--prometheus", "--output", str(tmp_path / "nowhere" / "x.prom"), db=db)
+    assert code == 1
+    assert err == f"ecs-ipamctl: error: cannot write --output {tmp_path / 'nowhere' / 'x.prom'}: No such file or directory\n"

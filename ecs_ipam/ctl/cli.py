@@ -88,6 +88,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     form = usage.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     form.add_argument("--prometheus", action="store_true", help="the text format of node_exporter's textfile collector")
+    usage.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write to FILE instead of stdout, atomically: a reader sees the old file or the new one, "
+        "and a failed run leaves the old one and no temporary file",
+    )
 
     dump = commands.add_parser("dump", help="list the buckets, or the pairs of one bucket (read-only)")
     _db_after_command(dump)
@@ -145,8 +151,12 @@ def main(
         for what in ("database", "log") if args.command in _WRITES_LOG else ("database",):
             if what in notes:
                 stderr.write(f"{prog}: {notes[what]}\n")
-        stdout.write(_run(args, settings, environ, stdin, clock))
-        stdout.flush()
+        text = _run(args, settings, environ, stdin, clock)
+        if getattr(args, "output", None) is not None:
+            _write_atomically(args.output, text)
+        else:
+            stdout.write(text)
+            stdout.flush()
     except _UsageError as error:
         stderr.write(f"{error.usage}{prog}: error: {error}\n")
         return USAGE_ERROR
@@ -165,6 +175,30 @@ def main(
         stderr.write(f"{prog}: internal error: {type(error).__name__}: {error}\n")
         return 1
     return 0
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Replace *path* by a file holding *text*, mode 0644 (node_exporter runs as its own user)."""
+    import tempfile
+
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OperatorRequestError(f"cannot write --output {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(e, OSError):
+            raise OperatorRequestError(f"cannot write --output {path}: {e.strerror or e}") from None
+        raise
 
 
 def _silence(stream: IO[str]) -> None:
