@@ -553,14 +553,14 @@ def operator_settings(
         host = host_path(DEFAULT_DB_PATH)
         if not exists(DEFAULT_DB_PATH) and exists(host):
             db_path = host
-            notes["database"] = f"database {host} (the host's side of {DEFAULT_DB_PATH}, which does not exist)"
+            notes["database"] = f"using {host} (no {DEFAULT_DB_PATH} here)"
         elif not exists(DEFAULT_DB_PATH):
             notes["no database"] = f"no database at {DEFAULT_DB_PATH}, nor at {host} (its host side)"
     if not (environ.get("ECS_CNI_LOG_FILE") or "").strip():
         host = host_path(DEFAULT_LOG_FILE)
         if not exists(_folder(DEFAULT_LOG_FILE)) and exists(_folder(host)):
             log_file = host
-            notes["log"] = f"log {host} (the host's side of {DEFAULT_LOG_FILE}, whose folder does not exist)"
+            notes["log"] = f"logging to {host} (no {_folder(DEFAULT_LOG_FILE)} here)"
     return Settings(db_path, settings.timeout, log_file, settings.log_level), notes
 
 

@@ -763,8 +763,8 @@ def test_on_the_host_an_operator_tool_finds_the_agents_files():
     settings, notes = operator_settings({}, only(HOST_DB, "/var/log/ecs"))
     assert (settings.db_path, settings.log_file) == (HOST_DB, HOST_LOG)
     assert notes == {
-        "database": f"database {HOST_DB} (the host's side of /data/eni-ipam.db, which does not exist)",
-        "log": f"log {HOST_LOG} (the host's side of /log/ecs-cni-ipam-plugin.log, whose folder does not exist)",
+        "database": f"using {HOST_DB} (no /data/eni-ipam.db here)",
+        "log": f"logging to {HOST_LOG} (no /log here)",
     }
 
 

@@ -665,4 +665,7 @@ def test_usage_output_replaces_the_file_atomically_and_a_failure_leaves_the_old_
 
     code, _, err = ctl("usage", "--prometheus", "--output", str(tmp_path / "nowhere" / "x.prom"), db=db)
     assert code == 1
-    assert err == f"ecs-ipamctl: error: cannot write --output {tmp_path / 'nowhere' / 'x.prom'}: No such file or directory\n"
+    assert (
+        err
+        == f"ecs-ipamctl: error: cannot write --output {tmp_path / 'nowhere' / 'x.prom'}: No such file or directory\n"
+    )

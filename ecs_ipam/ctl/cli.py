@@ -148,7 +148,8 @@ def main(
     try:
         args = parser.parse_args(argv)
         settings, notes = _settings(args.db, environ)
-        for what in ("database", "log") if args.command in _WRITES_LOG else ("database",):
+        writes_log = args.command in _WRITES_LOG and not getattr(args, "dry_run", False)
+        for what in ("database", "log") if writes_log else ("database",):
             if what in notes:
                 stderr.write(f"{prog}: {notes[what]}\n")
         text = _run(args, settings, environ, stdin, clock)
