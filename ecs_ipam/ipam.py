@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, overlapping_buckets
+from .allocator import Owner, PoolAllocator, overlapping_buckets
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -22,6 +22,7 @@ from .errors import (
     ReservationMismatchError,
     quoted,
 )
+from .pool_store import LEGACY_BUCKET
 from .results import Allocation, format_result, result_addresses
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.

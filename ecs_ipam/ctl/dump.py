@@ -14,11 +14,10 @@ import base64
 import json
 from typing import TYPE_CHECKING
 
-import msgpack
-
 from .. import kv
 from ..errors import OperatorRequestError
 from ..kv.lmdb_store import sniff
+from ..minipack import NotMsgpackError, unpackb
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -33,8 +32,8 @@ def decode_value(raw: bytes) -> tuple[bool, object]:
     :return: ``(True, object)``, or ``(False, raw)`` when *raw* is not one msgpack object.
     """
     try:
-        return True, msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
+        return True, unpackb(raw)
+    except NotMsgpackError:
         return False, raw
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..allocator import LEGACY_BUCKET
 from ..errors import OperatorRequestError
 from ..kv.lmdb_store import sniff
 from ..migrate import backup_path, conflicts, copy_into, migrate_in_place, plural, read_locked
+from ..pool_store import LEGACY_BUCKET
 
 if TYPE_CHECKING:
     from collections.abc import Callable
