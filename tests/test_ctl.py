@@ -669,3 +669,30 @@ def test_usage_output_replaces_the_file_atomically_and_a_failure_leaves_the_old_
         err
         == f"ecs-ipamctl: error: cannot write --output {tmp_path / 'nowhere' / 'x.prom'}: No such file or directory\n"
     )
+
+
+def test_leases_migrated_ahead_of_time_are_counted_with_their_subnet_unknown(tmp_path, db):
+    shutil.copyfile(BOLT_FIXTURE, db)
+    ok("migrate", db=db)
+    owners = json.loads(BOLT_FIXTURE.with_suffix(".expected.json").read_text())["entries"]
+    leases = {address for address, owner in owners.items() if address[0].isdigit() and owner != "GateWay"}
+
+    assert ok("usage", db=db).splitlines() == [
+        "SUBNET     CAPACITY  ALLOCATED  STALE  USED",
+        f"(unknown)         -  {len(leases):>9}      0     -",
+    ]
+    assert json.loads(ok("usage", "--json", db=db)) == [
+        {"subnet": None, "capacity": None, "allocated": len(leases), "stale": 0}
+    ]
+    samples = [line for line in ok("usage", "--prometheus", db=db).splitlines() if not line.startswith("#")]
+    assert samples == [
+        f'ecs_ipam_pool_allocated_addresses{{subnet="unknown"}} {len(leases)}',
+        'ecs_ipam_pool_stale_addresses{subnet="unknown"} 0',
+    ]
+    table = ok("leases", db=db).splitlines()[1:]
+    assert len(table) == len(leases) and {line.split()[1] for line in table} == {"(unknown)"}
+
+    # Once a command names their subnet, they count in its pool and the unknown line goes.
+    add(db, "task-new")
+    rows = json.loads(ok("usage", "--json", db=db))
+    assert rows == [{"subnet": V4_SUBNET, "capacity": 1021, "allocated": len(leases) + 1, "stale": 0}]

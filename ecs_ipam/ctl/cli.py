@@ -226,7 +226,8 @@ def _run(
         rules = StaleRules()
         holdings = _read(db, environ)
         pools = [(usage, in_range(usage, holdings.leases)) for usage in holdings.pools.values()]
-        rows = output.usage_rows(pools, rules.netns_gone)
+        unplaced = [lease for lease in holdings.leases if lease.subnet is None]
+        rows = output.usage_rows(pools, unplaced, rules.netns_gone)
         if args.prometheus:
             return output.usage_prometheus(rows)
         return output.usage_json(rows) if args.json else output.usage_table(rows)

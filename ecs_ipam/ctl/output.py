@@ -21,21 +21,33 @@ GAUGES = {
 }
 
 
-class UsageRow(NamedTuple):
-    """What ``usage`` reports for one pool."""
+# What the tables say where a migrated lease's subnet is not known yet (it waits in the
+# legacy bucket until a command of the plugin names a subnet that contains it).
+UNKNOWN_SUBNET = "(unknown)"
 
-    subnet: str
-    capacity: int
+
+class UsageRow(NamedTuple):
+    """What ``usage`` reports for one pool, or (subnet and capacity None) for the migrated
+    leases whose subnet is not known yet."""
+
+    subnet: str | None
+    capacity: int | None
     allocated: int
     stale: int
 
 
-def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callable[[Lease], bool]) -> list[UsageRow]:
-    """One row per pool, from the pool and the leases of its addresses."""
-    return [
+def usage_rows(
+    pools: Iterable[tuple[PoolUsage, list[Lease]]], unplaced: Sequence[Lease], is_stale: Callable[[Lease], bool]
+) -> list[UsageRow]:
+    """One row per pool, from the pool and the leases of its addresses, then one for the
+    *unplaced* migrated leases, if any."""
+    rows = [
         UsageRow(usage.pool.bucket, usage.capacity, len(held), sum(1 for lease in held if is_stale(lease)))
         for usage, held in pools
     ]
+    if unplaced:
+        rows.append(UsageRow(None, None, len(unplaced), sum(1 for lease in unplaced if is_stale(lease))))
+    return rows
 
 
 # --- leases ----------------------------------------------------------------------------------
@@ -65,7 +77,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
     rows = [
         [
             lease.address,
-            lease.subnet or "-",
+            lease.subnet or UNKNOWN_SUBNET,
             _cell(lease.id) if lease.id else "(anonymous)",
             container_text(lease),
             _cell(lease.ifname) if lease.ifname else "-",
@@ -120,13 +132,19 @@ def usage_table(rows: Sequence[UsageRow]) -> str:
         return "no pools in this database\n"
     header = ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
     body = [
-        [row.subnet, str(row.capacity), str(row.allocated), str(row.stale), _percent(row.allocated, row.capacity)]
+        [
+            row.subnet or UNKNOWN_SUBNET,
+            "-" if row.capacity is None else str(row.capacity),
+            str(row.allocated),
+            str(row.stale),
+            _percent(row.allocated, row.capacity),
+        ]
         for row in rows
     ]
     return _table(header, body, right_from=1)
 
 
-def _percent(part: int, whole: int) -> str:
+def _percent(part: int, whole: int | None) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
@@ -138,7 +156,11 @@ def usage_json(rows: Sequence[UsageRow]) -> str:
 
 
 def usage_prometheus(rows: Sequence[UsageRow]) -> str:
-    """The text exposition format: a HELP and a TYPE line per gauge, then one sample per pool."""
+    """The text exposition format: a HELP and a TYPE line per gauge, then one sample per pool.
+
+    Migrated leases whose subnet is not known yet are samples labelled ``subnet="unknown"``
+    (allocated and stale; no capacity): summed over the labels, the gauges count every lease.
+    """
     values = {
         "ecs_ipam_pool_capacity_addresses": lambda row: row.capacity,
         "ecs_ipam_pool_allocated_addresses": lambda row: row.allocated,
@@ -148,7 +170,11 @@ def usage_prometheus(rows: Sequence[UsageRow]) -> str:
     for name, help_text in GAUGES.items():
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
-        lines.extend(f'{name}{{subnet="{_label(row.subnet)}"}} {values[name](row)}' for row in rows)
+        lines.extend(
+            f'{name}{{subnet="{_label(row.subnet or "unknown")}"}} {values[name](row)}'
+            for row in rows
+            if values[name](row) is not None
+        )
     return "\n".join(lines) + "\n"
 
 
