@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .allocator import Owner, PoolAllocator, overlapping_buckets
-from .config import NetConf, Pool, parse_netconf
+from .config import DEFAULT_TIMEOUT, NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
     DatabaseNotFoundError,
@@ -220,7 +220,7 @@ class IPAM:
     def __init__(
         self,
         db_path: str,
-        timeout: float = 5.0,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         clock: Callable[[], float] = time.time,
         environ: Mapping[str, str] | None = None,
