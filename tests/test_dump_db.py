@@ -220,11 +220,16 @@ def test_database_path_defaults_to_ipam_db_path(capsys, monkeypatch, db_path):
     assert out.splitlines()[0] == "key=fd00:ec2::172:1 - value=GateWayV6"
 
 
-def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch):
+@pytest.mark.parametrize("blank", [None, "", "   "])
+def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, blank):
+    # A blank path means the default, as for the plugin (one settings reader).
     host = host_path(DEFAULT_DB_PATH)
     if os.path.exists(DEFAULT_DB_PATH) or os.path.exists(host):
         pytest.skip("this machine has a real database at the default path")
-    monkeypatch.delenv("IPAM_DB_PATH", raising=False)
+    if blank is None:
+        monkeypatch.delenv("IPAM_DB_PATH", raising=False)
+    else:
+        monkeypatch.setenv("IPAM_DB_PATH", blank)
     code, _, err = run(capsys)
     assert (code, err) == (
         1,
