@@ -289,9 +289,7 @@ class IPAM:
         allocations = add(store, conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
-    def delete(
-        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
-    ) -> list[str]:
+    def delete(self, netconf: Mapping[str, Any] | NetConf) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
         :return: the released addresses ([] when nothing was held or there is no database).
@@ -302,9 +300,7 @@ class IPAM:
         store = self._open(create=False)
         return [] if store is None else delete(store, conf)
 
-    def check(
-        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
-    ) -> None:
+    def check(self, netconf: Mapping[str, Any] | NetConf) -> None:
         """Verify the reservation still matches (cniVersion 0.4.0 and later).
 
         :raises ReservationMismatchError: it does not.

@@ -633,7 +633,7 @@ def env_rejected(environ: dict) -> InvalidEnvironmentError:
 
 def test_environment_defaults():
     env = parse_environment(ADD_ENV)
-    assert (env.command, env.container_id, env.ifname) == ("ADD", "abc", "eth0")
+    assert (env.command, env.container_id, env.netns, env.ifname) == ("ADD", "abc", "/proc/1/ns/net", "eth0")
     settings = env.settings
     assert settings == Settings.from_environ(ADD_ENV)
     assert (settings.db_path, settings.timeout, settings.log_file, settings.log_level) == (
@@ -679,7 +679,7 @@ def test_blank_settings_mean_the_defaults(blank):
             "ECS_CNI_LOGLEVEL": blank,
         }
     )
-    assert settings == (DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")
+    assert settings == Settings(DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")
     assert log_settings({"ECS_CNI_LOG_FILE": blank}) == (DEFAULT_LOG_FILE, "info")
 
 
@@ -723,14 +723,14 @@ def test_check_needs_container_and_ifname():
 @pytest.mark.parametrize("command", ["DEL", "GC", "STATUS", "VERSION"])
 def test_commands_that_need_no_container(command):
     env = parse_environment({"CNI_COMMAND": command})
-    assert (env.command, env.container_id, env.ifname) == (command, "", "")
+    assert (env.command, env.container_id, env.netns, env.ifname) == (command, "", "", "")
 
 
 def test_del_as_the_agent_sends_it():
     env = parse_environment(
         {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "", "CNI_NETNS": "/host/proc//ns/net", "CNI_IFNAME": "ecs-eth0"}
     )
-    assert (env.container_id, env.ifname) == ("", "ecs-eth0")
+    assert (env.container_id, env.netns, env.ifname) == ("", "/host/proc//ns/net", "ecs-eth0")
 
 
 @pytest.mark.parametrize("name", ["CNI_CONTAINERID", "CNI_IFNAME"])
@@ -789,4 +789,4 @@ def test_a_named_log_is_never_replaced():
 
 def test_the_plugin_itself_never_falls_back():
     # The container's view is the only one the plugin has: its settings are the defaults.
-    assert parse_environment(ADD_ENV).settings == (DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")
+    assert parse_environment(ADD_ENV).settings == Settings(DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")

@@ -266,7 +266,7 @@ def test_inspecting_the_database_shows_what_the_readme_shows(tmp_path):
     indexes = [host.add(step.command) for step in steps]
     results = host.run()
     assert results[0] == (0, "")
-    for index, step in zip(indexes, steps, strict=True):
+    for index, step in zip(indexes, steps):
         status, output = results[index]
         assert status == 0, output
         assert_printed(step, output)

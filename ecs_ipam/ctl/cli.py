@@ -55,28 +55,36 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    # Global options go before or after the command, as people type them: each parser
+    # knows them, and SUPPRESS keeps a command's parser from resetting what came before it.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--db",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH}, "
+        f"else {host_path(DEFAULT_DB_PATH)} on the host); for migrate, the destination",
+    )
     parser = _Parser(
         prog=prog,
         description="See the address pools of an ecs-ipam database, find leaked leases, release them, "
         "export usage, list the raw buckets, and migrate a bolt database of the Go plugin.",
-    )
-    parser.add_argument(
-        "--db",
-        metavar="PATH_OR_URL",
-        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH}, "
-        f"else {host_path(DEFAULT_DB_PATH)} on the host)",
+        parents=[common],
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    leases = commands.add_parser("leases", help="list every lease")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, parents=[common])
+
+    leases = command("leases", "list every lease")
     leases.add_argument("--subnet", metavar="CIDR", help="only the leases whose address lies in CIDR")
     leases.add_argument("--json", action="store_true", help="a JSON list instead of a table")
 
-    stale = commands.add_parser("stale", help="list the leases that look leaked")
+    stale = command("stale", "list the leases that look leaked")
     stale.add_argument("--live", metavar="FILE", help="container ids known to run, one per line ('-': stdin)")
     stale.add_argument("--json", action="store_true", help="a JSON list instead of a table")
 
-    release = commands.add_parser("release", help="release leases in one transaction")
+    release = command("release", "release leases in one transaction")
     what = release.add_mutually_exclusive_group(required=True)
     what.add_argument("--id", help="every lease this owner id holds")
     what.add_argument("--address", metavar="ADDR", help="the lease of this address")
@@ -84,7 +92,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     release.add_argument("--live", metavar="FILE", help="with --stale: as for `stale --live`")
     release.add_argument("--dry-run", action="store_true", help="print what would be released; write nothing")
 
-    usage = commands.add_parser("usage", help="capacity and use of each pool")
+    usage = command("usage", "capacity and use of each pool")
     form = usage.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     form.add_argument("--prometheus", action="store_true", help="the text format of node_exporter's textfile collector")
@@ -95,16 +103,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "and a failed run leaves the old one and no temporary file",
     )
 
-    dump = commands.add_parser("dump", help="list the buckets, or the pairs of one bucket (read-only)")
-    _db_after_command(dump)
+    dump = command("dump", "list the buckets, or the pairs of one bucket (read-only)")
     dump.add_argument("--bucket", help="list the pairs of this bucket, e.g. 169.254.172.0/22")
     dump.add_argument("--json", action="store_true", help="one JSON document")
 
-    migrate = commands.add_parser("migrate", help="move a bolt database of the Go plugin into LMDB")
+    migrate = command("migrate", "move a bolt database of the Go plugin into LMDB")
     migrate.add_argument(
         "src", metavar="SRC", nargs="?", help="the bolt file (default: the database, migrated in place)"
     )
-    _db_after_command(migrate, "the LMDB database to add the pairs to (default: SRC, in place)")
     migrate.add_argument("--dry-run", action="store_true", help="print what would be moved, write nothing")
     migrate.add_argument(
         "--timeout",
@@ -113,11 +119,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="how long to wait for a running Go plugin to release SRC (default: $IPAM_DB_CONNECTION_TIMEOUT, else 5)",
     )
     return parser
-
-
-def _db_after_command(command: argparse.ArgumentParser, help: str = "as --db before the command") -> None:
-    # SUPPRESS: a subcommand's default would replace a --db given before the command.
-    command.add_argument("--db", metavar="PATH_OR_URL", default=argparse.SUPPRESS, help=help)
 
 
 def main(
@@ -147,7 +148,7 @@ def main(
     notes: dict[str, str] = {}
     try:
         args = parser.parse_args(argv)
-        settings, notes = _settings(args.db, environ)
+        settings, notes = _settings(getattr(args, "db", None), environ)
         writes_log = args.command in _WRITES_LOG and not getattr(args, "dry_run", False)
         for what in ("database", "log") if writes_log else ("database",):
             if what in notes:
@@ -252,7 +253,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> str:
     # As the tool always did: the database named by --db is the destination, and the
     # source defaults to it (in place); a source alone is migrated in place.
     src = settings.db_path if args.src is None else _text(args.src, "SRC")
-    dest = src if args.db is None else settings.db_path
+    dest = src if getattr(args, "db", None) is None else settings.db_path
     timeout = settings.timeout if args.timeout is None else args.timeout
     log = _audit_log(settings)
     return migrate(src, dest, timeout, args.dry_run, lambda line: log.info(f"ecs-ipamctl {line}"))

@@ -61,7 +61,7 @@ def leases_json(leases: Sequence[Lease], reasons: Sequence[str] | None = None) -
     """A JSON list of leases; with *reasons*, each has a ``reason`` (why it looks leaked)."""
     documents = [lease_json(lease) for lease in leases]
     if reasons is not None:
-        for document, reason in zip(documents, reasons, strict=True):
+        for document, reason in zip(documents, reasons):
             document["reason"] = reason
     return json.dumps(documents, indent=2) + "\n"
 
@@ -87,7 +87,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
     ]
     if reasons is not None:
         header.append("WHY")
-        for row, reason in zip(rows, reasons, strict=True):
+        for row, reason in zip(rows, reasons):
             row.append(reason)
     return _table(header, rows)
 
@@ -117,7 +117,7 @@ def _table(header: list[str], rows: list[list[str]], right_from: int | None = No
     def line(row: list[str]) -> str:
         cells = (
             cell.rjust(width) if right_from is not None and i >= right_from else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            for i, (cell, width) in enumerate(zip(row, widths))
         )
         return "  ".join(cells).rstrip()
 
