@@ -5,7 +5,7 @@ plugin", "Inspecting the database", "Finding and fixing a leak", the textfile co
 "A secure setup, step by step" out of the README's fenced code blocks and run them, and
 compare what they print with the output shown beside them.
 
-They run on a host of their own: a private mount namespace (``unshare --mount``) in which
+They run on a host of their own: private mount and PID namespaces (``unshare``) in which
 ``/var/lib``, ``/var/log`` and ``/run/netns`` are empty tmpfs mounts, so the commands use the
 agent's host paths (``/var/lib/ecs/data/eni-ipam.db``, ``/var/log/ecs``) and task names
 (``/var/run/netns/task0``) literally, on real files, with real network namespaces, and leave
@@ -146,6 +146,11 @@ mkdir -p /var/lib/ecs/data /var/log/ecs
 """
 
 
+# A private mount namespace, and a PID namespace whose first process is the script's bash:
+# when it ends, however it ends, the kernel ends every process it started (an etcd too).
+UNSHARE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
 class Host:
     """Runs a list of shell snippets in one bash, in a private mount namespace, and keeps
     each snippet's output (stdout and stderr, as a terminal shows them) and exit status."""
@@ -171,7 +176,7 @@ class Host:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "IPAM_", "ECS_CNI_", "ETCDCTL_"))}
         env.update(environ or {}, PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHONPATH=str(ROOT))
         done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", *(["--net"] if self.network else []), "bash", str(path)],
+            [*UNSHARE, *(["--net"] if self.network else []), "bash", str(path)],
             capture_output=True,
             text=True,
             env=env,
