@@ -211,21 +211,20 @@ def _silence(stream: IO[str]) -> None:
 def _run(
     args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], stdin: IO[str], clock: Callable[[], float]
 ) -> str:
-    db = settings.db_path
     if args.command == "leases":
         subnet = parse_cidr(args.subnet, "--subnet").cidr if args.subnet is not None else None
-        holdings = _read(db, environ)
+        holdings = _read(settings, environ)
         leases = [lease for lease in holdings.leases if subnet is None or parse_address(lease.address) in subnet]
         return output.leases_json(leases) if args.json else output.leases_table(leases, clock())
     if args.command == "stale":
         rules = StaleRules(_live(args.live, stdin))
-        holdings = _read(db, environ)
+        holdings = _read(settings, environ)
         stale = [(lease, reason) for lease in holdings.leases if (reason := rules.reason(lease))]
         leases, reasons = [lease for lease, _ in stale], [reason for _, reason in stale]
         return output.leases_json(leases, reasons) if args.json else output.leases_table(leases, clock(), reasons)
     if args.command == "usage":
         rules = StaleRules()
-        holdings = _read(db, environ)
+        holdings = _read(settings, environ)
         pools = [(usage, in_range(usage, holdings.leases)) for usage in holdings.pools.values()]
         unplaced = [lease for lease in holdings.leases if lease.subnet is None]
         rows = output.usage_rows(pools, unplaced, rules.netns_gone)
@@ -297,11 +296,12 @@ def _live(path: str | None, stdin: IO[str]) -> frozenset[str] | None:
         raise OperatorRequestError(f"cannot read --live file {path}: {reason}") from None
 
 
-def _read(db: str, environ: Mapping[str, str]) -> Holdings:
-    """One read-only snapshot: never writes, never creates a file, never waits for a writer."""
+def _read(settings: Settings, environ: Mapping[str, str]) -> Holdings:
+    """One read-only snapshot: never writes, never creates a file, never waits for a writer
+    (only, at most the timeout, for a process inside its first open of the database)."""
     from .. import kv
 
-    with kv.open_store(db, read_only=True, environ=environ) as store:
+    with kv.open_store(settings.db_path, timeout=settings.timeout, read_only=True, environ=environ) as store:
         return store.transact(read_holdings, write=False)
 
 

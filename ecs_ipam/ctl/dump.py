@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import kv
 from ..errors import OperatorRequestError
-from ..kv.lmdb_store import sniff
+from ..kv.dbfile import file_kind
 from ..minipack import NotMsgpackError, unpackb
 
 if TYPE_CHECKING:
@@ -50,6 +50,12 @@ def value_text(raw: bytes) -> str:
     return repr(value)
 
 
+def shown(text: str) -> str:
+    """*text* as printable: bytes that were not UTF-8 in the database (a key another program
+    wrote, read back as surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _json_fallback(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
@@ -63,7 +69,7 @@ def entry_json(pair: kv.KVPair) -> dict[str, object]:
     ``"value_encoding": "base64"``; bytes nested in a msgpack value are base64 text too.
     """
     ok, value = decode_value(pair.value)
-    entry = {"key": pair.key, "value": value, "last_index": pair.last_index}
+    entry = {"key": shown(pair.key), "value": value, "last_index": pair.last_index}
     if not ok:
         entry["value"] = _json_fallback(pair.value)
         entry["value_encoding"] = "base64"
@@ -77,19 +83,20 @@ def open_database(path: str, bucket: str = "IPAM", environ: Mapping[str, str] | 
     :raises DatabaseNotFoundError: nothing at *path*.
     :raises StoreError: *path* cannot be read as an LMDB database.
     """
-    if sniff(path) == "bolt":
+    if file_kind(path) == "bolt":
         raise OperatorRequestError(
             f"{path} is a bolt database of the Go ecs-ipam plugin, not LMDB; convert it with {MIGRATE_COMMAND}"
         )
     return kv.open_store(path, bucket, read_only=True, environ=environ)
 
 
-def bucket_counts(path: str, environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
-    """Every bucket of the database with its number of entries, counted in one snapshot."""
+def bucket_counts(path: str, environ: Mapping[str, str] | None = None) -> list[tuple[str, int | None]]:
+    """Every bucket of the database with its number of entries, counted in one snapshot
+    (None for a name that is not UTF-8: no bucket of ours, and the API cannot open it)."""
     with open_database(path, environ=environ) as store:
         names = store.buckets()
         with store.transaction(write=False) as tx:
-            return [(name, len(tx.bucket(name).list())) for name in names]
+            return [(shown(name), len(tx.bucket(name).list()) if shown(name) == name else None) for name in names]
 
 
 def bucket_pairs(path: str, bucket: str, environ: Mapping[str, str] | None = None) -> list[kv.KVPair]:
@@ -105,15 +112,20 @@ def bucket_pairs(path: str, bucket: str, environ: Mapping[str, str] | None = Non
         return store.list()
 
 
-def buckets_text(counts: list[tuple[str, int]], as_json: bool) -> str:
+def buckets_text(counts: list[tuple[str, int | None]], as_json: bool) -> str:
     if as_json:
         return json.dumps({"buckets": [{"name": n, "entries": c} for n, c in counts]}, indent=2) + "\n"
     width = max((len(name) for name, _ in counts), default=0)
-    return "".join(f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}\n" for name, count in counts)
+    return "".join(
+        f"{name:<{width}}  (name not UTF-8: not read)\n"
+        if count is None
+        else f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}\n"
+        for name, count in counts
+    )
 
 
 def pairs_text(bucket: str, pairs: list[kv.KVPair], as_json: bool) -> str:
     if as_json:
         document = {"bucket": bucket, "entries": [entry_json(pair) for pair in pairs]}
         return json.dumps(document, indent=2, default=_json_fallback) + "\n"
-    return "".join(f"key={pair.key} - value={value_text(pair.value)}\n" for pair in pairs)
+    return "".join(f"key={shown(pair.key)} - value={value_text(pair.value)}\n" for pair in pairs)

@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import OperatorRequestError
-from ..kv.lmdb_store import sniff
+from ..kv.dbfile import file_kind
 from ..migrate import backup_path, conflicts, copy_into, migrate_in_place, plural, read_locked
 from ..pool_store import LEGACY_BUCKET
 
@@ -34,7 +34,7 @@ def migrate(src: str, dest: str, timeout: float, dry_run: bool, report: Callable
     :return: the text to print.
     :raises OperatorRequestError: *src* holds no bolt file, or *dest* records differently.
     """
-    kind = sniff(src)
+    kind = file_kind(src)
     if kind == "lmdb" and _in_place(src, dest):
         return f"{src} is already an ecs-ipam LMDB database; nothing to migrate\n"
     if kind == "missing":
@@ -60,7 +60,7 @@ def migrate(src: str, dest: str, timeout: float, dry_run: bool, report: Callable
 def _dry_run(src: str, dest: str, timeout: float) -> str:
     """What a migration would move; never writes, never creates a file."""
     pairs = read_locked(src, timeout)
-    if not _in_place(src, dest) and sniff(dest) == "lmdb":
+    if not _in_place(src, dest) and file_kind(dest) == "lmdb":
         from .. import kv
 
         with kv.open_store(dest, bucket=LEGACY_BUCKET, read_only=True) as store, store.transaction(write=False) as tx:

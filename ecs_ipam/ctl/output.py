@@ -54,7 +54,10 @@ def usage_rows(
 
 
 def lease_json(lease: Lease) -> dict[str, object]:
-    return {key: getattr(lease, key) for key in LEASE_KEYS}
+    document = {key: getattr(lease, key) for key in LEASE_KEYS}
+    if lease.damaged:
+        document["damaged"] = True
+    return document
 
 
 def leases_json(leases: Sequence[Lease], reasons: Sequence[str] | None = None) -> str:
@@ -78,7 +81,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         [
             lease.address,
             lease.subnet or UNKNOWN_SUBNET,
-            _cell(lease.id) if lease.id else "(anonymous)",
+            "(damaged)" if lease.damaged else _cell(lease.id) if lease.id else "(anonymous)",
             container_text(lease),
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
