@@ -398,7 +398,7 @@ def answering_prompts(command: str) -> str:
 )
 @pytest.mark.parametrize("reached_by", ["name", "address"])
 def test_the_secure_setup_works_as_written(tmp_path, reached_by):
-    certificates, start, admin, check_role, install, environment = blocks(SECURE, "sh")
+    certificates, start, admin, install, environment = blocks(SECURE, "sh")
     client_files = tmp_path / "etc-ecs-ipam"
 
     def substituted(text: str) -> str:
@@ -424,9 +424,7 @@ def test_the_secure_setup_works_as_written(tmp_path, reached_by):
         "[ $i -lt 150 ] || { cat etcd.log; false; }"
     )
     steps = [substituted(command) for command in commands(admin)]
-    role = [substituted(command) for command in commands(check_role)]
     setup = host.add(" && ".join(answering_prompts(command) for command in steps))
-    got_role = host.add(" && ".join(answering_prompts(command) for command in role))
     installed = host.add(
         " && ".join(substituted(command) for command in commands(install))
         + f" && stat -c '%a %n' {client_files} {client_files}/*"
@@ -445,16 +443,12 @@ def test_the_secure_setup_works_as_written(tmp_path, reached_by):
     assert results[made][0] == 0, results[made][1]
     assert results[setup][0] == 0, results[setup][1]
     assert "Authentication Enabled" in results[setup][1]
-    status, output = results[got_role]
-    assert status == 0 and "[ecs-ipam/, ecs-ipam0) (prefix ecs-ipam/)" in output, output
+    assert "[ecs-ipam/, ecs-ipam0) (prefix ecs-ipam/)" in results[setup][1], results[setup][1]
     modes = [f"700 {client_files}"] + [
         f"600 {client_files}/{name}" for name in ("ca.pem", "ecs-ipam.key", "ecs-ipam.pem")
     ]
     assert results[installed] == (0, "\n".join(modes) + "\n")
-    # TODO(#25 item 9, etcd branch): an empty prefix is an empty pool; until that lands the
-    # check answers "nothing under prefix".
-    empty_prefix = "nothing under prefix 'ecs-ipam'"
-    assert results[checked] == (0, "") or empty_prefix in results[checked][1], results[checked]
+    assert results[checked] == (0, ""), results[checked][1]
     assert results[added] == (0, "")
     status, output = results[listed]
     assert status == 0, output
