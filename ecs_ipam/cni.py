@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import __version__
-from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
+from .config import SUPPORTED_VERSIONS, cni_version_of, log_settings, parse_environment, parse_netconf
 from .errors import DecodeError, ECSIPAMError, cut, quoted
 from .jsonfast import dumps_compact, loads
 from .log import Log
@@ -50,10 +50,7 @@ def main(
     if argv:
         return _flags(argv, stdout)
 
-    log = Log(
-        environ.get("ECS_CNI_LOG_FILE") or "/log/ecs-cni-ipam-plugin.log",
-        environ.get("ECS_CNI_LOGLEVEL") or "info",
-    )
+    log = Log(*log_settings(environ))
     reply_version = SUPPORTED_VERSIONS[-1]
     command = environ.get("CNI_COMMAND", "")
     data: object = None
@@ -93,12 +90,12 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
     conf = parse_netconf(data)
     log.debug(
         f"{env.command} {_caller(environ, data)} netns={quoted(env.netns)} cniVersion={conf.cni_version} "
-        f"pools={[pool.bucket for pool in conf.pools]} db={env.db_path!r}"
+        f"pools={[pool.bucket for pool in conf.pools]} db={env.settings.db_path!r}"
     )
 
     from .ipam import IPAM
 
-    with IPAM(env.db_path, env.timeout, environ=environ) as ipam:
+    with IPAM(env.settings.db_path, env.settings.timeout, environ=environ, report=log.info) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))

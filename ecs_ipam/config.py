@@ -12,14 +12,20 @@ from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnviron
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+# The defaults of every program of the package: paths inside the ECS agent's container,
+# where the plugin runs.
 DEFAULT_DB_PATH = "/data/eni-ipam.db"
 DEFAULT_LOG_FILE = "/log/ecs-cni-ipam-plugin.log"
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_LOG_LEVEL = "info"
+# The host folders the agent mounts at those container folders: an operator's tool run on
+# the host finds the same files there.
+HOST_FOLDERS = (("/data", "/var/lib/ecs/data"), ("/log", "/var/log/ecs"))
 # Linux's PATH_MAX: a longer path cannot be opened (and is not echoed in full).
 MAX_DB_PATH = 4096
 # The longest id, container id and interface name recorded with a lease, in UTF-8 bytes:
@@ -131,30 +137,43 @@ class NetConf(Value):
         self.valid_attachments = valid_attachments
 
 
-class Environment(Value):
-    """The CNI_* and plugin variables of one invocation (``timeout`` in seconds)."""
+class Settings(Value):
+    """The plugin's own variables, as every program of the package reads them.
 
-    __slots__ = ("command", "container_id", "db_path", "ifname", "log_file", "log_level", "netns", "timeout")
+    ``db_path`` (str: a file or an etcd URL), ``timeout`` (seconds to wait for another
+    writer), ``log_file`` (str), ``log_level`` (str, lower case).
+    """
 
-    def __init__(
-        self,
-        command: str,
-        container_id: str,
-        netns: str,
-        ifname: str,
-        db_path: str,
-        timeout: float,
-        log_file: str,
-        log_level: str,
-    ) -> None:
-        self.command = command
-        self.container_id = container_id
-        self.netns = netns
-        self.ifname = ifname
+    __slots__ = ("db_path", "log_file", "log_level", "timeout")
+
+    def __init__(self, db_path: str, timeout: float, log_file: str, log_level: str) -> None:
         self.db_path = db_path
         self.timeout = timeout
         self.log_file = log_file
         self.log_level = log_level
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read ``IPAM_DB_PATH``, ``IPAM_DB_CONNECTION_TIMEOUT``, ``ECS_CNI_LOG_FILE`` and
+        ``ECS_CNI_LOGLEVEL``; a variable that is unset or blank means its default.
+
+        :raises InvalidEnvironmentError: the path or the timeout is invalid.
+        """
+        log_file, log_level = log_settings(environ)
+        return cls(_db_path(environ), _timeout(environ), log_file, log_level)
+
+
+class Environment(Value):
+    """One invocation: the CNI variables it acts on and the plugin's :class:`Settings`."""
+
+    __slots__ = ("command", "container_id", "ifname", "netns", "settings")
+
+    def __init__(self, command: str, container_id: str, netns: str, ifname: str, settings: Settings) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.settings = settings
 
 
 # --- network configuration ----------------------------------------------------------------
@@ -457,11 +476,30 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
                 raise InvalidEnvironmentError(
                     f"{name} {_show(environ[name])} is longer than {MAX_FIELD_BYTES} bytes, the limit"
                 )
-    # As the original plugin: a setting that is blank (not just empty) means the default.
-    raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
-    timeout = (
-        DEFAULT_TIMEOUT if not raw_timeout.strip() else parse_go_duration(raw_timeout, "IPAM_DB_CONNECTION_TIMEOUT")
+    return Environment(
+        command=command,
+        container_id=environ.get("CNI_CONTAINERID", ""),
+        netns=environ.get("CNI_NETNS", ""),
+        ifname=environ.get("CNI_IFNAME", ""),
+        settings=Settings.from_environ(environ),
     )
+
+
+# --- settings -----------------------------------------------------------------------------
+# As the original plugin: a setting that is blank (not just empty) means the default.
+
+
+def log_settings(environ: Mapping[str, str]) -> tuple[str, str]:
+    """``(log_file, log_level)``; never fails, so that the plugin can log any other mistake."""
+    log_file = environ.get("ECS_CNI_LOG_FILE") or ""
+    log_level = environ.get("ECS_CNI_LOGLEVEL") or ""
+    return (
+        log_file if log_file.strip() else DEFAULT_LOG_FILE,
+        log_level.lower() if log_level.strip() else DEFAULT_LOG_LEVEL,
+    )
+
+
+def _db_path(environ: Mapping[str, str]) -> str:
     db_path = environ.get("IPAM_DB_PATH") or ""
     if len(db_path) > MAX_DB_PATH:
         raise InvalidEnvironmentError(
@@ -470,13 +508,56 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
     if not _is_text(db_path):
         # LMDB takes its path as UTF-8 text; such a path cannot even be opened.
         raise InvalidEnvironmentError(f"IPAM_DB_PATH {_show(db_path)} is not valid unicode text")
-    return Environment(
-        command=command,
-        container_id=environ.get("CNI_CONTAINERID", ""),
-        netns=environ.get("CNI_NETNS", ""),
-        ifname=environ.get("CNI_IFNAME", ""),
-        db_path=db_path if db_path.strip() else DEFAULT_DB_PATH,
-        timeout=timeout,
-        log_file=environ.get("ECS_CNI_LOG_FILE") or DEFAULT_LOG_FILE,
-        log_level=(environ.get("ECS_CNI_LOGLEVEL") or "info").lower(),
-    )
+    return db_path if db_path.strip() else DEFAULT_DB_PATH
+
+
+def _timeout(environ: Mapping[str, str]) -> float:
+    raw = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
+    return DEFAULT_TIMEOUT if not raw.strip() else parse_go_duration(raw, "IPAM_DB_CONNECTION_TIMEOUT")
+
+
+def operator_settings(
+    environ: Mapping[str, str], exists: Callable[[str], bool], db_option: str | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """The settings of a tool an operator runs, on the host or in the agent's container.
+
+    The defaults are paths inside the ECS agent's container, which mounts host folders
+    there (:data:`HOST_FOLDERS`).  For a default that neither the command line nor the
+    environment replaces, the container path is used when it exists, else the host path
+    when that exists: the database file itself, and the log file's folder.  The plugin
+    never falls back: inside the container the host path means nothing.
+
+    :param exists: ``os.path.exists``, or a stand-in in tests.
+    :param db_option: the database named on the command line, which wins over the rest.
+    :return: the settings, and notes for the tool to show: ``"database"`` or ``"log"``
+        when a host path is used, ``"no database"`` when the default database is at
+        neither path (the message for a tool that needs one).
+    """
+    settings = Settings.from_environ(environ)
+    notes = {}
+    db_path, log_file = settings.db_path if db_option is None else db_option, settings.log_file
+    if db_option is None and not (environ.get("IPAM_DB_PATH") or "").strip():
+        host = host_path(DEFAULT_DB_PATH)
+        if not exists(DEFAULT_DB_PATH) and exists(host):
+            db_path = host
+            notes["database"] = f"using {host} (no {DEFAULT_DB_PATH} here)"
+        elif not exists(DEFAULT_DB_PATH):
+            notes["no database"] = f"no database at {DEFAULT_DB_PATH}, nor at {host} (its host side)"
+    if not (environ.get("ECS_CNI_LOG_FILE") or "").strip():
+        host = host_path(DEFAULT_LOG_FILE)
+        if not exists(_folder(DEFAULT_LOG_FILE)) and exists(_folder(host)):
+            log_file = host
+            notes["log"] = f"logging to {host} (no {_folder(DEFAULT_LOG_FILE)} here)"
+    return Settings(db_path, settings.timeout, log_file, settings.log_level), notes
+
+
+def host_path(container_path: str) -> str:
+    """Where the host keeps a file of the agent's container (the path itself if not mounted)."""
+    for inside, outside in HOST_FOLDERS:
+        if container_path.startswith(inside + "/"):
+            return outside + container_path[len(inside) :]
+    return container_path
+
+
+def _folder(path: str) -> str:
+    return path.rpartition("/")[0] or "/"

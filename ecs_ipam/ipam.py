@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .allocator import Owner, PoolAllocator, overlapping_buckets, releases_within
-from .config import NetConf, Pool, parse_netconf
+from .config import DEFAULT_TIMEOUT, NetConf, Pool, parse_netconf
 from .errors import (
     BoltDatabaseError,
     DatabaseNotFoundError,
@@ -214,20 +214,24 @@ class IPAM:
     :param timeout: seconds to wait for another writer before StoreTimeoutError.
     :param environ: where an etcd URL's ``IPAM_ETCD_*`` settings are read (default:
         the process environment).
+    :param report: called with a line saying what a migration of a bolt file did and
+        where the bolt file is kept (the plugin logs it).
     """
 
     def __init__(
         self,
         db_path: str,
-        timeout: float = 5.0,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         clock: Callable[[], float] = time.time,
         environ: Mapping[str, str] | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.db_path = db_path
         self.timeout = timeout
         self._clock = clock
         self._environ = environ
+        self._report = report
         self._store: Store | None = None
 
     def __enter__(self) -> IPAM:
@@ -253,7 +257,7 @@ class IPAM:
                     # just did), then open what is there now.
                     from .migrate import migrate_in_place
 
-                    migrate_in_place(self.db_path, self.timeout)
+                    migrate_in_place(self.db_path, self.timeout, report=self._report)
                     self._store = self._open_store(create)
             except DatabaseNotFoundError:
                 if create:

@@ -57,14 +57,27 @@ BACKUP_SUFFIX = ".bolt"
 TEMP_SUFFIX = ".migrating"
 
 Checkpoint = Callable[[str], None]
+Report = Callable[[str], None]
 
 
 def backup_path(path: str) -> str:
-    """Where an in-place migration keeps the bolt file it replaced: beside the real file."""
-    return resolve(path) + BACKUP_SUFFIX
+    """Where an in-place migration would keep the bolt file it replaces: beside the real file.
+
+    ``<path>.bolt``, or, when an older migration's backup is there already (a bolt file
+    put back for a rollback, then migrated again), ``<path>.bolt.1``, ``.bolt.2``...: a
+    backup is never overwritten.
+    """
+    base = resolve(path) + BACKUP_SUFFIX
+    candidate, number = base, 0
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = f"{base}.{number}"
+    return candidate
 
 
-def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None = None) -> dict[str, str] | None:
+def migrate_in_place(
+    path: str, timeout: float, *, checkpoint: Checkpoint | None = None, report: Report | None = None
+) -> dict[str, str] | None:
     """Replace the bolt database at *path* by an LMDB database holding the same pairs.
 
     Does nothing when *path* holds no bolt file, for instance because another process
@@ -75,6 +88,8 @@ def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None
         plugin, or by another process migrating it).
     :param checkpoint: called with ``"locked"``, ``"written"``, ``"backed-up"`` and
         ``"switched"`` as the migration passes those points; tests use it to crash it.
+    :param report: called with one line saying what was migrated and where the bolt
+        file is kept, once the switch is done (the plugin logs it).
     :return: the migrated pairs (key -> value, in key order), or None if there was
         nothing to migrate.
     :raises StoreTimeoutError: the lock stayed held for *timeout* seconds; nothing changed.
@@ -95,13 +110,12 @@ def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None
             return None
         _step(checkpoint, "locked")
         pairs = read_bolt_pairs(path)
-        temp, backup = path + TEMP_SUFFIX, backup_path(path)
-        partial_backup = backup + TEMP_SUFFIX
+        temp, partial_backup = path + TEMP_SUFFIX, path + BACKUP_SUFFIX + TEMP_SUFFIX
         try:
             _write_lmdb(temp, pairs, timeout)
             _step(checkpoint, "written")
             _copy_file(fd, partial_backup)
-            os.replace(partial_backup, backup)
+            backup = _place_backup(partial_backup, path)
             _step(checkpoint, "backed-up")
             os.replace(temp, path)
         except BaseException:
@@ -110,6 +124,10 @@ def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None
         _fsync_directory(path)
         _step(checkpoint, "switched")
         _disable_orphan(fd)
+        if report is not None:
+            report(
+                f"migrated {plural(len(pairs))} into {path} (bucket {LEGACY_BUCKET}); the bolt file is kept as {backup}"
+            )
         return pairs
     except ECSIPAMError:
         raise
@@ -117,6 +135,10 @@ def migrate_in_place(path: str, timeout: float, *, checkpoint: Checkpoint | None
         raise StoreError(f"cannot migrate {path}: {e.strerror or e}") from None
     finally:
         os.close(fd)  # releases the lock
+
+
+def plural(count: int) -> str:
+    return f"{count} pair{'' if count == 1 else 's'}"
 
 
 def read_bolt_pairs(path: str) -> dict[str, str]:
@@ -276,6 +298,38 @@ def _copy_file(source_fd: int, target: str) -> None:
         os.fsync(out)
     finally:
         os.close(out)
+
+
+def _place_backup(partial: str, path: str) -> str:
+    """Give the complete backup *partial* its name, never replacing an older backup.
+
+    A backup with the same bytes is the one a migration killed before its switch made:
+    it is kept, and no second copy is made.
+    """
+    import filecmp
+
+    base = resolve(path) + BACKUP_SUFFIX
+    candidate, number = base, 0
+    while os.path.lexists(candidate):
+        if os.path.isfile(candidate) and filecmp.cmp(candidate, partial, shallow=False):
+            os.unlink(partial)
+            return candidate
+        number += 1
+        candidate = f"{base}.{number}"
+    while True:
+        backup = backup_path(path)
+        try:
+            # link, unlike rename, fails rather than replace a name that appeared meanwhile.
+            os.link(partial, backup)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.rename(partial, backup)  # a file system without hard links: checked just above
+            return backup
+        os.unlink(partial)
+        return backup
 
 
 def _disable_orphan(fd: int) -> None:

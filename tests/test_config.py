@@ -11,6 +11,10 @@ from ecs_ipam.config import (
     DEFAULT_TIMEOUT,
     Attachment,
     Route,
+    Settings,
+    host_path,
+    log_settings,
+    operator_settings,
     parse_environment,
     parse_go_duration,
     parse_netconf,
@@ -630,7 +634,9 @@ def env_rejected(environ: dict) -> InvalidEnvironmentError:
 def test_environment_defaults():
     env = parse_environment(ADD_ENV)
     assert (env.command, env.container_id, env.netns, env.ifname) == ("ADD", "abc", "/proc/1/ns/net", "eth0")
-    assert (env.db_path, env.timeout, env.log_file, env.log_level) == (
+    settings = env.settings
+    assert settings == Settings.from_environ(ADD_ENV)
+    assert (settings.db_path, settings.timeout, settings.log_file, settings.log_level) == (
         DEFAULT_DB_PATH,
         DEFAULT_TIMEOUT,
         DEFAULT_LOG_FILE,
@@ -653,14 +659,28 @@ def test_environment_settings():
             "ECS_CNI_LOGLEVEL": "DEBUG",
         }
     )
-    assert (env.db_path, env.timeout, env.log_file, env.log_level) == ("/tmp/x.db", 90.0, "/tmp/x.log", "debug")
+    settings = env.settings
+    assert (settings.db_path, settings.timeout, settings.log_file, settings.log_level) == (
+        "/tmp/x.db",
+        90.0,
+        "/tmp/x.log",
+        "debug",
+    )
 
 
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_blank_settings_mean_the_defaults(blank):
     # As the original: a variable that is set but blank is the same as an unset one.
-    env = parse_environment(ADD_ENV | {"IPAM_DB_PATH": blank, "IPAM_DB_CONNECTION_TIMEOUT": blank})
-    assert (env.db_path, env.timeout) == (DEFAULT_DB_PATH, DEFAULT_TIMEOUT)
+    settings = Settings.from_environ(
+        {
+            "IPAM_DB_PATH": blank,
+            "IPAM_DB_CONNECTION_TIMEOUT": blank,
+            "ECS_CNI_LOG_FILE": blank,
+            "ECS_CNI_LOGLEVEL": blank,
+        }
+    )
+    assert settings == Settings(DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")
+    assert log_settings({"ECS_CNI_LOG_FILE": blank}) == (DEFAULT_LOG_FILE, "info")
 
 
 @pytest.mark.parametrize("text", ["5", "s", "-1s", "5 s"])
@@ -718,3 +738,55 @@ def test_add_refuses_names_that_are_not_text(name):
     # os.environ hands undecodable bytes over as lone surrogates; they cannot be recorded.
     error = env_rejected(ADD_ENV | {name: "abc\udcff"})
     assert error.msg == f"{name} 'abc\\udcff' is not valid unicode text"
+
+
+# --- the operator tools' settings ----------------------------------------------------------
+
+HOST_DB, HOST_LOG = "/var/lib/ecs/data/eni-ipam.db", "/var/log/ecs/ecs-cni-ipam-plugin.log"
+
+
+def only(*paths: str):
+    return lambda path: path in paths
+
+
+def test_host_paths_of_the_agents_mounts():
+    assert (host_path(DEFAULT_DB_PATH), host_path(DEFAULT_LOG_FILE)) == (HOST_DB, HOST_LOG)
+    assert host_path("/database/x.db") == "/database/x.db"
+
+
+def test_an_operator_tool_uses_the_container_paths_where_they_exist():
+    settings, notes = operator_settings({}, only(DEFAULT_DB_PATH, HOST_DB, "/log", "/var/log/ecs"))
+    assert (settings, notes) == (Settings.from_environ({}), {})
+
+
+def test_on_the_host_an_operator_tool_finds_the_agents_files():
+    settings, notes = operator_settings({}, only(HOST_DB, "/var/log/ecs"))
+    assert (settings.db_path, settings.log_file) == (HOST_DB, HOST_LOG)
+    assert notes == {
+        "database": f"using {HOST_DB} (no /data/eni-ipam.db here)",
+        "log": f"logging to {HOST_LOG} (no /log here)",
+    }
+
+
+def test_with_neither_path_an_operator_tool_keeps_the_default():
+    settings, notes = operator_settings({}, only())
+    assert settings == Settings.from_environ({})
+    assert notes == {"no database": f"no database at /data/eni-ipam.db, nor at {HOST_DB} (its host side)"}
+
+
+@pytest.mark.parametrize("environ", [{"IPAM_DB_PATH": DEFAULT_DB_PATH}, {"IPAM_DB_PATH": "/x.db"}])
+def test_a_named_database_is_never_replaced(environ):
+    settings, notes = operator_settings(environ, only(HOST_DB))
+    assert (settings.db_path, notes) == (environ["IPAM_DB_PATH"], {})
+    settings, notes = operator_settings({}, only(HOST_DB), db_option="/y.db")
+    assert (settings.db_path, notes) == ("/y.db", {})
+
+
+def test_a_named_log_is_never_replaced():
+    settings, notes = operator_settings({"ECS_CNI_LOG_FILE": "/tmp/l.log"}, only(DEFAULT_DB_PATH, "/var/log/ecs"))
+    assert (settings.log_file, notes) == ("/tmp/l.log", {})
+
+
+def test_the_plugin_itself_never_falls_back():
+    # The container's view is the only one the plugin has: its settings are the defaults.
+    assert parse_environment(ADD_ENV).settings == Settings(DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")

@@ -76,7 +76,8 @@ def ok(*args: str, **kwargs) -> str:
 
 def leases_of(db, *args: str, **kwargs) -> list[dict]:
     document = json.loads(ok(*args, "--json", db=db, **kwargs))
-    assert all(list(lease) == LEASE_KEYS for lease in document), document
+    keys = [*LEASE_KEYS, "reason"] if args[0] == "stale" else LEASE_KEYS
+    assert all(list(lease) == keys for lease in document), document
     return document
 
 
@@ -258,6 +259,7 @@ def test_a_netns_path_that_disappears_makes_its_lease_stale_and_release_frees_it
     (netns / "task-2").unlink()
     stale = leases_of(db, "stale")
     assert [(x["address"], x["id"]) for x in stale] == [(address, str(netns / "task-2")) for address in gone]
+    assert {x["reason"] for x in stale} == {"netns path gone"}
     assert all(line.endswith("netns path gone") for line in ok("stale", db=db).splitlines()[1:])
     usage = {row["subnet"]: row for row in json.loads(ok("usage", "--json", db=db))}
     assert (usage[V4_SUBNET]["allocated"], usage[V4_SUBNET]["stale"]) == (3, 1)
@@ -314,7 +316,9 @@ def test_the_live_list_marks_leases_of_containers_not_running(tmp_path, db):
         store.put("169.254.172.50", msgpack.packb(no_container))
     live = tmp_path / "live"
     live.write_text("c-1\n\n  c-9  \n")
-    assert [x["address"] for x in leases_of(db, "stale", "--live", str(live))] == [two]
+    assert [(x["address"], x["reason"]) for x in leases_of(db, "stale", "--live", str(live))] == [
+        (two, "container not live")
+    ]
     assert [x["address"] for x in leases_of(db, "stale", "--live", "-", stdin="c-2\n")] == [one]
     assert leases_of(db, "stale") == []  # without the list the rule does not apply
     assert "container not live" in ok("stale", "--live", str(live), db=db)
@@ -640,3 +644,71 @@ def test_the_same_commands_against_etcd(tmp_path, etcd):
     assert (code, json.loads(out), err) == (0, [], "")
     code, _, err = ctl("release", "--address", "169.254.172.1", db=url)
     assert code == 1 and "gateway is never released" in err
+
+
+def test_a_migrated_lease_shows_the_same_placeholder_in_the_output_and_the_log(tmp_path, db):
+    shutil.copyfile(BOLT_FIXTURE, db)
+    ok("migrate", db=db)
+    log = tmp_path / "ecs-ipam.log"
+    owner = "0a:00:00:00:00:03"
+    released = ok("release", "--id", owner, db=db, env={"ECS_CNI_LOG_FILE": str(log)})
+    assert released == f"released 169.254.172.5 (not yet in a pool) id={owner!r} container=-\n"
+    assert (
+        log.read_text()
+        .splitlines()[-1]
+        .endswith(
+            f"ecs-ipamctl released 169.254.172.5 (not yet in a pool) by id: id={owner!r} container=- uid={os.getuid()}"
+        )
+    )
+
+
+def test_usage_output_replaces_the_file_atomically_and_a_failure_leaves_the_old_one(tmp_path, db):
+    add(db, "task-1")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    prom = textfile / "ecs_ipam.prom"
+
+    assert ok("usage", "--prometheus", "--output", str(prom), db=db) == ""
+    assert prom.read_text() == ok("usage", "--prometheus", db=db)
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+    assert os.listdir(textfile) == ["ecs_ipam.prom"]
+
+    before = prom.read_text()
+    code, out, err = ctl("usage", "--prometheus", "--output", str(prom), db=tmp_path / "absent.db")
+    assert (code, out) == (1, "") and "no database at" in err
+    assert prom.read_text() == before
+    assert os.listdir(textfile) == ["ecs_ipam.prom"], "a failed run left a file behind"
+
+    code, _, err = ctl("usage", "--prometheus", "--output", str(tmp_path / "nowhere" / "x.prom"), db=db)
+    assert code == 1
+    assert (
+        err
+        == f"ecs-ipamctl: error: cannot write --output {tmp_path / 'nowhere' / 'x.prom'}: No such file or directory\n"
+    )
+
+
+def test_leases_migrated_ahead_of_time_are_counted_with_their_subnet_unknown(tmp_path, db):
+    shutil.copyfile(BOLT_FIXTURE, db)
+    ok("migrate", db=db)
+    owners = json.loads(BOLT_FIXTURE.with_suffix(".expected.json").read_text())["entries"]
+    leases = {address for address, owner in owners.items() if address[0].isdigit() and owner != "GateWay"}
+
+    assert ok("usage", db=db).splitlines() == [
+        "SUBNET     CAPACITY  ALLOCATED  STALE  USED",
+        f"(unknown)         -  {len(leases):>9}      0     -",
+    ]
+    assert json.loads(ok("usage", "--json", db=db)) == [
+        {"subnet": None, "capacity": None, "allocated": len(leases), "stale": 0}
+    ]
+    samples = [line for line in ok("usage", "--prometheus", db=db).splitlines() if not line.startswith("#")]
+    assert samples == [
+        f'ecs_ipam_pool_allocated_addresses{{subnet="unknown"}} {len(leases)}',
+        'ecs_ipam_pool_stale_addresses{subnet="unknown"} 0',
+    ]
+    table = ok("leases", db=db).splitlines()[1:]
+    assert len(table) == len(leases) and {line.split()[1] for line in table} == {"(unknown)"}
+
+    # Once a command names their subnet, they count in its pool and the unknown line goes.
+    add(db, "task-new")
+    rows = json.loads(ok("usage", "--json", db=db))
+    assert rows == [{"subnet": V4_SUBNET, "capacity": 1021, "allocated": len(leases) + 1, "stale": 0}]

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.config import DEFAULT_DB_PATH
+from ecs_ipam.config import DEFAULT_DB_PATH, host_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "dump_db.py"
@@ -173,7 +173,7 @@ def test_database_without_buckets_lists_nothing(capsys, tmp_path):
 def test_missing_database_is_an_error_and_creates_nothing(capsys, tmp_path):
     path = tmp_path / "absent.db"
     for argv in (["--db", str(path)], ["--db", str(path), "--bucket", V4, "--json"]):
-        assert run(capsys, *argv) == (1, "", f"dump_db.py: no database at {path}\n")
+        assert run(capsys, *argv) == (1, "", f"dump_db.py: error: no database at {path}\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -181,7 +181,7 @@ def test_missing_bucket_is_an_error(capsys, db_path):
     assert run(capsys, "--db", db_path, "--bucket", "10.0.0.0/24") == (
         1,
         "",
-        f"dump_db.py: no bucket '10.0.0.0/24' in {db_path} (buckets: {V4}, {V6})\n",
+        f"dump_db.py: error: no bucket '10.0.0.0/24' in {db_path} (buckets: {V4}, {V6})\n",
     )
 
 
@@ -193,8 +193,8 @@ def test_bolt_file_of_the_go_plugin_points_to_the_migration(capsys, tmp_path):
         code, out, err = run(capsys, *argv)
         assert (code, out) == (1, "")
         assert err == (
-            f"dump_db.py: {path} is a bolt database of the Go ecs-ipam plugin, not LMDB; "
-            "convert it with tools/migrate_boltdb.py\n"
+            f"dump_db.py: error: {path} is a bolt database of the Go ecs-ipam plugin, not LMDB; "
+            "convert it with ecs-ipamctl migrate\n"
         )
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eni-ipam.db"]
@@ -204,14 +204,12 @@ def test_directory_is_an_error(capsys, tmp_path):
     assert run(capsys, "--db", str(tmp_path)) == (
         1,
         "",
-        f"dump_db.py: database path {tmp_path} is a directory\n",
+        f"dump_db.py: error: database path {tmp_path} is a directory\n",
     )
 
 
 def test_bad_arguments_exit_2(capsys):
-    with pytest.raises(SystemExit) as exited:
-        dump_db.main(["--bucket"])
-    assert exited.value.code == 2
+    assert dump_db.main(["--bucket"]) == 2
     assert "--bucket: expected one argument" in capsys.readouterr().err
 
 
@@ -222,12 +220,22 @@ def test_database_path_defaults_to_ipam_db_path(capsys, monkeypatch, db_path):
     assert out.splitlines()[0] == "key=fd00:ec2::172:1 - value=GateWayV6"
 
 
-def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch):
-    if os.path.exists(DEFAULT_DB_PATH):
+@pytest.mark.parametrize("blank", [None, "", "   "])
+def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, blank):
+    # A blank path means the default, as for the plugin (one settings reader).
+    host = host_path(DEFAULT_DB_PATH)
+    if os.path.exists(DEFAULT_DB_PATH) or os.path.exists(host):
         pytest.skip("this machine has a real database at the default path")
-    monkeypatch.delenv("IPAM_DB_PATH", raising=False)
+    if blank is None:
+        monkeypatch.delenv("IPAM_DB_PATH", raising=False)
+    else:
+        monkeypatch.setenv("IPAM_DB_PATH", blank)
     code, _, err = run(capsys)
-    assert (code, err) == (1, f"dump_db.py: no database at {DEFAULT_DB_PATH}\n")
+    assert (code, err) == (
+        1,
+        f"dump_db.py: error: no database at {DEFAULT_DB_PATH}, nor at {host} (its host side); "
+        "name the database with --db or IPAM_DB_PATH\n",
+    )
 
 
 HOLD_WRITE = """
@@ -282,3 +290,19 @@ def test_lists_while_another_process_holds_a_write_transaction(capsys, db_path, 
     assert code == 0
     assert "key=169.254.172.9 - value=task-new" in out.splitlines()
     assert "key=lastKnownIP - value=169.254.172.9" in out.splitlines()
+
+
+@pytest.mark.parametrize("argv", [["--bucket", V4], [], ["--bucket", V6, "--json"]])
+def test_ecs_ipamctl_dump_prints_what_the_tool_prints(capsys, db_path, argv):
+    tool = run(capsys, "--db", db_path, *argv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAM_", "ECS_CNI_"))}
+    for command in (["--db", db_path, "dump", *argv], ["dump", "--db", db_path, *argv]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ecs_ipam.ctl", *command],
+            capture_output=True,
+            text=True,
+            env=dict(env, PYTHONPATH=str(ROOT)),
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == tool
+    assert tool[0] == 0 and tool[1]

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
@@ -157,7 +159,7 @@ def test_refuses_what_is_no_bolt_file(tmp_path, capsys, content, message):
 
     assert migrate_tool.main([str(path)]) == 1
 
-    assert capsys.readouterr().err == f"migrate_boltdb.py: {message.format(path=path)}\n"
+    assert capsys.readouterr().err == f"migrate_boltdb.py: error: {message.format(path=path)}\n"
     assert os.listdir(tmp_path) == ([] if content is None else ["eni-ipam.db"])
 
 
@@ -168,21 +170,128 @@ def test_waits_for_the_go_plugin_then_gives_up(tmp_path, capsys):
         assert migrate_tool.main([str(path), "--timeout", "0.2"]) == 1
 
     assert re.fullmatch(
-        rf"migrate_boltdb.py: bolt database {re.escape(str(path))} is locked by another process "
+        rf"migrate_boltdb.py: error: bolt database {re.escape(str(path))} is locked by another process "
         r"\(a running Go plugin, or a migration in progress\); gave up after 0.2s\n",
         capsys.readouterr().err,
     )
     assert os.listdir(tmp_path) == ["eni-ipam.db"]
 
 
-def test_the_messages_about_bolt_files_name_this_tool(tmp_path, capsys):
+def test_the_messages_about_bolt_files_name_the_installed_command(tmp_path, capsys):
     path = bolt_copy(tmp_path)
-    tool = "tools/migrate_boltdb.py"
-    assert (ROOT / tool).is_file()
+    command = "ecs-ipamctl migrate"
 
     assert load_tool("dump_db").main(["--db", str(path)]) == 1
-    assert tool in capsys.readouterr().err
+    assert command in capsys.readouterr().err
+    assert ctl(["--db", str(path), "usage"])[0] == 1
 
     with pytest.raises(NotADatabaseError) as raised:
         kv.open_store(str(path))
-    assert tool in str(raised.value)
+    assert command in str(raised.value)
+
+
+# --- the installed command, the log line, the backups ---------------------------------------
+
+
+def ctl(argv: list[str], environ: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``ecs-ipamctl ARGV`` as a process, as an installed user runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAM_", "ECS_CNI_"))}
+    env.update(environ or {}, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "ecs_ipam.ctl", *argv], capture_output=True, text=True, env=env, timeout=60
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["migrate", "{path}"], ["--db", "{path}", "migrate"], ["migrate", "--db", "{path}"]])
+def test_ecs_ipamctl_migrate_does_what_the_tool_does(tmp_path, argv):
+    name = "ecs-agent-dualstack-2026"
+    path = bolt_copy(tmp_path, name)
+    log = tmp_path / "plugin.log"
+
+    code, out, err = ctl([arg.format(path=path) for arg in argv], {"ECS_CNI_LOG_FILE": str(log)})
+
+    summary = f"migrated 28 pairs into {path} (bucket go-plugin-IPAM); the bolt file is kept as {path}.bolt"
+    assert (code, err) == (0, "")
+    assert out.splitlines() == pair_lines(entries(name)) + [summary]
+    assert legacy_pairs(path) == entries(name)
+    assert log.read_text().splitlines()[-1].endswith(f"[info] pid={log_pid(log)} ecs-ipamctl {summary}")
+
+
+def log_pid(log: Path) -> str:
+    return re.search(r"pid=(\d+)", log.read_text().splitlines()[-1]).group(1)
+
+
+def test_ecs_ipamctl_migrate_into_another_database_and_dry_run(tmp_path):
+    path = bolt_copy(tmp_path)
+    dest = tmp_path / "new.db"
+
+    code, out, _ = ctl(["migrate", str(path), "--db", str(dest), "--dry-run"])
+    assert (code, out.splitlines()[-1]) == (0, f"would migrate 32 pairs from {path} into {dest}; nothing was written")
+    assert not dest.exists()
+    code, out, _ = ctl(["--db", str(dest), "migrate", str(path)])
+    assert (code, out.splitlines()[-1]) == (
+        0,
+        f"migrated 32 pairs from {path} into {dest} (bucket go-plugin-IPAM); {path} is unchanged",
+    )
+    assert legacy_pairs(dest) == entries("ecs-agent-classic-2019")
+
+
+def test_the_tool_is_a_script_of_the_checkout(tmp_path):
+    path = bolt_copy(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "migrate_boltdb.py"), str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[-1].startswith("would migrate 32 pairs from ")
+
+
+def test_a_second_migration_keeps_the_first_backup(tmp_path, capsys):
+    # A rollback puts the bolt file back; upgrading again must not lose the older backup.
+    path = bolt_copy(tmp_path)
+    assert migrate_tool.main([str(path)]) == 0
+    first_backup = Path(f"{path}.bolt").read_bytes()
+    shutil.copyfile(FIXTURES / "ecs-agent-dualstack-2026.db", path)
+    capsys.readouterr()
+
+    assert migrate_tool.main([str(path), "--dry-run"]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[-1].endswith(f"(the bolt file kept as {path}.bolt.1); nothing was written")
+    )
+    assert migrate_tool.main([str(path)]) == 0
+
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"migrated 28 pairs into {path} (bucket go-plugin-IPAM); the bolt file is kept as {path}.bolt.1"
+    )
+    assert Path(f"{path}.bolt").read_bytes() == first_backup
+    assert Path(f"{path}.bolt.1").read_bytes() == (FIXTURES / "ecs-agent-dualstack-2026.db").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["eni-ipam.db", "eni-ipam.db.bolt", "eni-ipam.db.bolt.1"]
+
+
+def test_the_plugin_logs_its_migration_and_the_backup(tmp_path):
+    path = bolt_copy(tmp_path)
+    Path(f"{path}.bolt").write_bytes(b"an older backup")
+    log = tmp_path / "plugin.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "IPAM_", "ECS_CNI_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        CNI_COMMAND="DEL",
+        IPAM_DB_PATH=str(path),
+        ECS_CNI_LOG_FILE=str(log),
+    )
+    netconf = {"cniVersion": "0.3.0", "name": "n", "ipam": {"id": "nobody", "ipv4-subnet": "169.254.172.0/22"}}
+    done = subprocess.run(
+        [sys.executable, "-m", "ecs_ipam"], input=json.dumps(netconf), capture_output=True, text=True, env=env
+    )
+    assert (done.returncode, done.stdout) == (0, "")
+
+    lines = [line.split(" ", 3)[3] for line in log.read_text().splitlines()]
+    assert lines[0] == (
+        f"migrated 32 pairs into {path} (bucket go-plugin-IPAM); the bolt file is kept as {path}.bolt.1"
+    )
+    assert Path(f"{path}.bolt").read_bytes() == b"an older backup"
+    assert Path(f"{path}.bolt.1").read_bytes() == (FIXTURES / "ecs-agent-classic-2019.db").read_bytes()

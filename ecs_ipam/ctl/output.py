@@ -21,21 +21,33 @@ GAUGES = {
 }
 
 
-class UsageRow(NamedTuple):
-    """What ``usage`` reports for one pool."""
+# What the tables say where a migrated lease's subnet is not known yet (it waits in the
+# legacy bucket until a command of the plugin names a subnet that contains it).
+UNKNOWN_SUBNET = "(unknown)"
 
-    subnet: str
-    capacity: int
+
+class UsageRow(NamedTuple):
+    """What ``usage`` reports for one pool, or (subnet and capacity None) for the migrated
+    leases whose subnet is not known yet."""
+
+    subnet: str | None
+    capacity: int | None
     allocated: int
     stale: int
 
 
-def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callable[[Lease], bool]) -> list[UsageRow]:
-    """One row per pool, from the pool and the leases of its addresses."""
-    return [
+def usage_rows(
+    pools: Iterable[tuple[PoolUsage, list[Lease]]], unplaced: Sequence[Lease], is_stale: Callable[[Lease], bool]
+) -> list[UsageRow]:
+    """One row per pool, from the pool and the leases of its addresses, then one for the
+    *unplaced* migrated leases, if any."""
+    rows = [
         UsageRow(usage.pool.bucket, usage.capacity, len(held), sum(1 for lease in held if is_stale(lease)))
         for usage, held in pools
     ]
+    if unplaced:
+        rows.append(UsageRow(None, None, len(unplaced), sum(1 for lease in unplaced if is_stale(lease))))
+    return rows
 
 
 # --- leases ----------------------------------------------------------------------------------
@@ -48,8 +60,18 @@ def lease_json(lease: Lease) -> dict[str, object]:
     return document
 
 
-def leases_json(leases: Sequence[Lease]) -> str:
-    return json.dumps([lease_json(lease) for lease in leases], indent=2) + "\n"
+def leases_json(leases: Sequence[Lease], reasons: Sequence[str] | None = None) -> str:
+    """A JSON list of leases; with *reasons*, each has a ``reason`` (why it looks leaked)."""
+    documents = [lease_json(lease) for lease in leases]
+    if reasons is not None:
+        for document, reason in zip(documents, reasons):
+            document["reason"] = reason
+    return json.dumps(documents, indent=2) + "\n"
+
+
+def container_text(lease: Lease) -> str:
+    """The container id as the release lines and their log lines show it (``-``: none recorded)."""
+    return _cell(lease.container_id) if lease.container_id else "-"
 
 
 def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | None = None) -> str:
@@ -58,9 +80,9 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
     rows = [
         [
             lease.address,
-            lease.subnet or "-",
+            lease.subnet or UNKNOWN_SUBNET,
             "(damaged)" if lease.damaged else _cell(lease.id) if lease.id else "(anonymous)",
-            _cell(lease.container_id) if lease.container_id else "-",
+            container_text(lease),
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
         ]
@@ -113,13 +135,19 @@ def usage_table(rows: Sequence[UsageRow]) -> str:
         return "no pools in this database\n"
     header = ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
     body = [
-        [row.subnet, str(row.capacity), str(row.allocated), str(row.stale), _percent(row.allocated, row.capacity)]
+        [
+            row.subnet or UNKNOWN_SUBNET,
+            "-" if row.capacity is None else str(row.capacity),
+            str(row.allocated),
+            str(row.stale),
+            _percent(row.allocated, row.capacity),
+        ]
         for row in rows
     ]
     return _table(header, body, right_from=1)
 
 
-def _percent(part: int, whole: int) -> str:
+def _percent(part: int, whole: int | None) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
@@ -131,7 +159,11 @@ def usage_json(rows: Sequence[UsageRow]) -> str:
 
 
 def usage_prometheus(rows: Sequence[UsageRow]) -> str:
-    """The text exposition format: a HELP and a TYPE line per gauge, then one sample per pool."""
+    """The text exposition format: a HELP and a TYPE line per gauge, then one sample per pool.
+
+    Migrated leases whose subnet is not known yet are samples labelled ``subnet="unknown"``
+    (allocated and stale; no capacity): summed over the labels, the gauges count every lease.
+    """
     values = {
         "ecs_ipam_pool_capacity_addresses": lambda row: row.capacity,
         "ecs_ipam_pool_allocated_addresses": lambda row: row.allocated,
@@ -141,7 +173,11 @@ def usage_prometheus(rows: Sequence[UsageRow]) -> str:
     for name, help_text in GAUGES.items():
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
-        lines.extend(f'{name}{{subnet="{_label(row.subnet)}"}} {values[name](row)}' for row in rows)
+        lines.extend(
+            f'{name}{{subnet="{_label(row.subnet or "unknown")}"}} {values[name](row)}'
+            for row in rows
+            if values[name](row) is not None
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +196,7 @@ def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
     verb = "would release" if dry_run else "released"
     lines = [
         f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) "
-        f"id={lease.id!r} container={_cell(lease.container_id) if lease.container_id else '-'}"
+        f"id={lease.id!r} container={container_text(lease)}"
         for lease in leases
     ]
     if not leases:
