@@ -222,12 +222,14 @@ def test_database_path_defaults_to_ipam_db_path(capsys, monkeypatch, db_path):
     assert out.splitlines()[0] == "key=fd00:ec2::172:1 - value=GateWayV6"
 
 
-def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch):
-    if os.path.exists(DEFAULT_DB_PATH):
-        pytest.skip("this machine has a real database at the default path")
+def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, tmp_path):
+    # The plugin's default, moved into tmp_path: this machine may hold a real database there.
+    assert dump_db.DEFAULT_DB_PATH == DEFAULT_DB_PATH == "/data/eni-ipam.db"
+    default = str(tmp_path / "eni-ipam.db")
+    monkeypatch.setattr(dump_db, "DEFAULT_DB_PATH", default)
     monkeypatch.delenv("IPAM_DB_PATH", raising=False)
     code, _, err = run(capsys)
-    assert (code, err) == (1, f"dump_db.py: no database at {DEFAULT_DB_PATH}\n")
+    assert (code, err) == (1, f"dump_db.py: no database at {default}\n")
 
 
 HOLD_WRITE = """
