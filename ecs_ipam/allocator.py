@@ -1,16 +1,9 @@
-"""Address arithmetic and the allocation walk of one pool, over one bucket of a transaction.
+"""The allocation walk of one pool, over one bucket of a transaction.
 
 Knows nothing of the environment, JSON or the backend: it reads and writes a
-:class:`ecs_ipam.kv.Tx` bound to the pool's bucket, and every decision is a function of
-what it read there, so a transaction can be re-run safely.
-
-Bucket layout (one bucket per subnet, named by its CIDR)::
-
-    <address>          msgpack {"id", "container_id", "ifname", "allocated_at"}
-                       (the gateway: {"id": "GateWay"} or {"id": "GateWayV6"})
-    lastKnownIP        msgpack str: the address the walk continues after
-    lastKnownIPv6      (the same, in an IPv6 bucket)
-    id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan)
+:class:`ecs_ipam.kv.Tx` bound to the pool's bucket, laid out as :mod:`ecs_ipam.pool_store`
+says, and every decision is a function of what it read there, so a transaction can be
+re-run safely.
 
 One address space per database, as in the Go plugin's single bucket: pools whose subnets
 overlap (a pool widened from /25 to /24, an IPv6 /112 inside a /64) keep their own
@@ -21,133 +14,60 @@ holds it for all of them.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
-from .addr import Address, Network, format_address, parse_address, parse_network
+from .addr import Address, Network, parse_address
+from .config import Value
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
-from .kv.base import MAX_KEY_BYTES, Tx
-
-# Names, not the module: `from . import minipack` would ask the package's lazy __getattr__
-# first, which imports importlib.
-from .minipack import UNSURE, packb, unpackb
+from .pool_store import (
+    GATEWAY_OWNER,
+    LAST_KNOWN_KEY,
+    address_records,
+    address_text,
+    drop_index,
+    gateway_record,
+    held_in,
+    lease_record,
+    owner_of,
+    pool_subnet,
+    read_last_known,
+    read_record,
+    write_index,
+    write_last_known,
+)
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any
 
     from .config import Pool
-
-    # A decoded address record: {"id": ..., "container_id": ..., ...}.
-    Record = dict[str, Any]
-
-    _Fields = tuple[object, ...]
-else:
-    # See ecs_ipam.config: the fields' types are declared in the class bodies.
-    _Fields = tuple
-
-GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
-LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
-ID_INDEX_PREFIX = "id/"
-HASHED_ID_INDEX_PREFIX = "id#"
-INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
-# Where the Go plugin's pairs wait after a migration (ecs_ipam.legacy).  Not "IPAM", the
-# Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
-# keys there must never be taken for leases.
-LEGACY_BUCKET = "go-plugin-IPAM"
+    from .kv.base import Tx
+    from .pool_store import Record
 
 
-class Owner(_Fields):
+class Owner(Value):
     """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
     (``container_id``, ``ifname``: str or None).
 
     An empty id is an anonymous owner, as in the original plugin: any number of them
     coexist, none has an id-index entry, and only a DEL naming the address releases one.
-    Written out rather than made by namedtuple: see ecs_ipam.config.
     """
 
-    __slots__ = ()
+    __slots__ = ("container_id", "id", "ifname")
 
-    def __new__(cls, id: str, container_id: str | None = None, ifname: str | None = None) -> Owner:
-        return tuple.__new__(cls, (id, container_id, ifname))
-
-    if TYPE_CHECKING:
-        id: str
-        container_id: str | None
-        ifname: str | None
-    else:
-        id = property(itemgetter(0))
-        container_id = property(itemgetter(1))
-        ifname = property(itemgetter(2))
+    def __init__(self, id: str, container_id: str | None = None, ifname: str | None = None) -> None:
+        self.id = id
+        self.container_id = container_id
+        self.ifname = ifname
 
 
-def encode(value: object) -> bytes:
-    packed = packb(value)
-    if packed is None:
-        import msgpack
+class Overlap(Value):
+    """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's."""
 
-        packed = msgpack.packb(value, use_bin_type=True)
-    return packed
+    __slots__ = ("subnet", "tx")
 
-
-def decode(raw: bytes) -> object:
-    """The value msgpack reads in *raw*, or None for anything it cannot read."""
-    value = unpackb(raw)
-    if value is not UNSURE:
-        return value
-    import msgpack
-
-    try:
-        return msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-
-
-def owner_of(record: object) -> str | None:
-    """The owner id recorded for an address, or None for a record we do not understand."""
-    if isinstance(record, dict):
-        owner = record.get("id")
-        return owner if isinstance(owner, str) else None
-    return None
-
-
-def id_index_key(owner_id: str) -> str:
-    key = ID_INDEX_PREFIX + owner_id
-    if len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and owner_id.isprintable():
-        return key
-    # Ids are data of any length (a netns path, a MAC...); a digest keeps the key within
-    # the store's limit.  Imported here: hashlib is slow to import and rarely needed.
-    import hashlib
-
-    return HASHED_ID_INDEX_PREFIX + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def address_text(value: int, version: int) -> str:
-    """The bucket key of an address: exactly ``str(netaddr.IPAddress(value, version))``.
-
-    No Address object: the walk over a run of used addresses does this once per address.
-    """
-    return format_address(value, version)
-
-
-class Overlap(_Fields):
-    """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's.
-
-    Written out rather than made by namedtuple: see ecs_ipam.config.
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, subnet: Network, tx: Tx) -> Overlap:
-        return tuple.__new__(cls, (subnet, tx))
-
-    if TYPE_CHECKING:
-        subnet: Network
-        tx: Tx
-    else:
-        subnet = property(itemgetter(0))
-        tx = property(itemgetter(1))
+    def __init__(self, subnet: Network, tx: Tx) -> None:
+        self.subnet = subnet
+        self.tx = tx
 
 
 def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overlap]:
@@ -156,33 +76,16 @@ def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overla
     :param tx: any bucket's view of the transaction.
     :param names: the database's bucket names, read once per transaction (``tx.buckets()``).
     """
-    subnet, own, ipv6 = pool.subnet, pool.bucket, pool.version == 6
+    own, ipv6 = pool.bucket, pool.version == 6
     found = []
     for name in names:
         # Cheap tests first: most databases hold one pool per family and nothing else.
-        if name == own or "/" not in name or (":" in name) != ipv6:
+        if name == own or (":" in name) != ipv6:
             continue
-        other = parse_network(name, pool.version)
-        # Pool buckets only: named by a canonical CIDR, as Pool.bucket writes it.
-        if other is None or other.ip.value != other.first or str(other) != name:
-            continue
-        if other.first <= subnet.last and subnet.first <= other.last:
+        other = pool_subnet(name)
+        if other is not None and other.first <= pool.subnet.last and pool.subnet.first <= other.last:
             found.append(Overlap(other, tx.bucket(name)))
     return found
-
-
-def _held_in(tx: Tx, owner_id: str) -> str | None:
-    """The address *owner_id* holds in the bucket *tx*, or None."""
-    pair = tx.find(id_index_key(owner_id))
-    if pair is None:
-        return None
-    address = decode(pair.value)
-    if not isinstance(address, str):
-        return None
-    record = tx.find(address)
-    if record is None or owner_of(decode(record.value)) != owner_id:
-        return None  # a stale index entry: the address went to someone else
-    return address
 
 
 class PoolAllocator:
@@ -206,20 +109,16 @@ class PoolAllocator:
     # -- reads ------------------------------------------------------------------------
 
     def record(self, address: str) -> Record | None:
-        pair = self.tx.find(address)
-        if pair is None:
-            return None
-        record = decode(pair.value)
-        return record if isinstance(record, dict) else {"id": None}
+        return read_record(self.tx, address)
 
     def held_by(self, owner_id: str) -> str | None:
         """The address *owner_id* holds in this pool's own bucket, or None."""
-        return _held_in(self.tx, owner_id)
+        return held_in(self.tx, owner_id)
 
     def held_anywhere(self, owner_id: str) -> tuple[str, Tx] | None:
         """The address *owner_id* holds in this pool or an overlapping one, with its bucket."""
         for tx in (self.tx, *(overlap.tx for overlap in self.overlapping)):
-            address = _held_in(tx, owner_id)
+            address = held_in(tx, owner_id)
             if address is not None:
                 return address, tx
         return None
@@ -235,17 +134,13 @@ class PoolAllocator:
             if parsed is not None:
                 buckets += self._containing(parsed.value)
         for tx in buckets:
-            pair = tx.find(address)
-            if pair is not None:
-                record = decode(pair.value)
-                return tx, record if isinstance(record, dict) else {"id": None}
+            record = read_record(tx, address)
+            if record is not None:
+                return tx, record
         return None
 
     def last_known(self) -> int | None:
-        pair = self.tx.find(self.last_known_key)
-        if pair is None:
-            return None
-        address = parse_address(decode(pair.value), self.pool.version)
+        address = read_last_known(self.tx, self.pool.version)
         if address is None:
             return None
         value = address.value
@@ -263,14 +158,8 @@ class PoolAllocator:
         """Every address of the pool held by a task: (address, record), also those held
         through an overlapping pool.  Scans the buckets."""
         held: list[tuple[str, Record]] = []
-        for pair in self.tx.list(""):
-            if pair.key == self.last_known_key or pair.key.startswith(INDEX_PREFIXES):
-                continue
-            record = decode(pair.value)
+        for address, value in [*address_records(self.tx), *self._overlapping_addresses()]:
             # owner_of() is None for anything but a dict: the isinstance only tells mypy so.
-            if isinstance(record, dict) and owner_of(record) not in (None, self.gateway_owner):
-                held.append((pair.key, record))
-        for address, value in self._overlapping_addresses():
             if isinstance(value, dict) and owner_of(value) not in (None, self.gateway_owner):
                 held.append((address, value))
         return held
@@ -279,10 +168,10 @@ class PoolAllocator:
         """(address, decoded value) of every address of this pool recorded by another pool."""
         found = []
         for overlap in self.overlapping:
-            for pair in overlap.tx.list(""):
-                parsed = parse_address(pair.key, self.pool.version)
+            for address, value in address_records(overlap.tx):
+                parsed = parse_address(address, self.pool.version)
                 if parsed is not None and self.first <= parsed.value <= self.last:
-                    found.append((pair.key, decode(pair.value)))
+                    found.append((address, value))
         return found
 
     def free(self) -> int:
@@ -316,7 +205,7 @@ class PoolAllocator:
                     f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(holder[1]))} "
                     f"in {holder[0].bucket_name}"
                 )
-            self.tx.put(address, encode({"id": self.gateway_owner}))
+            self.tx.put(address, gateway_record(self.pool.version))
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}")
 
@@ -375,20 +264,10 @@ class PoolAllocator:
         return self.holder(address) is not None
 
     def _claim(self, address: str, owner: Owner, now: float) -> None:
-        self.tx.put(
-            address,
-            encode(
-                {
-                    "id": owner.id,
-                    "container_id": owner.container_id or None,
-                    "ifname": owner.ifname or None,
-                    "allocated_at": now,
-                }
-            ),
-        )
+        self.tx.put(address, lease_record(owner.id, owner.container_id or None, owner.ifname or None, now))
         if owner.id:
-            self.tx.put(id_index_key(owner.id), encode(address))
-        self.tx.put(self.last_known_key, encode(address))
+            write_index(self.tx, owner.id, address)
+        write_last_known(self.tx, self.pool.version, address)
 
     def release(self, address: str, owner_id: str | None = None) -> bool:
         """Release *address* (only if *owner_id* holds it, when given); never the gateway.
@@ -408,9 +287,7 @@ class PoolAllocator:
             return False
         tx.delete(address)
         if holder:
-            index = tx.find(id_index_key(holder))
-            if index is not None and decode(index.value) == address:
-                tx.delete(index.key)
+            drop_index(tx, holder, address)
         if tx is not self.tx:
             # Released from an overlapping pool: this pool's walk continues after it when
             # it is one of its addresses.  The other pool's pointer stays, so a release
@@ -418,7 +295,7 @@ class PoolAllocator:
             parsed = parse_address(address, self.pool.version)
             if parsed is None or not self.first <= parsed.value <= self.last:
                 return True
-        self.tx.put(self.last_known_key, encode(address))
+        write_last_known(self.tx, self.pool.version, address)
         return True
 
     def release_id(self, owner_id: str) -> str | None:
@@ -426,7 +303,7 @@ class PoolAllocator:
         address = self.held_by(owner_id)
         if address is None:
             # Drop a stale index entry, if any, so the id can allocate again.
-            self.tx.delete(id_index_key(owner_id))
+            drop_index(self.tx, owner_id)
             return None
         self.release(address, owner_id)
         return address
@@ -443,7 +320,7 @@ class PoolAllocator:
         if address is not None:
             released.append(address)
         for overlap in self.overlapping:
-            address = _held_in(overlap.tx, owner_id)
+            address = held_in(overlap.tx, owner_id)
             if address is not None and self._release_from(overlap.tx, address, {"id": owner_id}, owner_id):
                 released.append(address)
         return released

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, overlapping_buckets
+from .allocator import Owner, PoolAllocator, overlapping_buckets
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -22,6 +22,7 @@ from .errors import (
     ReservationMismatchError,
     quoted,
 )
+from .pool_store import LEGACY_BUCKET
 from .results import Allocation, format_result, result_addresses
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
@@ -284,9 +285,7 @@ class IPAM:
         allocations = add(store, conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
-    def delete(
-        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
-    ) -> list[str]:
+    def delete(self, netconf: Mapping[str, Any] | NetConf) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
         :return: the released addresses ([] when nothing was held or there is no database).
@@ -297,9 +296,7 @@ class IPAM:
         store = self._open(create=False)
         return [] if store is None else delete(store, conf)
 
-    def check(
-        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
-    ) -> None:
+    def check(self, netconf: Mapping[str, Any] | NetConf) -> None:
         """Verify the reservation still matches (cniVersion 0.4.0 and later).
 
         :raises ReservationMismatchError: it does not.

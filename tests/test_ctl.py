@@ -22,8 +22,8 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.allocator import LEGACY_BUCKET, id_index_key
 from ecs_ipam.ctl import cli
+from ecs_ipam.pool_store import LEGACY_BUCKET, id_index_key
 from plugin import (
     ROOT,
     V4_SUBNET,
@@ -606,6 +606,21 @@ def test_bad_environment_and_undecodable_arguments(db):
     assert db_bytes(db) == before
 
 
+def test_the_database_option_goes_before_or_after_the_command(db, tmp_path):
+    add(db, "task-1")
+    before = ok("leases", "--json", db=db)
+    assert json.loads(before)[0]["id"] == "task-1"
+    for args in (["leases", "--db", str(db), "--json"], ["leases", "--json", "--db", str(db)]):
+        assert ok(*args) == before
+    # After the command wins over before it, as the later of two options does.
+    assert ok("--db", str(tmp_path / "elsewhere.db"), "usage", "--json", "--db", str(db)) == ok(
+        "usage", "--json", db=db
+    )
+    code, out, err = ctl("release", "--id", "task-1", "--dry-run", "--db", str(db))
+    assert code == 0 and "task-1" in out, err
+    assert "--db PATH_OR_URL" in ok("leases", "--help")
+
+
 def test_help_and_the_console_script(db):
     assert "leases" in ok("--help") and "--dry-run" in ok("release", "--help")
     script = Path(sys.executable).parent / "ecs-ipamctl"
@@ -654,9 +669,9 @@ def test_output_to_a_closed_pipe_is_not_an_error(db):
 )
 def test_a_pool_from_its_bucket_name(name, gateway, expected):
     from ecs_ipam.allocator import PoolAllocator
-    from ecs_ipam.config import Pool
+    from ecs_ipam.pool_store import pool_of_bucket
 
-    pool = Pool.of_bucket(name, gateway)
+    pool = pool_of_bucket(name, gateway)
     if expected is None:
         assert pool is None
         return
