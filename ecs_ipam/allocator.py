@@ -306,6 +306,8 @@ class PoolAllocator:
             drop_index(self.tx, owner_id)
             return None
         self.release(address, owner_id)
+        # The entry may have named another address (see held_in): the id holds none now.
+        drop_index(self.tx, owner_id)
         return address
 
     def release_owner(self, owner_id: str) -> list[str]:

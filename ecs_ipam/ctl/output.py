@@ -42,7 +42,10 @@ def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callabl
 
 
 def lease_json(lease: Lease) -> dict[str, object]:
-    return {key: getattr(lease, key) for key in LEASE_KEYS}
+    document = {key: getattr(lease, key) for key in LEASE_KEYS}
+    if lease.damaged:
+        document["damaged"] = True
+    return document
 
 
 def leases_json(leases: Sequence[Lease]) -> str:
@@ -56,7 +59,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         [
             lease.address,
             lease.subnet or "-",
-            _cell(lease.id) if lease.id else "(anonymous)",
+            "(damaged)" if lease.damaged else _cell(lease.id) if lease.id else "(anonymous)",
             _cell(lease.container_id) if lease.container_id else "-",
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
