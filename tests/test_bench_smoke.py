@@ -64,7 +64,7 @@ def test_a_failing_plugin_makes_the_run_fail(tmp_path):
 def test_full_run_measures_every_target(tmp_path):
     done = bench("--dir", str(tmp_path), timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "## Targets of issue #5 and #12\n" in done.stdout
+    assert "## Targets of issue #5, #12 and #26\n" in done.stdout
     for row in ("failed ADDs", "ADDs without a distinct address"):
         found = re.findall(rf"^\s*storm x\d+: {row}\s+(\S+)\s", done.stdout, re.MULTILINE)
         assert found and set(found) == {"0"}, (row, done.stdout)
