@@ -357,13 +357,12 @@ class PoolAllocator:
     def release_id(self, owner_id: str) -> str | None:
         """Release what *owner_id* holds in this pool; return the address, or None."""
         address = self.held_by(owner_id)
-        if address is None:
-            # Drop a stale index entry, if any, so the id can allocate again.
-            drop_index(self.tx, owner_id)
-            return None
-        self.release(address, owner_id)
-        # The entry may have named another address (see held_in): the id holds none now.
+        # The id holds nothing here afterwards, whatever its entry named (see held_in): a
+        # stale one goes too, so the id can allocate again.
         drop_index(self.tx, owner_id)
+        if address is not None:
+            # held_by read the record: the id holds it in this bucket.
+            self._release_from(self.tx, address, {"id": owner_id}, owner_id)
         return address
 
     def release_owner(self, owner_id: str) -> list[str]:
