@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.config import DEFAULT_DB_PATH, host_path
+from ecs_ipam.config import DEFAULT_DB_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "dump_db.py"
