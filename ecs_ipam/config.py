@@ -408,12 +408,9 @@ def _show(value: object, limit: int = 64) -> str:
 
 # --- environment --------------------------------------------------------------------------
 
-# The fraction is one optional group so that a long run of digits without a unit fails
-# in linear time: "[0-9]*\.?[0-9]*" can split the run in every way, which is quadratic,
-# and a variable may be 128 KiB long.
-# Compiled on first use: only a configured timeout needs it.
-_DURATION_PART = r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)"
+# Two-letter units first: "ms" is milliseconds, not minutes followed by "s".
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DIGITS = "0123456789"
 
 
 # Go's longest duration is 2^63-1 ns; the longest wait a lock of this process accepts
@@ -425,16 +422,24 @@ def parse_go_duration(text: str, name: str) -> float:
     """Seconds in a Go duration string such as ``5s``, ``250ms`` or ``1m30s``."""
     if text == "0":
         return 0.0
-    import re
-
-    part = re.compile(_DURATION_PART)
+    # Scanned by hand rather than with a regular expression: `re` costs a warm call
+    # milliseconds of imports, and every configured timeout is parsed.  Each part is
+    # digits, an optional fraction and a unit; one pass, so a long value fails in linear time.
     position, total = 0, 0.0
     while position < len(text):
-        match = part.match(text, position)
-        if not match or match.group(1) in ("", "."):
+        start = position
+        while position < len(text) and text[position] in _DIGITS:
+            position += 1
+        if position < len(text) and text[position] == ".":
+            position += 1
+            while position < len(text) and text[position] in _DIGITS:
+                position += 1
+        number = text[start:position]
+        unit = next((unit for unit in _DURATION_UNITS if text.startswith(unit, position)), None)
+        if number in ("", ".") or unit is None:
             raise InvalidEnvironmentError(f"{name} {_show(text)} is not a duration such as 5s, 500ms or 1m30s")
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
+        total += float(number) * _DURATION_UNITS[unit]
+        position += len(unit)
     if not text:
         raise InvalidEnvironmentError(f"{name} is empty; use a duration such as 5s")
     if total > MAX_DURATION:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ci_skips import pytest_runtest_makereport  # noqa: F401 - the hook: no skip under CI=true
 from etcd_server import running_etcd
 
 

@@ -201,7 +201,8 @@ def start_together(
     """Start one plugin per ``(command, conf, env_overrides)`` and let them all go at once.
 
     Returns when every plugin has loaded and the gate is open; each plugin's ``started``
-    is then the moment of the release.
+    is then the moment just before the release (taken after it, a busy machine could
+    let a plugin run for a while first, and its wait would look shorter than it was).
     :raises AssertionError: they did not all load within *timeout* seconds.
     """
     gate_read, gate_write = os.pipe()
@@ -226,9 +227,9 @@ def start_together(
                 raise AssertionError(f"only {loaded} of {len(plugins)} plugins loaded: {errors}")
             loaded += len(chunk)
     finally:
+        released = time.monotonic()
         os.close(ready_read)
         os.close(gate_write)
-    released = time.monotonic()
     for plugin in plugins:
         plugin.started = released
     return plugins

@@ -135,6 +135,19 @@ def test_del_with_neither_id_nor_address_is_code_7(db_path):
     assert read_buckets(db_path) == before
 
 
+def test_dual_stack_del_without_an_id_releases_the_one_fixed_address_given(db_path):
+    # Neither id nor address is code 7, but one fixed address of two pools is enough: the
+    # DEL releases it and leaves the other family's lease alone.
+    dual = {"ipv6_subnet": V6}
+    with IPAM(db_path) as ipam:
+        result = ipam.add(netconf(**dual))
+        assert [ip["address"] for ip in result["ips"]] == ["10.0.0.2/29", "fd00::2/125"]
+        assert ipam.delete(netconf(ipv4_address="10.0.0.2/29", **dual)) == ["10.0.0.2"]
+        assert "fd00::2" in pool_pairs(db_path, V6)
+        assert ipam.delete(netconf(ipv6_address="fd00::2/125", **dual)) == ["fd00::2"]
+    assert "10.0.0.2" not in pool_pairs(db_path) and "fd00::2" not in pool_pairs(db_path, V6)
+
+
 def prev_result(*addresses: str) -> dict:
     return {"cniVersion": "0.4.0", "ips": [{"version": "4", "address": a} for a in addresses]}
 
@@ -154,6 +167,24 @@ def test_check_without_an_id_verifies_anonymous_leases(db_path):
         checked["prevResult"] = prev_result(anonymous)
         with pytest.raises(ReservationMismatchError, match="not held anonymously"):
             ipam.check(checked)
+
+
+def test_check_reads_prev_result_addresses_the_fast_parser_leaves_to_netaddr(db_path):
+    # An address without its prefix length: the fast parser reads "a.b.c.d/n" only, so
+    # netaddr reads this one (as a /32); CHECK must still see it.
+    with IPAM(db_path) as ipam:
+        anonymous = address_of(ipam.add(netconf("0.4.0"))).split("/")[0]
+        named = address_of(ipam.add(netconf("0.4.0", id="a"))).split("/")[0]
+        checked = netconf("0.4.0")
+        checked["prevResult"] = prev_result(anonymous)
+        ipam.check(checked)
+        checked["prevResult"] = prev_result(named)
+        with pytest.raises(ReservationMismatchError, match=f"{named} in {SUBNET} is not held anonymously"):
+            ipam.check(checked)
+        by_id = netconf("0.4.0", id="a")
+        by_id["prevResult"] = prev_result(anonymous)
+        with pytest.raises(ReservationMismatchError, match=f"holds {named} in {SUBNET}, prevResult says {anonymous}$"):
+            ipam.check(by_id)
 
 
 def test_gc_collects_anonymous_leases_of_stale_attachments(db_path):

@@ -1,7 +1,9 @@
 """tools/bench.py runs end to end on tiny sizes, and says so in its exit code.
 
 Benchmarks are not tests: nothing here checks a timing.  The smoke run keeps the default
-test run quick (a few seconds); the full-size run with ``--check`` is opt-in (``-m slow``).
+test run quick (a few seconds); the full-size run is opt-in (``-m slow``), and whether it
+meets its targets is for ``python tools/bench.py --check`` to say, on a quiet machine, not
+for a test run that shares two cores with everything else.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ def test_smoke_run_prints_every_section_and_exits_0(tmp_path):
     assert re.search(r"^\s*ecs-ipam ADD\+DEL: ", out, re.MULTILINE), out
     assert re.search(r"^\s*CLI 10\.20\.0\.0/28\s+13\s", out, re.MULTILINE), out  # the /28 filled: 14 hosts - gateway
     assert measured(out, "storm x4: failed ADDs") == 0
-    assert 0 < measured(out, "memory: peak RSS of one ADD (MB)") < 1000
+    # Not a target (smoke sizes prove nothing): the memory row must be a real measurement
+    # of the ADD, which loads lmdb and json on top of the bare interpreter of the floor row.
+    rss = dict(re.findall(r"^\s*(floor|ecs-ipam ADD\+DEL): .*\s([0-9.]+)$", out, re.MULTILINE))
+    assert set(rss) == {"floor", "ecs-ipam ADD+DEL"}, out
+    assert float(rss["ecs-ipam ADD+DEL"]) == measured(out, "memory: peak RSS of one ADD (MB)")
+    assert 1 < float(rss["floor"]) < float(rss["ecs-ipam ADD+DEL"]), out
     assert measured(out, "latency: ecs-ipam pair median / floor") > 0
 
 
@@ -54,6 +61,10 @@ def test_a_failing_plugin_makes_the_run_fail(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_run_meets_the_targets(tmp_path):
-    done = bench("--check", "--dir", str(tmp_path), timeout=1200)
+def test_full_run_measures_every_target(tmp_path):
+    done = bench("--dir", str(tmp_path), timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "## Targets of issue #5, #12 and #26\n" in done.stdout
+    for row in ("failed ADDs", "ADDs without a distinct address"):
+        found = re.findall(rf"^\s*storm x\d+: {row}\s+(\S+)\s", done.stdout, re.MULTILINE)
+        assert found and set(found) == {"0"}, (row, done.stdout)

@@ -3,7 +3,11 @@ message and CNI code of what is not."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecs_ipam.config import (
     DEFAULT_DB_PATH,
@@ -790,3 +794,34 @@ def test_a_named_log_is_never_replaced():
 def test_the_plugin_itself_never_falls_back():
     # The container's view is the only one the plugin has: its settings are the defaults.
     assert parse_environment(ADD_ENV).settings == Settings(DEFAULT_DB_PATH, DEFAULT_TIMEOUT, DEFAULT_LOG_FILE, "info")
+
+
+_GO_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def _duration_by_grammar(text: str) -> float | None:
+    """The duration grammar as a regular expression: the oracle for the hand-written scanner."""
+    if text == "0":
+        return 0.0
+    position, total = 0, 0.0
+    while position < len(text):
+        match = _GO_DURATION_PART.match(text, position)
+        if not match or match.group(1) in ("", "."):
+            return None
+        total += float(match.group(1)) * {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6}.get(
+            match.group(2), {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}.get(match.group(2), 0.0)
+        )
+        position = match.end()
+    return total if text and total <= 9223372036.0 else None
+
+
+@settings(max_examples=3000)
+@given(st.text(alphabet="0123456789.nsuµμmhS -x", max_size=24))
+def test_the_duration_scanner_accepts_what_the_grammar_accepts(text):
+    expected = _duration_by_grammar(text)
+    try:
+        seconds = parse_go_duration(text, "IPAM_DB_CONNECTION_TIMEOUT")
+    except InvalidEnvironmentError:
+        assert expected is None, text
+    else:
+        assert seconds == expected, text

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -290,6 +291,73 @@ def test_a_netns_path_that_disappears_makes_its_lease_stale_and_release_frees_it
     assert ok("release", "--address", "169.254.175.250", db=db) == "nothing released: no lease at 169.254.175.250\n"
 
 
+NOBODY = 65534
+
+
+def as_nobody(function):
+    """Return what *function*() returns (JSON data) when run by the uid and gid 65534, in a
+    forked child that has given up root: root reads every path, so only another user meets
+    a path it may not read."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports through the pipe, never returns
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            os.write(write_end, json.dumps(function()).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        data = answer.read()
+    assert os.waitpid(pid, 0)[1] == 0, data
+    return json.loads(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a check as another user needs root")
+def test_a_netns_path_another_user_cannot_read_is_not_stale(tmp_path):
+    # The agent's netns path of a live task may be another user's (/proc/<pid>/ns/net): stat()
+    # answers EACCES, not ENOENT, and the lease must not be called leaked. A path that is
+    # really gone is, for that user too.
+    shared = Path(tempfile.mkdtemp(prefix="ecs-ipamctl-uid-"))
+    try:
+        shared.chmod(0o755)
+        private = shared / "private"
+        private.mkdir(mode=0o700)
+        (private / "task-1").touch()
+        (shared / "task-2").touch()
+        db = shared / "db" / "eni-ipam.db"
+        db.parent.mkdir()
+        hidden = add(db, str(private / "task-1"), "c-1")[0]
+        gone = add(db, str(shared / "task-2"), "c-2")[0]
+        (shared / "task-2").unlink()
+        assert sorted(x["address"] for x in leases_of(db, "stale")) == [gone]  # as root: task-1 exists
+        assert ctl_in_process("stale", "--json", db=db)[0] == 0  # every module the child needs, imported
+        # The database is its user's: the tool refuses a database of another uid.
+        for path in (db.parent, *db.parent.iterdir()):
+            os.chown(path, NOBODY, NOBODY)
+
+        def stale_as_nobody():
+            try:
+                os.stat(private / "task-1")
+                premise = "readable"
+            except PermissionError:
+                premise = "EACCES"
+            code, out, err = ctl_in_process("stale", "--json", db=db)
+            return premise, code, err, [(x["address"], x["id"]) for x in json.loads(out or "[]")]
+
+        premise, code, err, stale = as_nobody(stale_as_nobody)
+        assert (premise, code, err) == ("EACCES", 0, "")
+        assert stale == [[gone, str(shared / "task-2")]]
+        assert hidden not in [address for address, _ in stale]
+    finally:
+        shutil.rmtree(shared)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="ip netns add needs root")
 @pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 is not installed (Debian: apt-get install iproute2)")
 def test_a_deleted_network_namespace_makes_its_lease_stale(db):
@@ -441,13 +509,25 @@ def test_reads_never_wait_for_a_writer_and_release_gives_up_in_time(db):
     assert check_records(db)[V4_SUBNET] == {"task-1": address}
 
 
-def test_the_database_comes_from_ipam_db_path_or_the_default(tmp_path, db):
+def test_the_database_comes_from_ipam_db_path_or_the_default(tmp_path, db, monkeypatch):
     address = add(db, "task-1")[0]
     env = {"IPAM_DB_PATH": str(db)}
     assert [x["address"] for x in json.loads(ok("leases", "--json", env=env))] == [address]
-    code, _, err = ctl("leases", env={"IPAM_DB_PATH": " "})
-    if not os.path.exists("/data/eni-ipam.db"):
-        assert code == 1 and "/data/eni-ipam.db" in err
+    # Unset or blank: the default, the plugin's own, here moved into tmp_path (this machine
+    # may hold a real database at /data/eni-ipam.db, which a test must not read).
+    assert cli.DEFAULT_DB_PATH == "/data/eni-ipam.db"
+    default = tmp_path / "default" / "eni-ipam.db"
+    monkeypatch.setattr(cli, "DEFAULT_DB_PATH", str(default))
+    for environ in ({}, {"IPAM_DB_PATH": " "}):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        assert cli.main(["leases", "--json"], {"ECS_CNI_LOG_FILE": os.devnull, **environ}, None, stdout, stderr) == 1
+        assert str(default) in stderr.getvalue() and stdout.getvalue() == ""
+    default.parent.mkdir()
+    other = add(default, "task-2")[0]
+    for environ in ({}, {"IPAM_DB_PATH": " "}):
+        stdout = io.StringIO()
+        assert cli.main(["leases", "--json"], {"ECS_CNI_LOG_FILE": os.devnull, **environ}, None, stdout) == 0
+        assert [x["address"] for x in json.loads(stdout.getvalue())] == [other]
 
 
 @pytest.mark.parametrize(
@@ -558,13 +638,20 @@ def test_help_and_the_console_script(db):
 
 
 def test_output_to_a_closed_pipe_is_not_an_error(db):
+    # "ecs-ipamctl leases | head" where head has exited: the reading end is closed before
+    # the tool writes, so its first write meets the broken pipe whatever the scheduling.
     for n in range(3):
         add(db, f"task-{n}")
-    shell = f"{sys.executable} -m ecs_ipam.ctl --db {db} leases | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}"
-    proc = subprocess.run(
-        ["bash", "-c", shell], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT
-    )
-    assert proc.stdout.strip() in ("0", "") and "Traceback" not in proc.stderr, proc.stderr
+    argv = [sys.executable, "-m", "ecs_ipam.ctl", "--db", str(db), "leases"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ECS_CNI_LOG_FILE": os.devnull}
+    assert "task-2" in subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60).stdout
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 # --- the parts, in this process -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.config import DEFAULT_DB_PATH, host_path
+from ecs_ipam.config import DEFAULT_DB_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "dump_db.py"
@@ -221,11 +221,15 @@ def test_database_path_defaults_to_ipam_db_path(capsys, monkeypatch, db_path):
 
 
 @pytest.mark.parametrize("blank", [None, "", "   "])
-def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, blank):
-    # A blank path means the default, as for the plugin (one settings reader).
-    host = host_path(DEFAULT_DB_PATH)
-    if os.path.exists(DEFAULT_DB_PATH) or os.path.exists(host):
-        pytest.skip("this machine has a real database at the default path")
+def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, tmp_path, blank):
+    # A blank path means the default, as for the plugin (one settings reader).  The default
+    # and its host side are moved into tmp_path: this machine may hold a real database there.
+    from ecs_ipam import config
+
+    assert DEFAULT_DB_PATH == "/data/eni-ipam.db"
+    default, host = str(tmp_path / "data" / "eni-ipam.db"), str(tmp_path / "host" / "eni-ipam.db")
+    monkeypatch.setattr(config, "DEFAULT_DB_PATH", default)
+    monkeypatch.setattr(config, "HOST_FOLDERS", ((str(tmp_path / "data"), str(tmp_path / "host")),))
     if blank is None:
         monkeypatch.delenv("IPAM_DB_PATH", raising=False)
     else:
@@ -233,7 +237,7 @@ def test_without_ipam_db_path_the_plugin_default_is_read(capsys, monkeypatch, bl
     code, _, err = run(capsys)
     assert (code, err) == (
         1,
-        f"dump_db.py: error: no database at {DEFAULT_DB_PATH}, nor at {host} (its host side); "
+        f"dump_db.py: error: no database at {default}, nor at {host} (its host side); "
         "name the database with --db or IPAM_DB_PATH\n",
     )
 

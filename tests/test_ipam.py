@@ -4,6 +4,7 @@ embedded ``IPAM`` class on real LMDB files."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import msgpack
@@ -304,8 +305,16 @@ def checked(db_path):
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
 def test_check_passes_while_the_reservation_exists(checked, version):
+    pools = {"ipv4_subnet": "10.0.0.0/24", "ipv6_subnet": "fd00::/64"}
     with IPAM(checked) as ipam:
-        ipam.check(netconf(version, id="a", ipv4_subnet="10.0.0.0/24", ipv6_subnet="fd00::/64"))
+        assert ipam.check(netconf(version, id="a", **pools)) is None
+        # The same CHECK for an id that holds nothing fails: the pass above was a lookup.
+        with pytest.raises(ReservationMismatchError, match=r"^id 'b' holds no address in 10\.0\.0\.0/24$"):
+            ipam.check(netconf(version, id="b", **pools))
+        # And once "a" has released its IPv6 address, its CHECK fails on that pool.
+        assert ipam.delete(netconf(version, id="a", ipv6_subnet="fd00::/64")) == ["fd00::2"]
+        with pytest.raises(ReservationMismatchError, match=r"^id 'a' holds no address in fd00::/64$"):
+            ipam.check(netconf(version, id="a", **pools))
 
 
 @pytest.mark.parametrize(
@@ -321,7 +330,13 @@ def test_check_passes_while_the_reservation_exists(checked, version):
 )
 def test_check_accepts_a_matching_prev_result(checked, prev_result):
     data = netconf("1.0.0", id="a", ipv4_subnet="10.0.0.0/24", ipv6_subnet="fd00::/64") | {"prevResult": prev_result}
-    IPAM(checked).check(data)
+    assert IPAM(checked).check(data) is None
+    # The same shape naming another IPv4 address fails: prevResult was read, in this shape.
+    other = json.loads(json.dumps(prev_result).replace("10.0.0.2/", "10.0.0.9/"))
+    with pytest.raises(
+        ReservationMismatchError, match=r"^id 'a' holds 10\.0\.0\.2 in 10\.0\.0\.0/24, prevResult says 10\.0\.0\.9$"
+    ):
+        IPAM(checked).check(data | {"prevResult": other})
 
 
 def test_check_after_del_is_code_103(checked):
@@ -468,7 +483,18 @@ def test_status_counts_fixed_addresses(db_path):
 
 
 def test_status_on_a_missing_database(tmp_path, db_path):
-    IPAM(db_path).status(netconf("1.1.0", ipv4_subnet="10.0.0.0/30"))
+    # No database: nothing is held, so even a pool of one address can serve an ADD; and
+    # STATUS, a read, creates nothing.
+    one_address = netconf("1.1.0", ipv4_subnet="10.0.0.0/30")
+    assert IPAM(db_path).status(one_address) is None
+    assert os.listdir(tmp_path) == []
+    with IPAM(db_path) as ipam:
+        ipam.add(netconf("1.1.0", id="a", ipv4_subnet="10.0.0.0/30"))
+        with pytest.raises(NotAvailableError):
+            ipam.status(one_address)
+    for name in os.listdir(tmp_path):
+        os.unlink(tmp_path / name)
+    assert IPAM(db_path).status(one_address) is None
     assert os.listdir(tmp_path) == []
 
 

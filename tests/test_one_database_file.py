@@ -186,8 +186,12 @@ def _unshare_available() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("other_filesystem", [False, True], ids=["same-filesystem", "tmpfs"])
-def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem):
+@pytest.mark.parametrize(
+    "other_filesystem, without_proc",
+    [(False, False), (True, False), (True, True)],
+    ids=["same-filesystem", "tmpfs", "tmpfs-without-proc"],
+)
+def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem, without_proc):
     reason = _unshare_available()
     if reason:
         pytest.skip(reason)
@@ -208,6 +212,10 @@ def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem)
         script = script.replace(
             'mount --bind "$REAL"', 'mount -t tmpfs none "$DIR"\ntouch "$TARGET"\nmount --bind "$REAL"'
         )
+    if without_proc:
+        # An empty /proc: no mount ids, so the device numbers must decide (and the message
+        # cannot name the mount's source).
+        script = script.replace('"$PYTHON" -m', 'mount -t tmpfs none /proc\n"$PYTHON" -m')
     env = {
         **os.environ,
         "REAL": str(real),
@@ -228,9 +236,12 @@ def test_a_single_file_mounted_on_its_own_is_refused(tmp_path, other_filesystem)
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, env=env, cwd=ROOT)
     error = json.loads(done.stdout)
     assert (done.returncode, error["code"]) == (1, 5), (error, done.stderr)
-    # The message names the mount's source: the host file, as a path within its file system.
-    assert error["msg"].startswith(f"database {target} is a single file mounted from /"), error
-    assert "host/eni-ipam.db on " in error["msg"]
+    if without_proc:
+        assert error["msg"].startswith(f"database {target} is a single file mounted from another place;"), error
+    else:
+        # The message names the mount's source: the host file, as a path within its file system.
+        assert error["msg"].startswith(f"database {target} is a single file mounted from /"), error
+        assert "host/eni-ipam.db on " in error["msg"]
     assert error["msg"].endswith("mount the directory that holds the database instead")
     assert files_snapshot(host) == before
     assert not (container / "eni-ipam.db-lock").exists()

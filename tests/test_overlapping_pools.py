@@ -142,6 +142,21 @@ def test_narrowed_pool_and_leases_outside_it(ipam):
     assert ipam.delete(conf("gw", "10.0.0.0/24")) == ["10.0.1.5"]
 
 
+def test_a_release_outside_the_pool_leaves_its_walk_where_it_was(ipam):
+    # A DEL through the /24 of what "far" holds at .200 (in the /23, outside the /24) must
+    # not move the /24's walk pointer there: out of range, the walk would restart at the
+    # start of the pool, on the address released just before (.2) instead of after .3.
+    for owner in ("a", "b", "c"):
+        ipam.add(conf(owner, "10.0.0.0/24"))  # .2 .3 .4
+    assert ipam.delete(conf("a", "10.0.0.0/24")) == ["10.0.0.2"]
+    assert address_of(ipam.add(conf("d", "10.0.0.0/24"))) == "10.0.0.5/24"  # after .2
+    ipam.add(conf("far", "10.0.0.0/23", ipv4_address="10.0.1.200/23"))
+    assert ipam.delete(conf("far", "10.0.0.0/24")) == ["10.0.1.200"]
+    assert check_records(ipam.db_path)["10.0.0.0/23"] == {}
+    assert read_buckets(ipam.db_path)["10.0.0.0/24"]["lastKnownIP"] == "10.0.0.5"
+    assert address_of(ipam.add(conf("e", "10.0.0.0/24"))) == "10.0.0.6/24"
+
+
 def test_check_status_and_gc_see_leases_held_through_an_overlapping_pool(ipam):
     ipam.add(conf("a", "10.0.0.0/25", "1.1.0"), container_id="c-a", ifname="eth0")
     ipam.check(conf("a", "10.0.0.0/24", "1.1.0"))
