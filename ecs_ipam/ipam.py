@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, overlapping_buckets
+from .allocator import LEGACY_BUCKET, Owner, PoolAllocator, id_index_key, overlapping_buckets
 from .config import NetConf, Pool, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -91,9 +91,36 @@ def delete(store: Store, conf: NetConf) -> list[str]:
                     released.append(address)
             if conf.owner_id is not None:
                 released += allocator.release_owner(conf.owner_id)
+        if conf.owner_id is not None:
+            released += _release_in_other_pools(tx, names, conf.owner_id)
         return released
 
     return store.transact(body)
+
+
+def _release_in_other_pools(tx: Tx, names: list[str], owner_id: str) -> list[str]:
+    """Release what *owner_id* holds in the pool buckets the configuration does not reach.
+
+    The Go plugin releases an id in its whole database, and the ECS agent counts on it:
+    its newer path adds a task dual-stack but may build the DEL from what exists at DEL
+    time, IPv4 only (after a reboot emptied /var/run/netns).  One index lookup per pool
+    bucket, not a scan of leases; a bucket that holds nothing for the id is only read.
+    Each release is the one a DEL naming that pool would make (its walk continues after
+    the released address).
+    """
+    released = []
+    key = id_index_key(owner_id)
+    for name in names:
+        # Pool buckets are named by a CIDR; the cheap test skips the others before a read.
+        if "/" not in name:
+            continue
+        bucket = tx.bucket(name)
+        if not bucket.exists(key):
+            continue
+        pool = Pool.of_bucket(name)
+        if pool is not None:
+            released += PoolAllocator(pool, bucket).release_owner(owner_id)
+    return released
 
 
 def check(store: Store, conf: NetConf) -> None:
