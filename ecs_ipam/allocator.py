@@ -11,6 +11,9 @@ Bucket layout (one bucket per subnet, named by its CIDR)::
     lastKnownIP        msgpack str: the address the walk continues after
     lastKnownIPv6      (the same, in an IPv6 bucket)
     id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan)
+    at/<container>/<ifname>
+                       msgpack str: the address a CNI attachment holds (``"owner":
+                       "attachment"``); its record has the id "" and ``"owner": "attachment"``
 
 One address space per database, as in the Go plugin's single bucket: pools whose subnets
 overlap (a pool widened from /25 to /24, an IPv6 /112 inside a /64) keep their own
@@ -24,6 +27,7 @@ from __future__ import annotations
 from operator import itemgetter
 
 from .addr import Address, Network, format_address, parse_address, parse_network
+from .config import ATTACHMENT_OWNER
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .kv.base import MAX_KEY_BYTES, Tx
 
@@ -51,7 +55,17 @@ GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
 LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
 ID_INDEX_PREFIX = "id/"
 HASHED_ID_INDEX_PREFIX = "id#"
-INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
+# The owner of an allocation made with ``"owner": "attachment"`` is the CNI attachment
+# (container id, interface).  It gets an entry in the same index as an id, so that every
+# path that finds, checks and releases by id (the pool's own bucket, overlapping pools,
+# every pool of the database) serves it unchanged; the index key is its "owner key".  Its
+# entries live under their own prefixes: an id's key always starts with "id/" or "id#",
+# so no ECS id, whatever its text, can name an attachment's entry or the other way round.
+ATTACHMENT_INDEX_PREFIX = "at/"
+HASHED_ATTACHMENT_INDEX_PREFIX = "at#"
+INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX, ATTACHMENT_INDEX_PREFIX, HASHED_ATTACHMENT_INDEX_PREFIX)
+# The record field that marks an attachment's allocation (its value: ATTACHMENT_OWNER).
+OWNER_FIELD = "owner"
 # Where the Go plugin's pairs wait after a migration (ecs_ipam.legacy).  Not "IPAM", the
 # Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
 # keys there must never be taken for leases.
@@ -60,7 +74,8 @@ LEGACY_BUCKET = "go-plugin-IPAM"
 
 class Owner(_Fields):
     """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
-    (``container_id``, ``ifname``: str or None).
+    (``container_id``, ``ifname``: str or None); with ``attachment`` true (``"owner":
+    "attachment"``), the attachment itself, and ``id`` is "".
 
     An empty id is an anonymous owner, as in the original plugin: any number of them
     coexist, none has an id-index entry, and only a DEL naming the address releases one.
@@ -69,17 +84,28 @@ class Owner(_Fields):
 
     __slots__ = ()
 
-    def __new__(cls, id: str, container_id: str | None = None, ifname: str | None = None) -> Owner:
-        return tuple.__new__(cls, (id, container_id, ifname))
+    def __new__(
+        cls, id: str, container_id: str | None = None, ifname: str | None = None, attachment: bool = False
+    ) -> Owner:
+        return tuple.__new__(cls, (id, container_id, ifname, attachment))
 
     if TYPE_CHECKING:
         id: str
         container_id: str | None
         ifname: str | None
+        attachment: bool
     else:
         id = property(itemgetter(0))
         container_id = property(itemgetter(1))
         ifname = property(itemgetter(2))
+        attachment = property(itemgetter(3))
+
+    @property
+    def key(self) -> str | None:
+        """The owner's index key, or None for an anonymous owner."""
+        if self.attachment:
+            return attachment_index_key(self.container_id or "", self.ifname or "")
+        return id_index_key(self.id) if self.id else None
 
 
 def encode(value: object) -> bytes:
@@ -121,6 +147,36 @@ def id_index_key(owner_id: str) -> str:
     import hashlib
 
     return HASHED_ID_INDEX_PREFIX + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def attachment_index_key(container_id: str, ifname: str) -> str:
+    """The index key of the attachment (*container_id*, *ifname*)."""
+    key = f"{ATTACHMENT_INDEX_PREFIX}{container_id}/{ifname}"
+    # A "/" in the container id would make two attachments one text; libcni never sends
+    # one, but the key must stay unambiguous whatever arrives.
+    if "/" not in container_id and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and key.isprintable():
+        return key
+    import hashlib
+
+    return HASHED_ATTACHMENT_INDEX_PREFIX + hashlib.sha256(encode([container_id, ifname])).hexdigest()
+
+
+def is_attachment_record(record: object) -> bool:
+    """Whether *record* is an address held by an attachment (``"owner": "attachment"``)."""
+    return isinstance(record, dict) and record.get(OWNER_FIELD) == ATTACHMENT_OWNER
+
+
+def owner_key(record: object) -> str | None:
+    """The index key of the owner an address record names: its attachment's or its id's;
+    None for an anonymous lease, or a record we do not understand."""
+    if is_attachment_record(record):
+        assert isinstance(record, dict)  # for mypy: is_attachment_record checked it
+        container_id, ifname = record.get("container_id"), record.get("ifname")
+        if isinstance(container_id, str) and isinstance(ifname, str):
+            return attachment_index_key(container_id, ifname)
+        return None
+    owner = owner_of(record)
+    return id_index_key(owner) if owner else None
 
 
 def address_text(value: int, version: int) -> str:
@@ -171,16 +227,16 @@ def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overla
     return found
 
 
-def _held_in(tx: Tx, owner_id: str) -> str | None:
-    """The address *owner_id* holds in the bucket *tx*, or None."""
-    pair = tx.find(id_index_key(owner_id))
+def held_in(tx: Tx, key: str) -> str | None:
+    """The address the owner of index *key* (:attr:`Owner.key`) holds in the bucket *tx*, or None."""
+    pair = tx.find(key)
     if pair is None:
         return None
     address = decode(pair.value)
     if not isinstance(address, str):
         return None
     record = tx.find(address)
-    if record is None or owner_of(decode(record.value)) != owner_id:
+    if record is None or owner_key(decode(record.value)) != key:
         return None  # a stale index entry: the address went to someone else
     return address
 
@@ -214,12 +270,13 @@ class PoolAllocator:
 
     def held_by(self, owner_id: str) -> str | None:
         """The address *owner_id* holds in this pool's own bucket, or None."""
-        return _held_in(self.tx, owner_id)
+        return held_in(self.tx, id_index_key(owner_id))
 
-    def held_anywhere(self, owner_id: str) -> tuple[str, Tx] | None:
-        """The address *owner_id* holds in this pool or an overlapping one, with its bucket."""
+    def held_anywhere(self, key: str) -> tuple[str, Tx] | None:
+        """The address the owner of index *key* holds in this pool or an overlapping one,
+        with its bucket."""
         for tx in (self.tx, *(overlap.tx for overlap in self.overlapping)):
-            address = _held_in(tx, owner_id)
+            address = held_in(tx, key)
             if address is not None:
                 return address, tx
         return None
@@ -347,7 +404,8 @@ class PoolAllocator:
             prefixlen = self.pool.subnet.prefixlen
         # After the address, as in the original: a taken address or a full pool is what
         # the caller hears about first, also when the id holds an address already.
-        held = self.held_anywhere(owner.id) if owner.id else None
+        key = owner.key
+        held = self.held_anywhere(key) if key else None
         if held is not None:
             raise IdAlreadyAllocatedError(
                 f"id already exists: {quoted(owner.id)} holds {held[0]} in {held[1].bucket_name}"
@@ -374,24 +432,47 @@ class PoolAllocator:
     def _taken_anywhere(self, address: str) -> bool:
         return self.holder(address) is not None
 
+    def held_for(self, owner: Owner) -> Network | None:
+        """What an attachment already holds for this pool, as its ADD answers it, or None.
+
+        A runtime may repeat an ADD (a retry after a timeout, a restart): the attachment
+        gets the address it holds, never a second one.
+        :raises IdAlreadyAllocatedError: it holds an address this configuration would not
+            give it (another fixed address, or one outside a narrowed subnet).
+        """
+        key = owner.key
+        found = self.held_anywhere(key) if key else None
+        if found is None:
+            return None
+        address, tx = found
+        ip = parse_address(address, self.pool.version)
+        fixed = self.pool.fixed_address
+        wanted = fixed.ip.value if fixed is not None else None
+        if ip is None or ip not in self.pool.subnet or wanted not in (None, ip.value):
+            raise IdAlreadyAllocatedError(
+                f"id already exists: attachment {quoted(owner.container_id)}/{quoted(owner.ifname)} holds {address} "
+                f"in {tx.bucket_name}"
+            )
+        return Network(ip, fixed.prefixlen if fixed is not None else self.pool.subnet.prefixlen)
+
     def _claim(self, address: str, owner: Owner, now: float) -> None:
-        self.tx.put(
-            address,
-            encode(
-                {
-                    "id": owner.id,
-                    "container_id": owner.container_id or None,
-                    "ifname": owner.ifname or None,
-                    "allocated_at": now,
-                }
-            ),
-        )
-        if owner.id:
-            self.tx.put(id_index_key(owner.id), encode(address))
+        record: dict[str, object] = {
+            "id": owner.id,
+            "container_id": owner.container_id or None,
+            "ifname": owner.ifname or None,
+            "allocated_at": now,
+        }
+        if owner.attachment:
+            record[OWNER_FIELD] = ATTACHMENT_OWNER
+        self.tx.put(address, encode(record))
+        key = owner.key
+        if key:
+            self.tx.put(key, encode(address))
         self.tx.put(self.last_known_key, encode(address))
 
-    def release(self, address: str, owner_id: str | None = None) -> bool:
-        """Release *address* (only if *owner_id* holds it, when given); never the gateway.
+    def release(self, address: str, owner_id: str | None = None, key: str | None = None) -> bool:
+        """Release *address* (only if *owner_id* holds it, or the owner of index *key*,
+        when given); never the gateway.
 
         The last-known pointer moves to the released address, as in the original plugin,
         so the walk continues after it.
@@ -400,15 +481,18 @@ class PoolAllocator:
         found = self.holder(address)
         if found is None:
             return False
-        return self._release_from(found[0], address, found[1], owner_id)
+        tx, record = found
+        if (owner_id is not None and owner_of(record) != owner_id) or (key is not None and owner_key(record) != key):
+            return False
+        return self._release_from(tx, address, record)
 
-    def _release_from(self, tx: Tx, address: str, record: Record, owner_id: str | None) -> bool:
-        holder = owner_of(record)
-        if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
+    def _release_from(self, tx: Tx, address: str, record: Record) -> bool:
+        if owner_of(record) == self.gateway_owner:
             return False
         tx.delete(address)
-        if holder:
-            index = tx.find(id_index_key(holder))
+        key = owner_key(record)
+        if key:
+            index = tx.find(key)
             if index is not None and decode(index.value) == address:
                 tx.delete(index.key)
         if tx is not self.tx:
@@ -423,27 +507,34 @@ class PoolAllocator:
 
     def release_id(self, owner_id: str) -> str | None:
         """Release what *owner_id* holds in this pool; return the address, or None."""
-        address = self.held_by(owner_id)
+        return self.release_key(id_index_key(owner_id))
+
+    def release_key(self, key: str) -> str | None:
+        """Release what the owner of index *key* holds in this pool; return the address, or None."""
+        address = held_in(self.tx, key)
         if address is None:
-            # Drop a stale index entry, if any, so the id can allocate again.
-            self.tx.delete(id_index_key(owner_id))
+            # Drop a stale index entry, if any, so the owner can allocate again.
+            self.tx.delete(key)
             return None
-        self.release(address, owner_id)
+        self.release(address, key=key)
         return address
 
-    def release_owner(self, owner_id: str) -> list[str]:
-        """Release what *owner_id* holds in this pool and in every overlapping one.
+    def release_owner(self, key: str) -> list[str]:
+        """Release what the owner of index *key* holds in this pool and in every overlapping one.
 
         After a pool was widened or narrowed, the agent releases with the new
         configuration what the id took with the old one.
         :return: the released addresses.
         """
         released = []
-        address = self.release_id(owner_id)
+        address = self.release_key(key)
         if address is not None:
             released.append(address)
         for overlap in self.overlapping:
-            address = _held_in(overlap.tx, owner_id)
-            if address is not None and self._release_from(overlap.tx, address, {"id": owner_id}, owner_id):
+            address = held_in(overlap.tx, key)
+            if address is None:
+                continue
+            record = decode(overlap.tx.get(address).value)
+            if isinstance(record, dict) and self._release_from(overlap.tx, address, record):
                 released.append(address)
         return released

@@ -83,15 +83,21 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
 
     from .ipam import IPAM
 
+    # The attachment is the owner with "owner": "attachment": name it whole.
+    if conf.by_attachment:
+        owner = f"attachment={env.container_id!r}/{env.ifname!r}"
+    else:
+        owner = f"id={conf.owner_id!r}"
     with IPAM(env.db_path, env.timeout, environ=environ) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))
-            log.info(f"ADD id={conf.owner_id!r} container={env.container_id!r} -> {addresses}")
+            container = "" if conf.by_attachment else f" container={env.container_id!r}"
+            log.info(f"ADD {owner}{container} -> {addresses}")
             return result
         if env.command == "DEL":
             released = ipam.delete(conf, env.container_id, env.ifname)
-            log.info(f"DEL id={conf.owner_id!r} released {released or 'nothing'}")
+            log.info(f"DEL {owner} released {released or 'nothing'}")
         elif env.command == "CHECK":
             ipam.check(conf, env.container_id, env.ifname)
         elif env.command == "GC":

@@ -35,6 +35,8 @@ MAX_DB_PATH = 4096
 # network, gateway and (IPv4) broadcast addresses.
 MAX_PREFIX = {4: 30, 6: 126}
 FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
+# The one value of ipam.owner.
+ATTACHMENT_OWNER = "attachment"
 
 # The values below are tuples with named fields, written out: the plugin imports this
 # module in every container start, and each class made by collections.namedtuple compiles
@@ -141,7 +143,8 @@ class NetConf(_Fields):
 
     ``cni_version`` (str), ``owner_id`` (str or None), ``pools`` (tuple of :class:`Pool`,
     IPv4 first), ``prev_result`` (mapping or None), ``valid_attachments`` (tuple of
-    :class:`Attachment` or None).
+    :class:`Attachment` or None), ``by_attachment`` (bool: ``"owner": "attachment"``, the
+    CNI attachment owns the allocation; then ``owner_id`` is None).
     """
 
     __slots__ = ()
@@ -153,8 +156,9 @@ class NetConf(_Fields):
         pools: tuple[Pool, ...],
         prev_result: Mapping[str, Any] | None = None,
         valid_attachments: tuple[Attachment, ...] | None = None,
+        by_attachment: bool = False,
     ) -> NetConf:
-        return tuple.__new__(cls, (cni_version, owner_id, pools, prev_result, valid_attachments))
+        return tuple.__new__(cls, (cni_version, owner_id, pools, prev_result, valid_attachments, by_attachment))
 
     if TYPE_CHECKING:
         cni_version: str
@@ -162,12 +166,14 @@ class NetConf(_Fields):
         pools: tuple[Pool, ...]
         prev_result: Mapping[str, Any] | None
         valid_attachments: tuple[Attachment, ...] | None
+        by_attachment: bool
     else:
         cni_version = property(itemgetter(0))
         owner_id = property(itemgetter(1))
         pools = property(itemgetter(2))
         prev_result = property(itemgetter(3))
         valid_attachments = property(itemgetter(4))
+        by_attachment = property(itemgetter(5))
 
 
 class Environment(_Fields):
@@ -246,6 +252,17 @@ def parse_netconf(data: object) -> NetConf:
         raise InvalidConfigError(f"ipam.id must be a string, got {_show(owner_id)}")
     if owner_id is not None and not _is_text(owner_id):
         raise InvalidConfigError(f"ipam.id {_show(owner_id)} is not valid unicode text")
+    by_attachment = "owner" in ipam
+    if by_attachment:
+        # Opt-in, for runtimes that send no id (podman, containerd, cnitool): without the
+        # key the Go plugin's semantics stay exactly as they are.
+        if ipam["owner"] != ATTACHMENT_OWNER:
+            raise InvalidConfigError(f'ipam.owner must be "{ATTACHMENT_OWNER}", got {_show(ipam["owner"])}')
+        if owner_id:
+            raise InvalidConfigError(
+                f'ipam.owner "{ATTACHMENT_OWNER}" and ipam.id {_show(owner_id)} cannot be used together: '
+                "the attachment owns the allocation"
+            )
     pools = tuple(pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None)
     if not pools:
         raise InvalidConfigError("ipam.ipv4-subnet or ipam.ipv6-subnet is required")
@@ -258,6 +275,7 @@ def parse_netconf(data: object) -> NetConf:
         pools=pools,
         prev_result=prev_result,
         valid_attachments=_parse_attachments(data),
+        by_attachment=by_attachment,
     )
 
 
@@ -446,6 +464,20 @@ _REQUIRED = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "CHECK": ("CNI_CONTAINERID", "CNI_IFNAME"),
 }
+
+
+def attachment_of(command: str, container_id: str | None, ifname: str | None) -> Attachment:
+    """The attachment that owns the allocation of a ``"owner": "attachment"`` command.
+
+    :raises InvalidEnvironmentError: CNI_CONTAINERID or CNI_IFNAME is missing or not text.
+    """
+    for name, value in (("CNI_CONTAINERID", container_id), ("CNI_IFNAME", ifname)):
+        if not value:
+            raise InvalidEnvironmentError(f'{name} is required for {command} with ipam.owner "{ATTACHMENT_OWNER}"')
+        if not _is_text(value):
+            raise InvalidEnvironmentError(f"{name} {_show(value)} is not valid unicode text")
+    assert container_id and ifname  # checked above, for mypy
+    return Attachment(container_id, ifname)
 
 
 def parse_environment(environ: Mapping[str, str]) -> Environment:
