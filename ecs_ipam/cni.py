@@ -84,10 +84,7 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
     from .ipam import IPAM
 
     # The attachment is the owner with "owner": "attachment": name it whole.
-    if conf.by_attachment:
-        owner = f"attachment={env.container_id!r}/{env.ifname!r}"
-    else:
-        owner = f"id={conf.owner_id!r}"
+    owner = f"attachment={env.container_id!r}/{env.ifname!r}" if conf.by_attachment else f"id={conf.owner_id!r}"
     with IPAM(env.db_path, env.timeout, environ=environ) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)

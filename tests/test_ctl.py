@@ -36,7 +36,7 @@ from plugin import (
     run_plugin,
 )
 
-LEASE_KEYS = ["address", "subnet", "id", "container_id", "ifname", "allocated_at"]
+LEASE_KEYS = ["address", "subnet", "id", "container_id", "ifname", "allocated_at", "owner"]
 USAGE_KEYS = ["subnet", "capacity", "allocated", "stale"]
 GAUGES = (
     "ecs_ipam_pool_capacity_addresses",
@@ -193,7 +193,9 @@ def test_migrated_and_anonymous_leases_are_listed(db):
         "container_id": None,
         "ifname": None,
         "allocated_at": None,
+        "owner": "id",
     }
+    assert by_address[anonymous]["owner"] == "anonymous"
     assert "(anonymous)" in ok("leases", db=db)
     usage = json.loads(ok("usage", "--json", db=db))
     assert usage == [{"subnet": V4_SUBNET, "capacity": 1021, "allocated": len(owners) + 3, "stale": 0}]

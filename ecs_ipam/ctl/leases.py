@@ -20,6 +20,7 @@ from ..allocator import (
     LEGACY_BUCKET,
     PoolAllocator,
     decode,
+    is_attachment_record,
     owner_of,
 )
 from ..config import Pool
@@ -45,6 +46,7 @@ class Lease(NamedTuple):
     migrated: bool  # recorded by the Go plugin (no container id, no time)
     bucket: str  # where its record lives: the pool's bucket or LEGACY_BUCKET
     key: str  # its key in that bucket
+    attachment: bool = False  # owned by its attachment ("owner": "attachment"); id is ""
 
 
 class PoolUsage(NamedTuple):
@@ -118,6 +120,7 @@ def read_holdings(tx: Tx) -> Holdings:
                 record.get("migrated") is True,
                 name,
                 address,
+                is_attachment_record(record),
             )
             for address, record in allocator.reservations()
         ]

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from .leases import Lease, PoolUsage
 
 LEASE_KEYS = ("address", "subnet", "id", "container_id", "ifname", "allocated_at")
+# What owns a lease, in the JSON "owner" key.
+OWNER_ID, OWNER_ATTACHMENT, OWNER_NONE = "id", "attachment", "anonymous"
 
 # Gauge name -> help text; the names are part of the interface (dashboards use them).
 GAUGES = {
@@ -42,7 +44,9 @@ def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callabl
 
 
 def lease_json(lease: Lease) -> dict[str, object]:
-    return {key: getattr(lease, key) for key in LEASE_KEYS}
+    document: dict[str, object] = {key: getattr(lease, key) for key in LEASE_KEYS}
+    document["owner"] = OWNER_ATTACHMENT if lease.attachment else OWNER_ID if lease.id else OWNER_NONE
+    return document
 
 
 def leases_json(leases: Sequence[Lease]) -> str:
@@ -56,7 +60,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         [
             lease.address,
             lease.subnet or "-",
-            _cell(lease.id) if lease.id else "(anonymous)",
+            _owner_cell(lease),
             _cell(lease.container_id) if lease.container_id else "-",
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
@@ -68,6 +72,12 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         for row, reason in zip(rows, reasons, strict=True):
             row.append(reason)
     return _table(header, rows)
+
+
+def _owner_cell(lease: Lease) -> str:
+    if lease.attachment:
+        return "(attachment)"  # the CONTAINER and IFNAME columns name it
+    return _cell(lease.id) if lease.id else "(anonymous)"
 
 
 def _age(lease: Lease, now: float) -> str:
@@ -142,6 +152,13 @@ def usage_prometheus(rows: Sequence[UsageRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _owner_words(lease: Lease) -> str:
+    container = _cell(lease.container_id) if lease.container_id else "-"
+    if lease.attachment:
+        return f"attachment={container}/{_cell(lease.ifname or '')}"
+    return f"id={lease.id!r} container={container}"
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -156,9 +173,7 @@ def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
     """
     verb = "would release" if dry_run else "released"
     lines = [
-        f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) "
-        f"id={lease.id!r} container={_cell(lease.container_id) if lease.container_id else '-'}"
-        for lease in leases
+        f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) {_owner_words(lease)}" for lease in leases
     ]
     if not leases:
         lines.append(f"{'nothing to release' if dry_run else 'nothing released'}: {asked}")
