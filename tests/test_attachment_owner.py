@@ -109,7 +109,7 @@ def test_a_repeated_add_completes_a_family_added_since(db):
 
 
 def test_fixed_addresses_are_allowed_and_answered_again(db):
-    fixed = dict(ipv4_address="10.88.0.9/32", ipv6_address="fd00:88::9/128")
+    fixed = {"ipv4_address": "10.88.0.9/32", "ipv6_address": "fd00:88::9/128"}
     with IPAM(db) as ipam:
         result = ipam.add(dual(**fixed), "c1", "eth0")
         assert addresses(result) == ["10.88.0.9/32", "fd00:88::9/128"]
@@ -186,7 +186,7 @@ def test_del_releases_the_attachment_in_every_pool_and_is_idempotent(db):
 
 
 def test_del_of_a_fixed_address_releases_it_only_for_its_attachment(db):
-    fixed = dict(ipv4_subnet=V4, ipv4_address="10.88.0.9/24")
+    fixed = {"ipv4_subnet": V4, "ipv4_address": "10.88.0.9/24"}
     with IPAM(db) as ipam:
         ipam.add(conf(**fixed), "c1", "eth0")
         assert ipam.delete(conf(**fixed), "c2", "eth0") == []
@@ -201,7 +201,7 @@ def test_check_against_prev_result(db):
         with pytest.raises(ReservationMismatchError, match="attachment 'c1'/'eth1' holds no address"):
             ipam.check(dual() | {"prevResult": result}, "c1", "eth1")
         other = ipam.add(dual(), "c2", "eth0")
-        with pytest.raises(ReservationMismatchError, match="prevResult says 10.88.0.3"):
+        with pytest.raises(ReservationMismatchError, match=r"prevResult says 10\.88\.0\.3"):
             ipam.check(dual() | {"prevResult": other}, "c1", "eth0")
         ipam.delete(dual(), "c1", "eth0")
         with pytest.raises(ReservationMismatchError):
@@ -250,7 +250,7 @@ def with_owner(value: object, **ipam: object) -> dict:
 @pytest.mark.parametrize("value", ["container", "", "Attachment", None, 1, True, ["attachment"], {"a": 1}])
 def test_owner_takes_one_value(tmp_path, value):
     db = str(tmp_path / "ipam.db")
-    with IPAM(db) as ipam, pytest.raises(InvalidConfigError, match='ipam.owner must be "attachment", got'):
+    with IPAM(db) as ipam, pytest.raises(InvalidConfigError, match=r'ipam\.owner must be "attachment", got'):
         ipam.add(with_owner(value, ipv4_subnet=V4), "c1", "eth0")
     assert not Path(db).exists()
 
@@ -259,7 +259,7 @@ def test_owner_with_an_id_is_refused(tmp_path):
     db = str(tmp_path / "ipam.db")
     with IPAM(db) as ipam:
         for command in (ipam.add, ipam.delete):
-            with pytest.raises(InvalidConfigError, match="ipam.owner \"attachment\" and ipam.id 'task'"):
+            with pytest.raises(InvalidConfigError, match=r"ipam\.owner \"attachment\" and ipam\.id 'task'"):
                 command(conf(id="task", ipv4_subnet=V4), "c1", "eth0")
         assert not Path(db).exists()
         # An empty id is no id.
