@@ -1,0 +1,228 @@
+"""Real runtime clients drive ecs-ipam with ``"owner": "attachment"``: no id anywhere.
+
+* ``cnitool``: a client in the shape of the CNI project's cnitool (``tests/cnitool/``),
+  built at test time against the libcni source Debian ships (package
+  golang-github-appc-cni-dev) with Debian's Go, once per session, in GOPATH mode (nothing
+  is downloaded).  It runs Debian's bridge plugin in real network namespaces, which execs
+  ecs-ipam from CNI_PATH.
+* podman, with its CNI network backend, running a container from an image imported at
+  test time (one static binary, built with the same Go).
+
+Needs root, iproute2, containernetworking-plugins, golang-go and golang-github-appc-cni-dev
+(and podman for its test); each is skipped with the reason where a part is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecs_ipam import kv
+from ecs_ipam.allocator import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+BRIDGE = Path("/usr/lib/cni/bridge")
+GOPATH = Path("/usr/share/gocode")
+LIBCNI = GOPATH / "src/github.com/containernetworking/cni/libcni"
+SUBNET = "10.89.0.0/24"
+
+
+def run(*args: str, env: dict | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def go_build(source: Path, output: Path, static: bool = False) -> None:
+    """Build *source* with Debian's Go against Debian's Go sources, offline."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(output.parent),
+        "GO111MODULE": "off",  # GOPATH mode: imports come from /usr/share/gocode only
+        "GOPATH": str(GOPATH),
+        "GOCACHE": str(output.parent / "go-cache"),
+        "GOFLAGS": "",
+        "GOPROXY": "off",
+        "CGO_ENABLED": "0" if static else os.environ.get("CGO_ENABLED", "1"),
+    }
+    run("go", "build", "-o", str(output), str(source), env=env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def go_tools(tmp_path_factory) -> Path:
+    """A directory with ``cnitool`` and ``idle`` (a static container payload), built once."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("go") is None:
+        pytest.skip("go is missing (Debian package golang-go)")
+    if not LIBCNI.is_dir():
+        pytest.skip(f"{LIBCNI} is missing (Debian package golang-github-appc-cni-dev)")
+    if not BRIDGE.is_file():
+        pytest.skip(f"{BRIDGE} is missing (Debian package containernetworking-plugins)")
+    if shutil.which("ip") is None:
+        pytest.skip("ip is missing (Debian package iproute2)")
+    directory = tmp_path_factory.mktemp("go-tools")
+    go_build(ROOT / "tests/cnitool/main.go", directory / "cnitool")
+    go_build(ROOT / "tests/cnitool/idle/main.go", directory / "idle", static=True)
+    return directory
+
+
+@pytest.fixture
+def cni_bin(tmp_path: Path) -> Path:
+    """A CNI_PATH directory with Debian's bridge and this project's ecs-ipam."""
+    directory = tmp_path / "cni-bin"
+    directory.mkdir()
+    (directory / "bridge").symlink_to(BRIDGE)
+    wrapper = directory / "ecs-ipam"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"PYTHONPATH='{ROOT}'${{PYTHONPATH:+:$PYTHONPATH}} exec '{sys.executable}' -m ecs_ipam \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    return directory
+
+
+def conflist(name: str, bridge: str) -> dict:
+    """A runtime's network list: Debian's bridge, with ecs-ipam keyed by the attachment."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": False,
+                "ipam": {
+                    "type": "ecs-ipam",
+                    "owner": "attachment",
+                    "ipv4-subnet": SUBNET,
+                    "ipv4-routes": [{"dst": "0.0.0.0/0"}],
+                },
+            }
+        ],
+    }
+
+
+def container_id(netns: str) -> str:
+    """The container id cnitool derives from a netns path."""
+    return "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:20]
+
+
+def leases(db: Path) -> dict[str, str]:
+    """address -> container id of every lease of the subnet; and no index entry left over."""
+    if not db.exists():
+        return {}
+    with kv.open_store(str(db), SUBNET, read_only=True) as store:
+        pairs = {pair.key: decode(pair.value) for pair in store.list()}
+    held = {
+        key: value["container_id"]
+        for key, value in pairs.items()
+        if isinstance(value, dict) and value.get("owner") == "attachment"
+    }
+    index = {key for key in pairs if key.startswith(("at/", "at#"))}
+    assert len(index) == len(held), pairs
+    return held
+
+
+class Runtime:
+    """cnitool, its network list, CNI_PATH and a database, plus the namespaces it made."""
+
+    def __init__(self, tools: Path, cni_bin: Path, tmp_path: Path) -> None:
+        suffix = secrets.token_hex(4)
+        self.name, self.bridge = f"ecsipam-{suffix}", f"ecsbr{suffix}"
+        self.cnitool = tools / "cnitool"
+        self.db = tmp_path / "ipam.db"
+        confdir = tmp_path / "net.d"
+        confdir.mkdir()
+        (confdir / f"{self.name}.conflist").write_text(json.dumps(conflist(self.name, self.bridge)))
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "NETCONFPATH": str(confdir),
+            "CNI_PATH": str(cni_bin),
+            "CNI_CACHE_DIR": str(tmp_path / "cni-cache"),
+            "IPAM_DB_PATH": str(self.db),
+            "ECS_CNI_LOG_FILE": str(tmp_path / "ecs-ipam.log"),
+        }
+        self.namespaces: list[str] = []
+
+    def namespace(self) -> str:
+        name = f"{self.name}-{len(self.namespaces)}"
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        return f"/var/run/netns/{name}"
+
+    def __call__(self, command: str, *args: str) -> subprocess.CompletedProcess:
+        return run(str(self.cnitool), command, self.name, *args, env=self.env)
+
+    def address_in(self, netns: str) -> str:
+        shown = run("ip", "-n", Path(netns).name, "-j", "-4", "addr", "show", "eth0").stdout
+        return "{local}/{prefixlen}".format(**json.loads(shown)[0]["addr_info"][0])
+
+    def close(self) -> None:
+        for name in self.namespaces:
+            run("ip", "netns", "del", name, check=False)
+        run("ip", "link", "del", self.bridge, check=False)
+
+
+@pytest.fixture
+def runtime(go_tools, cni_bin, tmp_path):
+    runtime = Runtime(go_tools, cni_bin, tmp_path)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def test_cnitool_add_check_del_for_three_namespaces_leaves_nothing(runtime):
+    netns = [runtime.namespace() for _ in range(3)]
+    results = [json.loads(runtime("add", path).stdout) for path in netns]
+    assert [result["ips"][0]["address"] for result in results] == ["10.89.0.2/24", "10.89.0.3/24", "10.89.0.4/24"]
+    # The bridge configured each namespace from ecs-ipam's answer.
+    assert [runtime.address_in(path) for path in netns] == ["10.89.0.2/24", "10.89.0.3/24", "10.89.0.4/24"]
+    assert leases(runtime.db) == {
+        "10.89.0.2": container_id(netns[0]),
+        "10.89.0.3": container_id(netns[1]),
+        "10.89.0.4": container_id(netns[2]),
+    }
+    for path in netns:
+        runtime("check", path)  # libcni sends the cached result as prevResult
+    for path in netns:
+        runtime("del", path)
+    assert leases(runtime.db) == {}
+    for path in netns:
+        runtime("del", path)  # a repeated DEL succeeds
+    # The runtime's next containers get addresses again, after the released ones.
+    again = json.loads(runtime("add", runtime.namespace()).stdout)
+    assert again["ips"][0]["address"] == "10.89.0.5/24"
+
+
+def test_cnitool_del_after_the_namespace_is_gone(runtime):
+    netns = runtime.namespace()
+    runtime("add", netns)
+    run("ip", "netns", "del", Path(netns).name)
+    runtime("del", netns)
+    assert leases(runtime.db) == {}
+
+
+def test_cnitool_gc_keeps_exactly_the_valid_attachments(runtime):
+    netns = [runtime.namespace() for _ in range(3)]
+    for path in netns:
+        runtime("add", path)
+    keep = [netns[0], netns[2]]
+    runtime("gc", *(f"{container_id(path)}/eth0" for path in keep))
+    assert leases(runtime.db) == {"10.89.0.2": container_id(netns[0]), "10.89.0.4": container_id(netns[2])}
+    runtime("check", netns[0])
+    assert run(str(runtime.cnitool), "check", runtime.name, netns[1], env=runtime.env, check=False).returncode == 1
+    for path in netns:
+        runtime("del", path)
+    assert leases(runtime.db) == {}
