@@ -84,8 +84,7 @@ def cni_bin(tmp_path: Path) -> Path:
     (directory / "bridge").symlink_to(BRIDGE)
     wrapper = directory / "ecs-ipam"
     wrapper.write_text(
-        "#!/bin/sh\n"
-        f"PYTHONPATH='{ROOT}'${{PYTHONPATH:+:$PYTHONPATH}} exec '{sys.executable}' -m ecs_ipam \"$@\"\n"
+        f"#!/bin/sh\nPYTHONPATH='{ROOT}'${{PYTHONPATH:+:$PYTHONPATH}} exec '{sys.executable}' -m ecs_ipam \"$@\"\n"
     )
     wrapper.chmod(0o755)
     return directory
