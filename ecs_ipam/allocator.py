@@ -1,19 +1,9 @@
-"""Address arithmetic and the allocation walk of one pool, over one bucket of a transaction.
+"""The allocation walk of one pool, over one bucket of a transaction.
 
 Knows nothing of the environment, JSON or the backend: it reads and writes a
-:class:`ecs_ipam.kv.Tx` bound to the pool's bucket, and every decision is a function of
-what it read there, so a transaction can be re-run safely.
-
-Bucket layout (one bucket per subnet, named by its CIDR)::
-
-    <address>          msgpack {"id", "container_id", "ifname", "allocated_at"}
-                       (the gateway: {"id": "GateWay"} or {"id": "GateWayV6"})
-    lastKnownIP        msgpack str: the address the walk continues after
-    lastKnownIPv6      (the same, in an IPv6 bucket)
-    id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan)
-    at/<container>/<ifname>
-                       msgpack str: the address a CNI attachment holds (``"owner":
-                       "attachment"``); its record has the id "" and ``"owner": "attachment"``
+:class:`ecs_ipam.kv.Tx` bound to the pool's bucket, laid out as :mod:`ecs_ipam.pool_store`
+says, and every decision is a function of what it read there, so a transaction can be
+re-run safely.
 
 One address space per database, as in the Go plugin's single bucket: pools whose subnets
 overlap (a pool widened from /25 to /24, an IPv6 /112 inside a /64) keep their own
@@ -26,50 +16,42 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from .addr import Address, Network, format_address, parse_address, parse_network
-from .config import ATTACHMENT_OWNER
+from .addr import Address, Network, parse_address
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
-from .kv.base import MAX_KEY_BYTES, Tx
-
-# Names, not the module: `from . import minipack` would ask the package's lazy __getattr__
-# first, which imports importlib.
-from .minipack import UNSURE, packb, unpackb
+from .pool_store import (
+    GATEWAY_OWNER,
+    LAST_KNOWN_KEY,
+    address_records,
+    address_text,
+    attachment_index_key,
+    drop_key,
+    gateway_record,
+    held_at,
+    held_in,
+    id_index_key,
+    lease_record,
+    owner_key,
+    owner_of,
+    pool_subnet,
+    read_last_known,
+    read_record,
+    write_key,
+    write_last_known,
+)
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any
 
     from .config import Pool
-
-    # A decoded address record: {"id": ..., "container_id": ..., ...}.
-    Record = dict[str, Any]
+    from .kv.base import Tx
+    from .pool_store import Record
 
     _Fields = tuple[object, ...]
 else:
     # See ecs_ipam.config: the fields' types are declared in the class bodies.
     _Fields = tuple
-
-GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
-LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
-ID_INDEX_PREFIX = "id/"
-HASHED_ID_INDEX_PREFIX = "id#"
-# The owner of an allocation made with ``"owner": "attachment"`` is the CNI attachment
-# (container id, interface).  It gets an entry in the same index as an id, so that every
-# path that finds, checks and releases by id (the pool's own bucket, overlapping pools,
-# every pool of the database) serves it unchanged; the index key is its "owner key".  Its
-# entries live under their own prefixes: an id's key always starts with "id/" or "id#",
-# so no ECS id, whatever its text, can name an attachment's entry or the other way round.
-ATTACHMENT_INDEX_PREFIX = "at/"
-HASHED_ATTACHMENT_INDEX_PREFIX = "at#"
-INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX, ATTACHMENT_INDEX_PREFIX, HASHED_ATTACHMENT_INDEX_PREFIX)
-# The record field that marks an attachment's allocation (its value: ATTACHMENT_OWNER).
-OWNER_FIELD = "owner"
-# Where the Go plugin's pairs wait after a migration (ecs_ipam.legacy).  Not "IPAM", the
-# Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
-# keys there must never be taken for leases.
-LEGACY_BUCKET = "go-plugin-IPAM"
 
 
 class Owner(_Fields):
@@ -102,89 +84,10 @@ class Owner(_Fields):
 
     @property
     def key(self) -> str | None:
-        """The owner's index key, or None for an anonymous owner."""
+        """The owner's index key (:func:`ecs_ipam.pool_store.owner_key`), or None when anonymous."""
         if self.attachment:
             return attachment_index_key(self.container_id or "", self.ifname or "")
         return id_index_key(self.id) if self.id else None
-
-
-def encode(value: object) -> bytes:
-    packed = packb(value)
-    if packed is None:
-        import msgpack
-
-        packed = msgpack.packb(value, use_bin_type=True)
-    return packed
-
-
-def decode(raw: bytes) -> object:
-    """The value msgpack reads in *raw*, or None for anything it cannot read."""
-    value = unpackb(raw)
-    if value is not UNSURE:
-        return value
-    import msgpack
-
-    try:
-        return msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-
-
-def owner_of(record: object) -> str | None:
-    """The owner id recorded for an address, or None for a record we do not understand."""
-    if isinstance(record, dict):
-        owner = record.get("id")
-        return owner if isinstance(owner, str) else None
-    return None
-
-
-def id_index_key(owner_id: str) -> str:
-    key = ID_INDEX_PREFIX + owner_id
-    if len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and owner_id.isprintable():
-        return key
-    # Ids are data of any length (a netns path, a MAC...); a digest keeps the key within
-    # the store's limit.  Imported here: hashlib is slow to import and rarely needed.
-    import hashlib
-
-    return HASHED_ID_INDEX_PREFIX + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def attachment_index_key(container_id: str, ifname: str) -> str:
-    """The index key of the attachment (*container_id*, *ifname*)."""
-    key = f"{ATTACHMENT_INDEX_PREFIX}{container_id}/{ifname}"
-    # A "/" in the container id would make two attachments one text; libcni never sends
-    # one, but the key must stay unambiguous whatever arrives.
-    if "/" not in container_id and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and key.isprintable():
-        return key
-    import hashlib
-
-    return HASHED_ATTACHMENT_INDEX_PREFIX + hashlib.sha256(encode([container_id, ifname])).hexdigest()
-
-
-def is_attachment_record(record: object) -> bool:
-    """Whether *record* is an address held by an attachment (``"owner": "attachment"``)."""
-    return isinstance(record, dict) and record.get(OWNER_FIELD) == ATTACHMENT_OWNER
-
-
-def owner_key(record: object) -> str | None:
-    """The index key of the owner an address record names: its attachment's or its id's;
-    None for an anonymous lease, or a record we do not understand."""
-    if is_attachment_record(record):
-        assert isinstance(record, dict)  # for mypy: is_attachment_record checked it
-        container_id, ifname = record.get("container_id"), record.get("ifname")
-        if isinstance(container_id, str) and isinstance(ifname, str):
-            return attachment_index_key(container_id, ifname)
-        return None
-    owner = owner_of(record)
-    return id_index_key(owner) if owner else None
-
-
-def address_text(value: int, version: int) -> str:
-    """The bucket key of an address: exactly ``str(netaddr.IPAddress(value, version))``.
-
-    No Address object: the walk over a run of used addresses does this once per address.
-    """
-    return format_address(value, version)
 
 
 class Overlap(_Fields):
@@ -212,33 +115,16 @@ def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overla
     :param tx: any bucket's view of the transaction.
     :param names: the database's bucket names, read once per transaction (``tx.buckets()``).
     """
-    subnet, own, ipv6 = pool.subnet, pool.bucket, pool.version == 6
+    own, ipv6 = pool.bucket, pool.version == 6
     found = []
     for name in names:
         # Cheap tests first: most databases hold one pool per family and nothing else.
-        if name == own or "/" not in name or (":" in name) != ipv6:
+        if name == own or (":" in name) != ipv6:
             continue
-        other = parse_network(name, pool.version)
-        # Pool buckets only: named by a canonical CIDR, as Pool.bucket writes it.
-        if other is None or other.ip.value != other.first or str(other) != name:
-            continue
-        if other.first <= subnet.last and subnet.first <= other.last:
+        other = pool_subnet(name)
+        if other is not None and other.first <= pool.subnet.last and pool.subnet.first <= other.last:
             found.append(Overlap(other, tx.bucket(name)))
     return found
-
-
-def held_in(tx: Tx, key: str) -> str | None:
-    """The address the owner of index *key* (:attr:`Owner.key`) holds in the bucket *tx*, or None."""
-    pair = tx.find(key)
-    if pair is None:
-        return None
-    address = decode(pair.value)
-    if not isinstance(address, str):
-        return None
-    record = tx.find(address)
-    if record is None or owner_key(decode(record.value)) != key:
-        return None  # a stale index entry: the address went to someone else
-    return address
 
 
 class PoolAllocator:
@@ -262,21 +148,17 @@ class PoolAllocator:
     # -- reads ------------------------------------------------------------------------
 
     def record(self, address: str) -> Record | None:
-        pair = self.tx.find(address)
-        if pair is None:
-            return None
-        record = decode(pair.value)
-        return record if isinstance(record, dict) else {"id": None}
+        return read_record(self.tx, address)
 
     def held_by(self, owner_id: str) -> str | None:
         """The address *owner_id* holds in this pool's own bucket, or None."""
-        return held_in(self.tx, id_index_key(owner_id))
+        return held_in(self.tx, owner_id)
 
     def held_anywhere(self, key: str) -> tuple[str, Tx] | None:
         """The address the owner of index *key* holds in this pool or an overlapping one,
         with its bucket."""
         for tx in (self.tx, *(overlap.tx for overlap in self.overlapping)):
-            address = held_in(tx, key)
+            address = held_at(tx, key)
             if address is not None:
                 return address, tx
         return None
@@ -292,17 +174,13 @@ class PoolAllocator:
             if parsed is not None:
                 buckets += self._containing(parsed.value)
         for tx in buckets:
-            pair = tx.find(address)
-            if pair is not None:
-                record = decode(pair.value)
-                return tx, record if isinstance(record, dict) else {"id": None}
+            record = read_record(tx, address)
+            if record is not None:
+                return tx, record
         return None
 
     def last_known(self) -> int | None:
-        pair = self.tx.find(self.last_known_key)
-        if pair is None:
-            return None
-        address = parse_address(decode(pair.value), self.pool.version)
+        address = read_last_known(self.tx, self.pool.version)
         if address is None:
             return None
         value = address.value
@@ -320,14 +198,8 @@ class PoolAllocator:
         """Every address of the pool held by a task: (address, record), also those held
         through an overlapping pool.  Scans the buckets."""
         held: list[tuple[str, Record]] = []
-        for pair in self.tx.list(""):
-            if pair.key == self.last_known_key or pair.key.startswith(INDEX_PREFIXES):
-                continue
-            record = decode(pair.value)
+        for address, value in [*address_records(self.tx), *self._overlapping_addresses()]:
             # owner_of() is None for anything but a dict: the isinstance only tells mypy so.
-            if isinstance(record, dict) and owner_of(record) not in (None, self.gateway_owner):
-                held.append((pair.key, record))
-        for address, value in self._overlapping_addresses():
             if isinstance(value, dict) and owner_of(value) not in (None, self.gateway_owner):
                 held.append((address, value))
         return held
@@ -336,10 +208,10 @@ class PoolAllocator:
         """(address, decoded value) of every address of this pool recorded by another pool."""
         found = []
         for overlap in self.overlapping:
-            for pair in overlap.tx.list(""):
-                parsed = parse_address(pair.key, self.pool.version)
+            for address, value in address_records(overlap.tx):
+                parsed = parse_address(address, self.pool.version)
                 if parsed is not None and self.first <= parsed.value <= self.last:
-                    found.append((pair.key, decode(pair.value)))
+                    found.append((address, value))
         return found
 
     def free(self) -> int:
@@ -373,7 +245,7 @@ class PoolAllocator:
                     f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(holder[1]))} "
                     f"in {holder[0].bucket_name}"
                 )
-            self.tx.put(address, encode({"id": self.gateway_owner}))
+            self.tx.put(address, gateway_record(self.pool.version))
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}")
 
@@ -456,19 +328,14 @@ class PoolAllocator:
         return Network(ip, fixed.prefixlen if fixed is not None else self.pool.subnet.prefixlen)
 
     def _claim(self, address: str, owner: Owner, now: float) -> None:
-        record: dict[str, object] = {
-            "id": owner.id,
-            "container_id": owner.container_id or None,
-            "ifname": owner.ifname or None,
-            "allocated_at": now,
-        }
-        if owner.attachment:
-            record[OWNER_FIELD] = ATTACHMENT_OWNER
-        self.tx.put(address, encode(record))
+        record = lease_record(
+            owner.id, owner.container_id or None, owner.ifname or None, now, attachment=owner.attachment
+        )
+        self.tx.put(address, record)
         key = owner.key
         if key:
-            self.tx.put(key, encode(address))
-        self.tx.put(self.last_known_key, encode(address))
+            write_key(self.tx, key, address)
+        write_last_known(self.tx, self.pool.version, address)
 
     def release(self, address: str, owner_id: str | None = None, key: str | None = None) -> bool:
         """Release *address* (only if *owner_id* holds it, or the owner of index *key*,
@@ -492,9 +359,7 @@ class PoolAllocator:
         tx.delete(address)
         key = owner_key(record)
         if key:
-            index = tx.find(key)
-            if index is not None and decode(index.value) == address:
-                tx.delete(index.key)
+            drop_key(tx, key, address)
         if tx is not self.tx:
             # Released from an overlapping pool: this pool's walk continues after it when
             # it is one of its addresses.  The other pool's pointer stays, so a release
@@ -502,7 +367,7 @@ class PoolAllocator:
             parsed = parse_address(address, self.pool.version)
             if parsed is None or not self.first <= parsed.value <= self.last:
                 return True
-        self.tx.put(self.last_known_key, encode(address))
+        write_last_known(self.tx, self.pool.version, address)
         return True
 
     def release_id(self, owner_id: str) -> str | None:
@@ -511,10 +376,10 @@ class PoolAllocator:
 
     def release_key(self, key: str) -> str | None:
         """Release what the owner of index *key* holds in this pool; return the address, or None."""
-        address = held_in(self.tx, key)
+        address = held_at(self.tx, key)
         if address is None:
             # Drop a stale index entry, if any, so the owner can allocate again.
-            self.tx.delete(key)
+            drop_key(self.tx, key)
             return None
         self.release(address, key=key)
         return address
@@ -531,10 +396,7 @@ class PoolAllocator:
         if address is not None:
             released.append(address)
         for overlap in self.overlapping:
-            address = held_in(overlap.tx, key)
-            if address is None:
-                continue
-            record = decode(overlap.tx.get(address).value)
-            if isinstance(record, dict) and self._release_from(overlap.tx, address, record):
+            address = held_at(overlap.tx, key)
+            if address is not None and self._release_from(overlap.tx, address, read_record(overlap.tx, address) or {}):
                 released.append(address)
         return released

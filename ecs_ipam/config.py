@@ -96,31 +96,6 @@ class Pool(_Fields):
         """The store bucket of this pool: the subnet's canonical CIDR."""
         return str(self.subnet)
 
-    @classmethod
-    def of_bucket(cls, name: str, gateway: str | None = None) -> Pool | None:
-        """The pool whose bucket is *name*, as far as a bucket tells (no fixed address, no routes).
-
-        :param name: a bucket name; only a canonical CIDR that a configuration could name
-            is a pool's bucket (other programs keep other buckets in the same database).
-        :param gateway: the gateway recorded in the bucket, if any (default: network + 1).
-        :return: the pool, or None when *name* is not a pool's bucket or *gateway* is not
-            an address of it.
-        """
-        try:
-            subnet = parse_cidr(name, "bucket")
-            gateway_ip = (
-                Address(subnet.first + 1, subnet.version)
-                if gateway is None
-                else parse_ip(gateway, "gateway", subnet.version)
-            )
-        except InvalidConfigError:
-            return None
-        if str(subnet.cidr) != name or subnet.prefixlen > MAX_PREFIX[subnet.version]:
-            return None
-        if gateway_ip not in subnet:
-            return None
-        return cls(subnet.version, subnet, gateway_ip, None, ())
-
 
 class Attachment(_Fields):
     """A CNI attachment: ``container_id``, ``ifname``."""

@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import (
-    LEGACY_BUCKET,
-    Owner,
-    PoolAllocator,
-    attachment_index_key,
-    id_index_key,
-    is_attachment_record,
-    overlapping_buckets,
-)
+from .allocator import Owner, PoolAllocator, overlapping_buckets
 from .config import Attachment, NetConf, Pool, attachment_of, parse_netconf
 from .errors import (
     DatabaseAliasError,
@@ -30,6 +22,7 @@ from .errors import (
     ReservationMismatchError,
     quoted,
 )
+from .pool_store import LEGACY_BUCKET, attachment_index_key, id_index_key, is_attachment_record, pool_of_bucket
 from .results import Allocation, format_result, result_addresses
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
@@ -138,7 +131,7 @@ def _release_in_other_pools(tx: Tx, names: list[str], key: str) -> list[str]:
         bucket = tx.bucket(name)
         if not bucket.exists(key):
             continue
-        pool = Pool.of_bucket(name)
+        pool = pool_of_bucket(name)
         if pool is not None:
             released += PoolAllocator(pool, bucket).release_owner(key)
     return released

@@ -4,7 +4,7 @@ The Go plugin kept every address of every subnet in one bolt bucket, ``IPAM``, a
 recorded the subnets themselves: only the network configurations name them.  So the
 migration (:mod:`ecs_ipam.migrate`) copies that bucket verbatim into the bucket
 ``go-plugin-IPAM``, and the first transaction that touches a pool moves the legacy pairs lying in
-the pool's subnet into the pool's bucket (:mod:`ecs_ipam.allocator` layout), in the
+the pool's subnet into the pool's bucket (:mod:`ecs_ipam.pool_store` layout), in the
 caller's transaction.  Until then no command can reach those addresses except through
 :func:`adopt`, so none of them can be handed out twice, whichever subnet's config
 arrives first.
@@ -26,18 +26,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from .addr import Address, parse_address
-from .allocator import (
+from .errors import StoreError
+from .kv.base import KVPair, Tx
+from .pool_store import (
     GATEWAY_OWNER,
     LAST_KNOWN_KEY,
     LEGACY_BUCKET,
-    PoolAllocator,
     decode,
     encode,
+    gateway_record,
+    held_in,
     id_index_key,
+    lease_record,
     owner_of,
+    read_record,
+    write_index,
+    write_last_known,
 )
-from .errors import StoreError
-from .kv.base import KVPair, Tx
 
 if TYPE_CHECKING:
     from .config import Pool
@@ -75,14 +80,13 @@ def adopt(tx: Tx, pool: Pool, write: bool = True, pairs: list[KVPair] | None = N
     for address, record in adoption.records.items():
         if bucket.find(address) is None:
             bucket.put(address, record)
-    allocator = PoolAllocator(pool, bucket)
     for owner, address in adoption.addresses_of.items():
         # Index only what the owner really got (the bucket may have held the address
         # already), and keep a live index the owner has in this pool.
-        if owner_of(allocator.record(address)) == owner and allocator.held_by(owner) is None:
-            bucket.put(id_index_key(owner), encode(address))
-    if adoption.last_known is not None and bucket.find(allocator.last_known_key) is None:
-        bucket.put(allocator.last_known_key, encode(adoption.last_known))
+        if owner_of(read_record(bucket, address)) == owner and held_in(bucket, owner) is None:
+            write_index(bucket, owner, address)
+    if adoption.last_known is not None and bucket.find(LAST_KNOWN_KEY[pool.version]) is None:
+        write_last_known(bucket, pool.version, adoption.last_known)
     for key in adoption.legacy_keys:
         legacy.delete(key)
     return bucket
@@ -125,11 +129,9 @@ class Adoption(NamedTuple):
                 continue
             legacy_keys.append(pair.key)
             if value in LEGACY_GATEWAY_OWNERS:
-                records[str(address)] = encode({"id": GATEWAY_OWNER[version]})
+                records[str(address)] = gateway_record(version)
                 continue
-            records[str(address)] = encode(
-                {"id": value, "container_id": None, "ifname": None, "allocated_at": None, "migrated": True}
-            )
+            records[str(address)] = lease_record(value, None, None, None, migrated=True)
             # The Go plugin let an id hold one address per family; should a file hold
             # more, DEL by id releases the lowest and the others stay reserved until a
             # DEL by address.

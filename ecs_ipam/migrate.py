@@ -1,7 +1,8 @@
 """Migration of the Go plugin's bolt database to LMDB, in place or into another file.
 
 The pairs of the bolt bucket ``IPAM`` are copied verbatim (value = msgpack string of the
-Go value) into the LMDB bucket of the same name, from where :mod:`ecs_ipam.legacy`
+Go value) into the LMDB bucket ``go-plugin-IPAM`` (:data:`ecs_ipam.pool_store.LEGACY_BUCKET`,
+not ``IPAM``: that name is other agents' default bucket), from where :mod:`ecs_ipam.legacy`
 moves them into their subnet's bucket once a configuration names the subnet.
 
 In place, the switch must be safe against everything that may run at the same time:
@@ -42,14 +43,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import msgpack
-
-from .allocator import LEGACY_BUCKET
 from .boltdb import BucketNotFoundError, has_bolt_magic, read_libkv_bucket
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
 from .filelock import flock_before
 from .kv.dbfile import check_single_name, resolve
 from .legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
+from .pool_store import LEGACY_BUCKET, decode, encode, owner_of, pool_subnet
 
 if TYPE_CHECKING:
     from .kv.base import Tx
@@ -171,7 +170,7 @@ def copy_into(pairs: dict[str, str], dest: str, timeout: float) -> None:
                 raise KeyExistsError(f"{dest} already records differently: {'; '.join(clashes)}; nothing was copied")
             for key, value in pairs.items():
                 if tx.find(key) is None:
-                    tx.put(key, _encode(value))
+                    tx.put(key, encode(value))
 
 
 def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[str]:
@@ -181,16 +180,7 @@ def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[st
     :param bucket_names: the database's buckets (the subnet buckets are among them).
     :return: one description per disagreement; empty when the pairs can be added.
     """
-    import netaddr
-
-    from .allocator import decode, owner_of
-
-    subnets = []
-    for name in bucket_names:
-        try:
-            subnets.append((netaddr.IPNetwork(name), name))
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            continue
+    subnets = [(subnet, name) for name in bucket_names if (subnet := pool_subnet(name)) is not None]
     clashes = []
     for key, value in pairs.items():
         existing = tx.find(key)
@@ -268,7 +258,7 @@ def _write_lmdb(temp: str, pairs: dict[str, str], timeout: float) -> None:
     _remove(temp, temp + "-lock")
     with kv.open_store(temp, bucket=LEGACY_BUCKET, timeout=timeout) as store, store.transaction() as tx:
         for key, value in pairs.items():
-            tx.put(key, _encode(value))
+            tx.put(key, encode(value))
     _fsync_path(temp)
     # The lock file belongs to the temporary name; the database gets its own at the path.
     _remove(temp + "-lock")
@@ -334,7 +324,3 @@ def _fsync_directory(path: str) -> None:
 def _step(checkpoint: Checkpoint | None, name: str) -> None:
     if checkpoint is not None:
         checkpoint(name)
-
-
-def _encode(value: str) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)

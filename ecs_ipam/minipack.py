@@ -4,12 +4,11 @@ Importing msgpack costs a CNI call about a quarter of a bare interpreter's start
 package loads ``datetime`` for the timestamp extension, which the plugin never stores).
 The records the plugin reads and writes on every call are small: maps of strings, None,
 booleans, integers and floats; strings; the backend's ``[last_index, value]`` pairs.
-This module packs and unpacks exactly those, and answers None (packing) or :data:`UNSURE`
-(unpacking) for anything else, which the caller then hands to msgpack itself (imported
-only then).
-tests/test_minipack.py proves, with hypothesis, that whatever it packs is byte for byte
-what ``msgpack.packb(value, use_bin_type=True)`` writes, and whatever it unpacks is what
-``msgpack.unpackb(raw, raw=False)`` reads.
+This module packs and unpacks exactly those itself, and hands anything else to msgpack
+(imported only then): callers see msgpack's answers, whichever path gave them.
+tests/test_minipack.py proves, with hypothesis, that whatever the fast path packs is byte
+for byte what ``msgpack.packb(value, use_bin_type=True)`` writes, and whatever it unpacks
+is what ``msgpack.unpackb(raw, raw=False)`` reads.
 """
 
 from __future__ import annotations
@@ -17,14 +16,48 @@ from __future__ import annotations
 from struct import pack as _struct_pack
 from struct import unpack_from as _struct_unpack_from
 
-UNSURE = object()
+# The fast path's answer when a value is not one of its shapes: msgpack's to read.
+_UNSURE = object()
+
+
+class NotMsgpackError(ValueError):
+    """The bytes are not one msgpack object (or one that msgpack refuses to read)."""
 
 
 class _Unsure(Exception):
     pass
 
 
-def packb(value: object) -> bytes | None:
+def packb(value: object) -> bytes:
+    """``msgpack.packb(value, use_bin_type=True)``.
+
+    :raises TypeError, ValueError: msgpack cannot pack *value*.
+    """
+    packed = _fast_packb(value)
+    if packed is None:
+        import msgpack
+
+        packed = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def unpackb(raw: bytes | memoryview) -> object:
+    """``msgpack.unpackb(raw, raw=False)``.
+
+    :raises NotMsgpackError: *raw* is not one msgpack object that msgpack reads.
+    """
+    value = _fast_unpackb(raw)
+    if value is not _UNSURE:
+        return value
+    import msgpack
+
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise NotMsgpackError(str(error)) from None
+
+
+def _fast_packb(value: object) -> bytes | None:
     """``msgpack.packb(value, use_bin_type=True)``, or None: msgpack's to pack."""
     out: list[bytes] = []
     try:
@@ -89,18 +122,18 @@ def _pack_int(value: int) -> bytes:
     raise _Unsure
 
 
-def unpackb(raw: bytes | memoryview) -> object:
-    """``msgpack.unpackb(raw, raw=False)``, or :data:`UNSURE` (for anything malformed too:
+def _fast_unpackb(raw: bytes | memoryview) -> object:
+    """``msgpack.unpackb(raw, raw=False)``, or :data:`_UNSURE` (for anything malformed too:
     msgpack then says what is wrong)."""
     if type(raw) is not bytes:
         if not isinstance(raw, memoryview):
-            return UNSURE
+            return _UNSURE
         raw = bytes(raw)  # a record is small; the parser below needs bytes.decode
     try:
         value, end = _unpack(raw, 0)
     except (_Unsure, IndexError, UnicodeDecodeError, RecursionError):
-        return UNSURE
-    return value if end == len(raw) else UNSURE
+        return _UNSURE
+    return value if end == len(raw) else _UNSURE
 
 
 # Fixed-width tags: (size in bytes, signed).

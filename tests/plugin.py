@@ -425,7 +425,7 @@ def check_records(db_path: str | os.PathLike) -> dict[str, dict[str, str]]:
     ones the plugin reported.
     :raises AssertionError: anything else.
     """
-    from ecs_ipam.allocator import GATEWAY_OWNER, INDEX_PREFIXES, LAST_KNOWN_KEY, id_index_key
+    from ecs_ipam.pool_store import GATEWAY_OWNER, INDEX_PREFIXES, LAST_KNOWN_KEY, id_index_key
 
     holders: dict[str, dict[str, str]] = {}
     recorded: dict[str, list[tuple[str, str]]] = {}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecs_ipam.allocator import Owner, PoolAllocator, address_text, id_index_key
+from ecs_ipam.allocator import Owner, PoolAllocator
 from ecs_ipam.config import Pool, parse_netconf
 from ecs_ipam.errors import (
     ADDRESS_IN_USE,
@@ -22,6 +22,7 @@ from ecs_ipam.errors import (
 )
 from ecs_ipam.kv.base import MAX_KEY_BYTES
 from ecs_ipam.kv.memory import MemoryStore
+from ecs_ipam.pool_store import address_text, id_index_key
 
 
 def make_pool(subnet: str, gateway: str | None = None, address: str | None = None) -> Pool:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from ecs_ipam import IPAM, kv
-from ecs_ipam.allocator import decode
 from ecs_ipam.errors import (
     IdAlreadyAllocatedError,
     InvalidConfigError,
@@ -21,6 +20,7 @@ from ecs_ipam.errors import (
     PoolExhaustedError,
     ReservationMismatchError,
 )
+from ecs_ipam.pool_store import decode
 from plugin import run_plugin
 
 V4 = "10.88.0.0/24"

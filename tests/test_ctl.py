@@ -21,8 +21,8 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.allocator import LEGACY_BUCKET, id_index_key
 from ecs_ipam.ctl import cli
+from ecs_ipam.pool_store import LEGACY_BUCKET, id_index_key
 from plugin import (
     ROOT,
     V4_SUBNET,
@@ -570,9 +570,9 @@ def test_output_to_a_closed_pipe_is_not_an_error(db):
 )
 def test_a_pool_from_its_bucket_name(name, gateway, expected):
     from ecs_ipam.allocator import PoolAllocator
-    from ecs_ipam.config import Pool
+    from ecs_ipam.pool_store import pool_of_bucket
 
-    pool = Pool.of_bucket(name, gateway)
+    pool = pool_of_bucket(name, gateway)
     if expected is None:
         assert pool is None
         return

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from ecs_ipam import IPAM, kv
-from ecs_ipam.allocator import decode
+from ecs_ipam.pool_store import decode
 from plugin import run_plugin
 
 V4 = "169.254.172.0/22"

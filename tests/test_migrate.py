@@ -14,7 +14,6 @@ import netaddr
 import pytest
 
 from ecs_ipam import IPAM, boltdb, kv
-from ecs_ipam.allocator import decode, encode, id_index_key
 from ecs_ipam.config import parse_netconf
 from ecs_ipam.errors import (
     AddressInUseError,
@@ -27,8 +26,9 @@ from ecs_ipam.errors import (
 )
 from ecs_ipam.ipam import status
 from ecs_ipam.kv.lmdb_store import sniff
-from ecs_ipam.legacy import LEGACY_BUCKET, adopt
+from ecs_ipam.legacy import adopt
 from ecs_ipam.migrate import migrate_in_place
+from ecs_ipam.pool_store import LEGACY_BUCKET, decode, encode, id_index_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "boltdb"
 NAMES = [

@@ -14,9 +14,8 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.allocator import decode
 from ecs_ipam.errors import NotADatabaseError
-from ecs_ipam.legacy import LEGACY_BUCKET
+from ecs_ipam.pool_store import LEGACY_BUCKET, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "boltdb"

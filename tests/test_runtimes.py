@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.allocator import decode
+from ecs_ipam.pool_store import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 BRIDGE = Path("/usr/lib/cni/bridge")

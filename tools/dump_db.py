@@ -27,12 +27,11 @@ if __name__ == "__main__" and not __package__:
     # Run as a script from a checkout: use the package of the same tree, installed or not.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import msgpack
-
 from ecs_ipam import kv
 from ecs_ipam.config import DEFAULT_DB_PATH
 from ecs_ipam.errors import ECSIPAMError
 from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.minipack import NotMsgpackError, unpackb
 
 PROG = "dump_db.py"
 
@@ -47,8 +46,8 @@ def decode_value(raw: bytes) -> tuple[bool, object]:
     :return: ``(True, object)``, or ``(False, raw)`` when *raw* is not one msgpack object.
     """
     try:
-        return True, msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
+        return True, unpackb(raw)
+    except NotMsgpackError:
         return False, raw
 
 

@@ -28,11 +28,11 @@ if __name__ == "__main__" and not __package__:
     # Run as a script from a checkout: use the package of the same tree, installed or not.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ecs_ipam.allocator import LEGACY_BUCKET
 from ecs_ipam.config import DEFAULT_DB_PATH, DEFAULT_TIMEOUT
 from ecs_ipam.errors import ECSIPAMError
 from ecs_ipam.kv.lmdb_store import sniff
 from ecs_ipam.migrate import backup_path, conflicts, copy_into, migrate_in_place, read_locked
+from ecs_ipam.pool_store import LEGACY_BUCKET
 
 PROG = "migrate_boltdb.py"
 

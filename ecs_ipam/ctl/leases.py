@@ -3,7 +3,7 @@
 Everything here works inside one transaction of the caller and is a function of what it
 reads there (plus the answers of :class:`StaleRules`, fixed once asked), so a release
 body can be re-run by an optimistic backend.  The bucket layout itself is
-:mod:`ecs_ipam.allocator`'s; the legacy layout is :mod:`ecs_ipam.legacy`'s.
+:mod:`ecs_ipam.pool_store`'s; the legacy layout is :mod:`ecs_ipam.legacy`'s.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..addr import Address, parse_address
-from ..allocator import (
+from ..allocator import PoolAllocator
+from ..errors import OperatorRequestError
+from ..legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
+from ..pool_store import (
     GATEWAY_OWNER,
-    INDEX_PREFIXES,
-    LAST_KNOWN_KEY,
     LEGACY_BUCKET,
-    PoolAllocator,
+    address_records,
     decode,
     is_attachment_record,
     owner_of,
+    pool_of_bucket,
 )
-from ..config import Pool
-from ..errors import OperatorRequestError
-from ..legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
 
 if TYPE_CHECKING:
+    from ..config import Pool
     from ..kv.base import Tx
 
 NETNS_GONE = "netns path gone"
@@ -90,22 +90,18 @@ def read_holdings(tx: Tx) -> Holdings:
     recorded: set[str] = set()
     found = []
     for name in tx.buckets():
-        default = Pool.of_bucket(name)
+        default = pool_of_bucket(name)
         if default is None:
             continue  # another program's bucket, or the legacy one
         view = tx.bucket(name)
         gateway_owner = GATEWAY_OWNER[default.version]
-        addresses = [
-            pair
-            for pair in view.list("")
-            if pair.key != LAST_KNOWN_KEY[default.version] and not pair.key.startswith(INDEX_PREFIXES)
-        ]
-        recorded.update(pair.key for pair in addresses)
-        reserved = [pair.key for pair in addresses if owner_of(decode(pair.value)) == gateway_owner]
+        addresses = address_records(view)
+        recorded.update(address for address, _ in addresses)
+        reserved = [address for address, value in addresses if owner_of(value) == gateway_owner]
         gateways.update((address, name) for address in reserved)
         # The gateway a configuration chose is only recorded in the bucket; capacity
         # leaves out that one, not the default.
-        pool = (Pool.of_bucket(name, reserved[0]) if reserved else None) or default
+        pool = (pool_of_bucket(name, reserved[0]) if reserved else None) or default
         found.append((name, pool, view))
     for name, pool, view in sorted(found, key=lambda item: _network_order(item[1])):
         allocator = PoolAllocator(pool, view)

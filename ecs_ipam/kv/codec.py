@@ -4,16 +4,11 @@ value (LMDB): a two-element msgpack array ``[last_index, value]``."""
 from __future__ import annotations
 
 from ..errors import CorruptDatabaseError
-from ..minipack import UNSURE, packb, unpackb
+from ..minipack import NotMsgpackError, packb, unpackb
 
 
 def encode_record(value: bytes, last_index: int) -> bytes:
-    packed = packb((last_index, value))
-    if packed is None:
-        import msgpack
-
-        packed = msgpack.packb((last_index, value), use_bin_type=True)
-    return packed
+    return packb((last_index, value))
 
 
 def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
@@ -23,14 +18,10 @@ def decode_record(raw: bytes | memoryview, key: str = "?") -> tuple[bytes, int]:
 
     :raises CorruptDatabaseError: the record was not written by this codec.
     """
-    record: object = unpackb(raw)
-    if record is UNSURE:
-        import msgpack
-
-        try:
-            record = msgpack.unpackb(raw, raw=False)
-        except (ValueError, TypeError, msgpack.UnpackException):
-            raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record") from None
+    try:
+        record = unpackb(raw)
+    except NotMsgpackError:
+        raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record") from None
     if not isinstance(record, (list, tuple)) or len(record) != 2:
         raise CorruptDatabaseError(f"record of key {key!r} is not a valid kv record")
     last_index, value = record
