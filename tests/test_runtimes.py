@@ -21,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,129 @@ def test_cnitool_gc_keeps_exactly_the_valid_attachments(runtime):
     for path in netns:
         runtime("del", path)
     assert leases(runtime.db) == {}
+
+
+# --- podman -------------------------------------------------------------------------------------
+
+
+class Podman:
+    """podman with its CNI backend, all its state in a temporary directory: storage (vfs),
+    network lists, CNI_PATH (Debian's bridge and ecs-ipam) and an image of one static binary."""
+
+    def __init__(self, tools: Path, cni_bin: Path, tmp_path: Path) -> None:
+        suffix = secrets.token_hex(4)
+        self.network, self.bridge, self.image = (
+            f"ecsipam-{suffix}",
+            f"ecspod{suffix}",
+            f"localhost/ecsipam-idle:{suffix}",
+        )
+        self.db, self.log = tmp_path / "ipam.db", tmp_path / "ecs-ipam.log"
+        # podman refuses a run directory longer than 50 characters.
+        self.runroot = Path(tempfile.mkdtemp(prefix="ecsipam-"))
+        netdir = tmp_path / "net.d"
+        netdir.mkdir()
+        (netdir / f"{self.network}.conflist").write_text(json.dumps(conflist(self.network, self.bridge)))
+        conf = tmp_path / "containers.conf"
+        conf.write_text(
+            "[network]\n"
+            'network_backend = "cni"\n'
+            f"cni_plugin_dirs = [{json.dumps(str(cni_bin))}]\n"
+            f"network_config_dir = {json.dumps(str(netdir))}\n"
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+        )
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "CONTAINERS_CONF": str(conf),
+            "IPAM_DB_PATH": str(self.db),
+            "ECS_CNI_LOG_FILE": str(self.log),
+        }
+        self.base = [
+            "podman",
+            "--root",
+            str(tmp_path / "root"),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "vfs",
+            "--network-config-dir",
+            str(netdir),
+        ]
+        backend = self("info", "--format", "{{.Host.NetworkBackend}}", check=False)
+        if backend.returncode or backend.stdout.strip() != "cni":
+            shutil.rmtree(self.runroot, ignore_errors=True)
+            pytest.skip(f"podman has no CNI network backend here: {backend.stdout.strip()} {backend.stderr.strip()}")
+        image = tmp_path / "image"
+        image.mkdir()
+        shutil.copy(tools / "idle", image / "idle")
+        run("tar", "-C", str(image), "-cf", str(tmp_path / "image.tar"), "idle")
+        self("import", "--change", 'CMD ["/idle"]', str(tmp_path / "image.tar"), self.image)
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(*self.base, *args, env=self.env, check=check)
+
+    def run_container(self, *args: str) -> subprocess.CompletedProcess:
+        return self("run", "--network", self.network, *args, check=False)
+
+    def calls(self) -> list[tuple[str, str, str]]:
+        """(command, attachment, addresses) of every ADD and DEL ecs-ipam logged."""
+        found = []
+        for line in self.log.read_text().splitlines() if self.log.exists() else []:
+            words = line.split()
+            if len(words) > 4 and words[3] in ("ADD", "DEL") and words[4].startswith("attachment="):
+                found.append((words[3], words[4].removeprefix("attachment="), " ".join(words[5:])))
+        return found
+
+    def close(self) -> None:
+        self("rm", "--all", "--force", "--time", "0", check=False)
+        run("ip", "link", "del", self.bridge, check=False)
+        shutil.rmtree(self.runroot, ignore_errors=True)
+
+
+@pytest.fixture
+def podman(go_tools, cni_bin, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is missing (Debian package podman)")
+    podman = Podman(go_tools, cni_bin, tmp_path)  # may skip: then nothing is left to close
+    try:
+        yield podman
+    finally:
+        podman.close()
+
+
+def test_podman_sets_up_and_tears_down_through_ecs_ipam(podman):
+    """podman's own CNI calls: an ADD per container keyed by its attachment, and the DEL of
+    its teardown releases it, whether or not the OCI runtime can start the container here."""
+    for _ in range(3):
+        podman.run_container("--rm", podman.image)
+    calls = podman.calls()
+    assert [call[0] for call in calls] == ["ADD", "DEL"] * 3, calls
+    attachments = [call[1] for call in calls[::2]]
+    assert [call[1] for call in calls[1::2]] == attachments
+    for attachment in attachments:
+        container, ifname = attachment.split("/")
+        assert len(container.strip("'")) == 64 and ifname == "'eth0'"  # podman's container id
+    assert [call[2] for call in calls[::2]] == ["-> 10.89.0.2/24", "-> 10.89.0.3/24", "-> 10.89.0.4/24"]
+    assert [call[2] for call in calls[1::2]] == [
+        "released ['10.89.0.2']",
+        "released ['10.89.0.3']",
+        "released ['10.89.0.4']",
+    ]
+    assert leases(podman.db) == {}
+
+
+def test_podman_container_holds_its_address_until_removed(podman):
+    started = [podman.run_container("--detach", podman.image, "/idle", "wait") for _ in range(2)]
+    if any(done.returncode for done in started):
+        reason = next(done.stderr.strip() for done in started if done.returncode)
+        pytest.skip(f"the OCI runtime cannot start a container here: {reason}")
+    ids = [done.stdout.strip() for done in started]
+    assert sorted(leases(podman.db).values()) == sorted(ids)
+    shown = podman("logs", ids[1]).stdout.split()
+    assert shown == ["10.89.0.3/24"]
+    podman("rm", "--force", "--time", "0", ids[0])
+    assert list(leases(podman.db).values()) == [ids[1]]
+    podman("rm", "--force", "--time", "0", ids[1])
+    assert leases(podman.db) == {}
