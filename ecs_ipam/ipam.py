@@ -107,6 +107,11 @@ def delete(store: Store, conf: NetConf, attachment: Attachment | None = None) ->
                 released += allocator.release_owner(key)
         if key is not None:
             released += _release_in_other_pools(tx, names, key)
+        if conf.owner_id is not None and LEGACY_BUCKET in names:
+            # Only a host migrated from the Go plugin pays for this (and imports it).
+            from .legacy import release_waiting
+
+            released += release_waiting(tx, conf.owner_id)
         return released
 
     return store.transact(body)

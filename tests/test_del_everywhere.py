@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from ecs_ipam import IPAM, kv
-from ecs_ipam.pool_store import decode
+from ecs_ipam.pool_store import decode, encode
 from plugin import run_plugin
 
 V4 = "169.254.172.0/22"
@@ -128,3 +128,22 @@ def test_the_netlib_sequence_as_processes(tmp_path):
     assert code == 0 and addresses(result) == ["169.254.172.3/22", "fd00:ec2::172:3/112"]
     assert run_plugin("DEL", conf(TASK, ipv4_subnet="10.0.0.0/24"), release_env, db_path=db) == (0, None, "")
     assert held(str(db)) == {V4: {"169.254.172.1": "GateWay"}, V6: {"fd00:ec2::172:1": "GateWayV6"}}
+
+
+def test_migrated_pairs_waiting_for_their_subnet_are_released_too(db):
+    """The Go plugin's leases of a subnet no configuration named yet wait in their own
+    bucket: a DEL by id releases them as the Go plugin would have."""
+    with kv.open_store(db, "go-plugin-IPAM") as store:
+        for key, owner in [
+            ("10.9.0.5", "task"),
+            ("6fd00:9::5", "task"),
+            ("10.9.0.6", "other"),
+            ("10.9.0.1", "GateWay"),
+        ]:
+            store.put(key, encode(owner))
+    with IPAM(db) as ipam:
+        ipam.add(conf("task", ipv4_subnet="10.0.0.0/24"), "c", "eth0")
+        assert ipam.delete(conf("task", ipv4_subnet="10.0.0.0/24")) == ["10.0.0.2", "10.9.0.5", "fd00:9::5"]
+        assert ipam.delete(conf("GateWay", ipv4_subnet="10.0.0.0/24")) == []
+    with kv.open_store(db, "go-plugin-IPAM", read_only=True) as store:
+        assert [pair.key for pair in store.list()] == ["10.9.0.1", "10.9.0.6"]
