@@ -42,9 +42,6 @@ class Address:
     def __repr__(self) -> str:
         return f"Address('{self}')"
 
-    def _key(self) -> tuple[int, int]:
-        return self.version, self.value
-
     def __eq__(self, other: object) -> bool:
         # Duck-typed, so that an address compares equal to netaddr's IPAddress of it.
         try:

@@ -14,9 +14,8 @@ holds it for all of them.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 from .addr import Address, Network, parse_address
+from .config import Value
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
 from .pool_store import (
     GATEWAY_OWNER,
@@ -48,39 +47,25 @@ if TYPE_CHECKING:
     from .kv.base import Tx
     from .pool_store import Record
 
-    _Fields = tuple[object, ...]
-else:
-    # See ecs_ipam.config: the fields' types are declared in the class bodies.
-    _Fields = tuple
 
-
-class Owner(_Fields):
+class Owner(Value):
     """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
     (``container_id``, ``ifname``: str or None); with ``attachment`` true (``"owner":
     "attachment"``), the attachment itself, and ``id`` is "".
 
     An empty id is an anonymous owner, as in the original plugin: any number of them
     coexist, none has an id-index entry, and only a DEL naming the address releases one.
-    Written out rather than made by namedtuple: see ecs_ipam.config.
     """
 
-    __slots__ = ()
+    __slots__ = ("attachment", "container_id", "id", "ifname")
 
-    def __new__(
-        cls, id: str, container_id: str | None = None, ifname: str | None = None, attachment: bool = False
-    ) -> Owner:
-        return tuple.__new__(cls, (id, container_id, ifname, attachment))
-
-    if TYPE_CHECKING:
-        id: str
-        container_id: str | None
-        ifname: str | None
-        attachment: bool
-    else:
-        id = property(itemgetter(0))
-        container_id = property(itemgetter(1))
-        ifname = property(itemgetter(2))
-        attachment = property(itemgetter(3))
+    def __init__(
+        self, id: str, container_id: str | None = None, ifname: str | None = None, attachment: bool = False
+    ) -> None:
+        self.id = id
+        self.container_id = container_id
+        self.ifname = ifname
+        self.attachment = attachment
 
     @property
     def key(self) -> str | None:
@@ -90,23 +75,14 @@ class Owner(_Fields):
         return id_index_key(self.id) if self.id else None
 
 
-class Overlap(_Fields):
-    """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's.
+class Overlap(Value):
+    """Another pool's bucket (``tx``), whose ``subnet`` shares addresses with this pool's."""
 
-    Written out rather than made by namedtuple: see ecs_ipam.config.
-    """
+    __slots__ = ("subnet", "tx")
 
-    __slots__ = ()
-
-    def __new__(cls, subnet: Network, tx: Tx) -> Overlap:
-        return tuple.__new__(cls, (subnet, tx))
-
-    if TYPE_CHECKING:
-        subnet: Network
-        tx: Tx
-    else:
-        subnet = property(itemgetter(0))
-        tx = property(itemgetter(1))
+    def __init__(self, subnet: Network, tx: Tx) -> None:
+        self.subnet = subnet
+        self.tx = tx
 
 
 def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overlap]:

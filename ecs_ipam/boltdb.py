@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 from .errors import CorruptDatabaseError, DatabaseNotFoundError, KeyNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    StrPath = str | os.PathLike[str]
+    StrPath = Union[str, os.PathLike[str]]  # an alias is evaluated: no X | Y before 3.10
 
 __all__ = ["BoltFile", "BucketNotFoundError", "is_bolt_file", "read_libkv_bucket"]
 

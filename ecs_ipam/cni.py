@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from . import __version__
 from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
-from .errors import DecodeError, ECSIPAMError, InvalidEnvironmentError, cut
+from .errors import DecodeError, ECSIPAMError, cut, quoted
 from .log import Log
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
@@ -52,19 +53,22 @@ def main(
     )
     reply_version = SUPPORTED_VERSIONS[-1]
     command = environ.get("CNI_COMMAND", "")
+    data: object = None
+    started = time.monotonic()
     try:
         env = parse_environment(environ)
         data = _decode(_read(stdin), allow_empty=env.command == "VERSION")
         reply_version = cni_version_of(data) if data is not None else reply_version
         result = _run(env, data, log, environ)
+        log.debug(f"{env.command} done in {(time.monotonic() - started) * 1000:.1f} ms")
     except ECSIPAMError as error:
-        log.error(f"{cut(command)} failed: code={error.code} {error.msg}")
+        log.error(f"{cut(command)} failed: code={error.code} {error.msg} ({_caller(environ, data)})")
         _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
         return 1
     except Exception as error:  # noqa: BLE001 - the one place that must catch everything
         import traceback
 
-        log.error(f"{command} failed unexpectedly:\n{traceback.format_exc()}")
+        log.error(f"{cut(command)} failed unexpectedly ({_caller(environ, data)}):\n{traceback.format_exc()}")
         text = cut(str(error), 1024)
         _write(stdout, _error_object(reply_version, 199, f"internal error: {type(error).__name__}: {text}"))
         return 1
@@ -77,9 +81,11 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
     if env.command == "VERSION":
         version = cni_version_of(data) if data is not None else SUPPORTED_VERSIONS[-1]
         return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
-    if env.command not in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
-        raise InvalidEnvironmentError(f"CNI_COMMAND {env.command!r} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION")
     conf = parse_netconf(data)
+    log.debug(
+        f"{env.command} {_caller(environ, data)} netns={quoted(env.netns)} cniVersion={conf.cni_version} "
+        f"pools={[pool.bucket for pool in conf.pools]} db={env.db_path!r}"
+    )
 
     from .ipam import IPAM
 
@@ -97,12 +103,25 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
             log.info(f"DEL {owner} released {released or 'nothing'}")
         elif env.command == "CHECK":
             ipam.check(conf, env.container_id, env.ifname)
+            log.debug(f"CHECK {owner}: the reservation matches")
         elif env.command == "GC":
             released = ipam.gc(conf)
             log.info(f"GC released {released or 'nothing'}")
         else:
             ipam.status(conf)
     return None
+
+
+def _caller(environ: Mapping[str, str], data: object) -> str:
+    """Who a command was for, as far as the input tells, also when it is invalid: the
+    configuration's id ("anonymous" without one), the container id and the interface."""
+    ipam = data.get("ipam") if isinstance(data, dict) else None
+    owner = ipam.get("id") if isinstance(ipam, dict) else None
+    who = quoted(owner) if owner not in (None, "") else "anonymous"
+    if isinstance(ipam, dict) and ipam.get("owner") == "attachment" and owner in (None, ""):
+        who = "attachment"  # the container and the interface below
+    container, ifname = environ.get("CNI_CONTAINERID", ""), environ.get("CNI_IFNAME", "")
+    return f"id={who} container={quoted(container)} ifname={quoted(ifname)}"
 
 
 def _ips(result: dict[str, Any]) -> list[dict[str, str]]:

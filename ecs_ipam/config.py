@@ -6,8 +6,6 @@ error names the offending field and value.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 from .addr import WIDTH, Address, Network, parse_address
 from .errors import IncompatibleVersionError, InvalidConfigError, InvalidEnvironmentError, cut, quoted
 
@@ -16,12 +14,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
-
-    # The fields' types are declared in each class body for type checkers; at run time
-    # they are plain tuples with properties.
-    _Fields = tuple[object, ...]
-else:
-    _Fields = tuple
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -38,58 +30,65 @@ FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
 # The one value of ipam.owner.
 ATTACHMENT_OWNER = "attachment"
 
-# The values below are tuples with named fields, written out: the plugin imports this
-# module in every container start, and each class made by collections.namedtuple compiles
-# its constructor from source there, a dataclass its methods, and typing.NamedTuple needs
-# typing, which costs more than all of them.
+
+class Value:
+    """A value made of the fields named in ``__slots__``, compared, hashed and shown by them.
+
+    Set once, by the constructor; nothing assigns to a field afterwards.  Plain classes:
+    the plugin defines these in every container start, and seven of them cost about
+    60 us, as much as hand-written tuple classes, where collections.namedtuple (which
+    compiles each constructor from source) costs about 350 us, and dataclasses or
+    typing.NamedTuple more (measured in fresh processes, medians of 30).
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Value)  # for mypy: type(other) is type(self)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-class Route(_Fields):
-    """A route copied into the result as configured: ``dst`` (str), ``gw`` (str or None)."""
+class Route(Value):
+    """A route copied into the result as configured."""
 
-    __slots__ = ()
+    __slots__ = ("dst", "gw")
 
-    def __new__(cls, dst: str, gw: str | None = None) -> Route:
-        return tuple.__new__(cls, (dst, gw))
-
-    if TYPE_CHECKING:
-        dst: str
-        gw: str | None
-    else:
-        dst = property(itemgetter(0))
-        gw = property(itemgetter(1))
+    def __init__(self, dst: str, gw: str | None = None) -> None:
+        self.dst = dst
+        self.gw = gw
 
     def to_json(self) -> dict[str, str]:
         return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
 
 
-class Pool(_Fields):
+class Pool(Value):
     """One address family of the configuration: where addresses come from.
 
-    ``version`` (4 or 6), ``subnet`` (:class:`Network`, host bits clear), ``gateway``
-    (:class:`Address`), ``fixed_address`` (:class:`Network` or None), ``routes``
-    (tuple of :class:`Route`).
+    ``subnet`` has its host bits clear, also when the configuration wrote some.
     """
 
-    __slots__ = ()
+    __slots__ = ("fixed_address", "gateway", "routes", "subnet", "version")
 
-    def __new__(
-        cls, version: int, subnet: Network, gateway: Address, fixed_address: Network | None, routes: tuple[Route, ...]
-    ) -> Pool:
-        return tuple.__new__(cls, (version, subnet, gateway, fixed_address, routes))
-
-    if TYPE_CHECKING:
-        version: int
-        subnet: Network
-        gateway: Address
-        fixed_address: Network | None
-        routes: tuple[Route, ...]
-    else:
-        version = property(itemgetter(0))
-        subnet = property(itemgetter(1))
-        gateway = property(itemgetter(2))
-        fixed_address = property(itemgetter(3))
-        routes = property(itemgetter(4))
+    def __init__(
+        self, version: int, subnet: Network, gateway: Address, fixed_address: Network | None, routes: tuple[Route, ...]
+    ) -> None:
+        self.version = version
+        self.subnet = subnet
+        self.gateway = gateway
+        self.fixed_address = fixed_address
+        self.routes = routes
 
     @property
     def bucket(self) -> str:
@@ -97,67 +96,50 @@ class Pool(_Fields):
         return str(self.subnet)
 
 
-class Attachment(_Fields):
-    """A CNI attachment: ``container_id``, ``ifname``."""
+class Attachment(Value):
+    """A CNI attachment."""
 
-    __slots__ = ()
+    __slots__ = ("container_id", "ifname")
 
-    def __new__(cls, container_id: str, ifname: str) -> Attachment:
-        return tuple.__new__(cls, (container_id, ifname))
-
-    if TYPE_CHECKING:
-        container_id: str
-        ifname: str
-    else:
-        container_id = property(itemgetter(0))
-        ifname = property(itemgetter(1))
+    def __init__(self, container_id: str, ifname: str) -> None:
+        self.container_id = container_id
+        self.ifname = ifname
 
 
-class NetConf(_Fields):
+class NetConf(Value):
     """The parts of a CNI network configuration this plugin uses.
 
-    ``cni_version`` (str), ``owner_id`` (str or None), ``pools`` (tuple of :class:`Pool`,
-    IPv4 first), ``prev_result`` (mapping or None), ``valid_attachments`` (tuple of
-    :class:`Attachment` or None), ``by_attachment`` (bool: ``"owner": "attachment"``, the
-    CNI attachment owns the allocation; then ``owner_id`` is None).
+    ``pools``: IPv4 first.  ``valid_attachments``: None when the configuration has no list.
+    ``by_attachment``: ``"owner": "attachment"``, the CNI attachment owns the allocation
+    (then ``owner_id`` is None).
     """
 
-    __slots__ = ()
+    __slots__ = ("by_attachment", "cni_version", "owner_id", "pools", "prev_result", "valid_attachments")
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         cni_version: str,
         owner_id: str | None,
         pools: tuple[Pool, ...],
         prev_result: Mapping[str, Any] | None = None,
         valid_attachments: tuple[Attachment, ...] | None = None,
         by_attachment: bool = False,
-    ) -> NetConf:
-        return tuple.__new__(cls, (cni_version, owner_id, pools, prev_result, valid_attachments, by_attachment))
-
-    if TYPE_CHECKING:
-        cni_version: str
-        owner_id: str | None
-        pools: tuple[Pool, ...]
-        prev_result: Mapping[str, Any] | None
-        valid_attachments: tuple[Attachment, ...] | None
-        by_attachment: bool
-    else:
-        cni_version = property(itemgetter(0))
-        owner_id = property(itemgetter(1))
-        pools = property(itemgetter(2))
-        prev_result = property(itemgetter(3))
-        valid_attachments = property(itemgetter(4))
-        by_attachment = property(itemgetter(5))
+    ) -> None:
+        self.cni_version = cni_version
+        self.owner_id = owner_id
+        self.pools = pools
+        self.prev_result = prev_result
+        self.valid_attachments = valid_attachments
+        self.by_attachment = by_attachment
 
 
-class Environment(_Fields):
-    """The CNI_* and plugin variables of one invocation (all str but ``timeout``, seconds)."""
+class Environment(Value):
+    """The CNI_* and plugin variables of one invocation (``timeout`` in seconds)."""
 
-    __slots__ = ()
+    __slots__ = ("command", "container_id", "db_path", "ifname", "log_file", "log_level", "netns", "timeout")
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         command: str,
         container_id: str,
         netns: str,
@@ -166,27 +148,15 @@ class Environment(_Fields):
         timeout: float,
         log_file: str,
         log_level: str,
-    ) -> Environment:
-        return tuple.__new__(cls, (command, container_id, netns, ifname, db_path, timeout, log_file, log_level))
-
-    if TYPE_CHECKING:
-        command: str
-        container_id: str
-        netns: str
-        ifname: str
-        db_path: str
-        timeout: float
-        log_file: str
-        log_level: str
-    else:
-        command = property(itemgetter(0))
-        container_id = property(itemgetter(1))
-        netns = property(itemgetter(2))
-        ifname = property(itemgetter(3))
-        db_path = property(itemgetter(4))
-        timeout = property(itemgetter(5))
-        log_file = property(itemgetter(6))
-        log_level = property(itemgetter(7))
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.db_path = db_path
+        self.timeout = timeout
+        self.log_file = log_file
+        self.log_level = log_level
 
 
 # --- network configuration ----------------------------------------------------------------
@@ -266,7 +236,8 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
             if ipam.get(f"{family}-{field}") not in (None, "", []):
                 raise InvalidConfigError(f"ipam.{family}-{field} is set but ipam.{subnet_field} is missing")
         return None
-    subnet = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version).cidr
+    written = parse_cidr(ipam[subnet_field], f"ipam.{subnet_field}", version)
+    subnet = written.cidr
     if subnet.prefixlen > MAX_PREFIX[version]:
         raise InvalidConfigError(
             f"ipam.{subnet_field} {subnet}: no available ip in the subnet (prefix longer than /{MAX_PREFIX[version]})"
@@ -275,7 +246,7 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
     gateway_field = f"ipam.{family}-gateway"
     raw_gateway = ipam.get(f"{family}-gateway")
     if raw_gateway in (None, ""):
-        gateway = Address(subnet.first + 1, version)
+        gateway = _default_gateway(written, f"ipam.{subnet_field}", gateway_field)
     else:
         gateway = parse_ip(raw_gateway, gateway_field, version)
         _check_host_address(gateway, subnet, gateway_field)
@@ -291,6 +262,25 @@ def _parse_pool(ipam: dict[str, Any], version: int) -> Pool | None:
 
     routes = _parse_routes(ipam.get(f"{family}-routes"), f"ipam.{family}-routes", version)
     return Pool(version, subnet, gateway, fixed, routes)
+
+
+def _default_gateway(written: Network, field: str, gateway_field: str) -> Address:
+    """The Go plugin's default gateway: the address written in the subnet, + 1.
+
+    That is the network address + 1 for a subnet written as such, but ``10.0.0.5/29``
+    gives ``10.0.0.6``: a bridge the Go plugin configured so keeps its gateway.  Where
+    the Go plugin would answer a gateway no task can use (the IPv4 broadcast address, an
+    address past the subnet), the configuration is refused instead.
+    """
+    subnet = written.cidr
+    value = written.value + 1
+    if value <= subnet.last and not (subnet.version == 4 and value == subnet.last):
+        return Address(value, subnet.version)
+    where = "the broadcast address of" if value == subnet.last else "outside"
+    raise InvalidConfigError(
+        f"{field} {written}: the default gateway, the written address + 1, is {where} {subnet}; "
+        f"write the subnet as {subnet} or set {gateway_field}"
+    )
 
 
 def _check_host_address(ip: Address, subnet: Network, field: str) -> None:

@@ -342,8 +342,9 @@ class IPAM:
     ) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
-        With ``"owner": "attachment"``, what the attachment (*container_id*, *ifname*)
-        holds, in every pool of the database; no id or address is needed.
+        With ``"owner": "attachment"``, what the attachment (*container_id*, *ifname*,
+        which only such a configuration uses) holds, in every pool of the database; no id
+        or address is needed.
         :return: the released addresses ([] when nothing was held or there is no database).
         :raises InvalidEnvironmentError: ``"owner": "attachment"`` without *container_id*
             or *ifname*.
@@ -360,7 +361,11 @@ class IPAM:
     ) -> None:
         """Verify the reservation still matches (cniVersion 0.4.0 and later).
 
+        With ``"owner": "attachment"``, the reservation of the attachment (*container_id*,
+        *ifname*, which only such a configuration uses).
         :raises ReservationMismatchError: it does not.
+        :raises InvalidEnvironmentError: ``"owner": "attachment"`` without *container_id*
+            or *ifname*.
         """
         conf = _parsed(netconf)
         _require_version(conf, "CHECK", "0.4.0")

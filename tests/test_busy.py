@@ -99,7 +99,7 @@ def test_a_crowd_of_writers_times_out_together_then_drains(tmp_path):
     with PausedTransaction(db_path, netconf("task-slow")) as writer:
         impatient = [("ADD", netconf(owner), {"IPAM_DB_CONNECTION_TIMEOUT": "2s"}) for owner in owners]
         plugins = start_together(impatient, db_path)
-        for plugin, (code, result, stderr) in zip(plugins, finish_all(plugins, timeout=60), strict=True):
+        for plugin, (code, result, stderr) in zip(plugins, finish_all(plugins, timeout=60)):
             assert (code, result["code"], stderr) == (1, 11, "")
             assert 2.0 <= plugin.ended - plugin.started < 2.0 + 2 * MARGIN
         patient = [("ADD", netconf(owner), {"IPAM_DB_CONNECTION_TIMEOUT": "30s"}) for owner in owners]

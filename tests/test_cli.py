@@ -16,9 +16,10 @@ import ecs_ipam
 ROOT = Path(__file__).resolve().parent.parent
 
 
-SCRIPT = shutil.which("ecs-ipam")
-# Every test runs through ``python -m``; through the console script too when one is on
-# PATH (a fresh install into a venv is tested by test_packaging, as a slow test).
+# The script installed beside this interpreter (a venv run as v/bin/python -m pytest), or on PATH.
+SCRIPT = shutil.which("ecs-ipam", path=os.path.dirname(sys.executable)) or shutil.which("ecs-ipam")
+# Every test runs through ``python -m``; through the console script too when one is
+# installed (a fresh install into a venv is tested by test_packaging, as a slow test).
 PROGRAMS = {"module": [sys.executable, "-m", "ecs_ipam"]}
 if SCRIPT is not None:
     PROGRAMS["script"] = [SCRIPT]

@@ -378,6 +378,40 @@ def test_log_lines(plugin):
     assert all(f"pid={os.getpid()}" in line for line in lines)
 
 
+def test_error_lines_name_the_command_id_container_and_interface(plugin):
+    plugin.ok("ADD", netconf(id="a", **{"ipv4-subnet": "10.0.0.0/30"}))
+    plugin.error("ADD", netconf(id="b", **{"ipv4-subnet": "10.0.0.0/30"}), CNI_CONTAINERID="c-2", CNI_IFNAME="eth1")
+    plugin.error("DEL", netconf(), CNI_CONTAINERID="", CNI_IFNAME="ecs-eth0")  # no id, no address
+    plugin.error("ADD", "{not json", CNI_CONTAINERID="c-4")
+    with open(plugin.log) as f:
+        errors = [line for line in f.read().splitlines() if "[error]" in line]
+    assert len(errors) == 3
+    assert errors[0].endswith(
+        "ADD failed: code=102 failed to find available ip addresses in the subnet 10.0.0.0/30 "
+        "(id='b' container='c-2' ifname='eth1')"
+    )
+    assert errors[1].endswith("(id=anonymous container='' ifname='ecs-eth0')")
+    assert "DEL failed: code=7 " in errors[1]
+    assert errors[2].endswith("(id=anonymous container='c-4' ifname='eth0')")
+
+
+def test_debug_level_adds_what_each_command_was_given_and_took(plugin):
+    conf = netconf(id="a", **SUBNET)
+    plugin.ok("ADD", conf)
+    with open(plugin.log) as f:
+        assert "[debug]" not in f.read()  # info, the default
+    plugin.ok("DEL", conf, ECS_CNI_LOGLEVEL="debug")
+    plugin.ok("ADD", conf, ECS_CNI_LOGLEVEL="DEBUG")
+    with open(plugin.log) as f:
+        lines = f.read().splitlines()[1:]
+    assert [line.split("] ", 1)[0].rsplit("[", 1)[1] for line in lines] == ["debug", "info", "debug"] * 2
+    assert lines[0].endswith(
+        "DEL id='a' container='container-1' ifname='eth0' netns='/var/run/netns/ns-1' cniVersion=0.3.0 "
+        f"pools=['10.0.0.0/24'] db={plugin.db!r}"
+    )
+    assert " DEL done in " in lines[2] and lines[2].endswith(" ms")
+
+
 def test_log_level(plugin):
     plugin.ok("ADD", netconf(id="a", **SUBNET), ECS_CNI_LOGLEVEL="error")
     assert not os.path.exists(plugin.log)

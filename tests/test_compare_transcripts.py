@@ -141,3 +141,29 @@ def test_the_tool_runs_a_plugin_process_against_a_transcript(tmp_path, capsys):
     plugin = f"{sys.executable} -m ecs_ipam"
     assert compare_plugins.main(["--replay", str(path), "--plugin", plugin]) == 0
     assert "0 unexplained mismatches" in capsys.readouterr().out
+
+
+def test_transcripts_cover_subnets_written_with_host_bits():
+    import netaddr
+
+    seen = set()
+    for path in TRANSCRIPTS:
+        for sequence in load(path)["sequences"]:
+            for op in compare_plugins.expand(sequence):
+                ipam = op["conf"]["ipam"]
+                for family in ("ipv4", "ipv6"):
+                    written = ipam.get(f"{family}-subnet")
+                    if not written or str(netaddr.IPNetwork(written).cidr) == written:
+                        continue
+                    if ipam.get(f"{family}-gateway"):
+                        gateway = "given"
+                    else:
+                        gateway = "unusable" if compare_plugins.unusable_default_gateway(ipam) else "default"
+                    seen.add((sequence["kind"], family, gateway, op["command"], op["answer"]["rc"] == 0))
+    for kind, family in [("v4", "ipv4"), ("v6", "ipv6"), ("dual", "ipv4"), ("dual", "ipv6")]:
+        for command in ("ADD", "DEL"):
+            assert (kind, family, "default", command, True) in seen, (kind, family, command)
+    for kind, family in [("v4", "ipv4"), ("v6", "ipv6")]:
+        assert (kind, family, "given", "ADD", True) in seen
+        # The Go plugin answers these; ecs-ipam refuses them ("host-bits-gateway").
+        assert (kind, family, "unusable", "ADD", True) in seen

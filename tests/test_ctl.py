@@ -390,7 +390,7 @@ def test_usage_prometheus_parses_back_to_the_json_numbers(tmp_path, db):
     ]
     metrics = parse_prometheus(ok("usage", "--prometheus", db=db))
     assert list(metrics) == list(GAUGES)
-    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale"), strict=True):
+    for gauge, key in zip(GAUGES, ("capacity", "allocated", "stale")):
         assert metrics[gauge] == {row["subnet"]: float(row[key]) for row in rows}
     table = ok("usage", db=db).splitlines()
     assert table[0].split() == ["SUBNET", "CAPACITY", "ALLOCATED", "STALE", "USED"]
@@ -527,6 +527,21 @@ def test_bad_environment_and_undecodable_arguments(db):
     )
     assert proc.returncode == 1 and b"not valid unicode text" in proc.stderr and b"Traceback" not in proc.stderr
     assert db_bytes(db) == before
+
+
+def test_the_database_option_goes_before_or_after_the_command(db, tmp_path):
+    add(db, "task-1")
+    before = ok("leases", "--json", db=db)
+    assert json.loads(before)[0]["id"] == "task-1"
+    for args in (["leases", "--db", str(db), "--json"], ["leases", "--json", "--db", str(db)]):
+        assert ok(*args) == before
+    # After the command wins over before it, as the later of two options does.
+    assert ok("--db", str(tmp_path / "elsewhere.db"), "usage", "--json", "--db", str(db)) == ok(
+        "usage", "--json", db=db
+    )
+    code, out, err = ctl("release", "--id", "task-1", "--dry-run", "--db", str(db))
+    assert code == 0 and "task-1" in out, err
+    assert "--db PATH_OR_URL" in ok("leases", "--help")
 
 
 def test_help_and_the_console_script(db):

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import ast
 import configparser
+import fnmatch
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 import ecs_ipam
 
@@ -72,13 +77,29 @@ def test_console_scripts_are_the_plugin_and_the_operator_tool():
     assert scripts == ["ecs-ipam = ecs_ipam.cni:main", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
 
 
-def test_the_packages_found_include_every_subpackage_and_no_tests_or_tools():
-    import setuptools
+def find_packages(exclude: list[str]) -> set[str]:
+    """What setuptools' ``find_packages`` finds, without setuptools (venvs of 3.12 on have none):
+    the folders with an ``__init__.py`` under the root, through such folders only, less the
+    names that match a pattern."""
+    found = set()
+    folders = [path for path in ROOT.iterdir() if (path / "__init__.py").is_file()]
+    while folders:
+        folder = folders.pop()
+        name = ".".join(folder.relative_to(ROOT).parts)
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+            found.add(name)
+        folders.extend(path for path in folder.iterdir() if (path / "__init__.py").is_file())
+    return found
 
+
+def test_the_packages_found_include_every_subpackage_and_no_tests_or_tools():
     exclude = [line.strip() for line in setup_cfg()["options.packages.find"]["exclude"].splitlines() if line.strip()]
-    found = set(setuptools.find_packages(str(ROOT), exclude=exclude))
-    subpackages = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "ecs_ipam").rglob("__init__.py")}
-    assert {"ecs_ipam", "ecs_ipam.kv", "ecs_ipam.ctl"} <= subpackages
+    found = find_packages(exclude)
+    modules = {path.parent for path in (ROOT / "ecs_ipam").rglob("*.py")}
+    subpackages = {".".join(folder.relative_to(ROOT).parts) for folder in modules}
+    # A folder of modules without __init__.py would be left out of the wheel.
+    assert all((folder / "__init__.py").is_file() for folder in modules), sorted(modules)
+    assert {"ecs_ipam", "ecs_ipam.kv", "ecs_ipam.ctl", "ecs_ipam.kv.etcd"} <= subpackages
     assert found == subpackages
 
 

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from itertools import pairwise
 
 import pytest
 
@@ -48,7 +47,7 @@ def launch_adds(db_path, count: int, timeout: float = DEFAULT_TIMEOUT) -> tuple[
     plugins = start_together(runs, db_path)
     outcomes = finish_all(plugins, timeout=timeout + 60)
     v4, v6 = {}, {}
-    for owner, plugin, (code, result, stderr) in zip(ids, plugins, outcomes, strict=True):
+    for owner, plugin, (code, result, stderr) in zip(ids, plugins, outcomes):
         assert code == 0, (owner, result, stderr)
         assert stderr == ""
         # Each waited for the others' transactions, but never as long as its own timeout.
@@ -125,7 +124,7 @@ def check_no_address_held_twice(holdings: list[tuple[str, str, float, float]]) -
         by_address[address].append((start, end, owner))
     for address, spans in by_address.items():
         spans.sort()
-        for (_, end, owner), (next_start, _, next_owner) in pairwise(spans):
+        for (_, end, owner), (next_start, _, next_owner) in zip(spans, spans[1:]):
             assert next_start > end, f"{address} held by {owner} and {next_owner} at once"
 
 

@@ -292,10 +292,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     print(f"\n## {title}\n")
     for n, row in enumerate(cells):
         print(
-            "  "
-            + "  ".join(
-                text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths, strict=True))
-            )
+            "  " + "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
         )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
@@ -574,7 +571,7 @@ def api_sections(workdir: str, params: dict[str, Any], fill_rows: list[list[obje
             spread = owners[:: max(1, len(owners) // samples)][:samples]
             few_seconds: list[float] = []
             full_seconds: list[float] = []
-            for few_owner, full_owner in zip(few_owners, spread, strict=False):
+            for few_owner, full_owner in zip(few_owners, spread):
                 few_seconds.append(timed_delete(few, few_owner, family, subnet))
                 full_seconds.append(timed_delete(full, full_owner, family, subnet))
         del_ratio = median(full_seconds) / median(few_seconds)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import random
@@ -93,6 +94,12 @@ DIFFERENCES = {
         'several subnets share one database (the Go plugin fails with "id: GateWay: '
         'ipstore: id already exists"); not generated: one subnet per family and sequence',
         "tests/test_ipam.py::test_two_subnets_in_one_database_with_the_same_id",
+    ),
+    "host-bits-gateway": (
+        "a subnet written with host bits whose default gateway (the written address + 1) is the "
+        "IPv4 broadcast address or lies past the subnet is an invalid configuration, code 7 "
+        "(the Go plugin answers that gateway)",
+        "tests/test_host_bits.py::test_an_unusable_default_gateway_is_refused",
     ),
     "cni-versions": (
         "every CNI version from 0.1.0 to 1.1.0 is answered (the Go plugin: 0.3.0 only); sequences use 0.3.0",
@@ -243,6 +250,8 @@ def compare(op: JSON, reference: Answer, candidate: Answer) -> tuple[str, str]:
         return "same", ""
     if not ref["ok"] and ref["error"] == "not-held" and cand["ok"] and op["command"] == "DEL":
         return "intentional", "del-not-held"
+    if not cand["ok"] and cand["error"] == "invalid-config" and unusable_default_gateway(op["conf"]["ipam"]):
+        return "intentional", "host-bits-gateway"
     if (
         not ref["ok"]
         and not cand["ok"]
@@ -252,6 +261,22 @@ def compare(op: JSON, reference: Answer, candidate: Answer) -> tuple[str, str]:
     ):
         return "intentional", "fixed-is-gateway"
     return "mismatch", f"reference {ref} / plugin {cand}"
+
+
+def unusable_default_gateway(ipam: JSON) -> bool:
+    """Whether a pool of *ipam* takes the default gateway, and the Go plugin's (the address
+    written in the subnet + 1) is the IPv4 broadcast address or lies past the subnet."""
+    for version, family in ((4, "ipv4"), (6, "ipv6")):
+        if ipam.get(f"{family}-gateway") or not isinstance(ipam.get(f"{family}-subnet"), str):
+            continue
+        try:
+            written = netaddr.IPNetwork(ipam[f"{family}-subnet"])
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            continue
+        gateway = int(written.ip) + 1
+        if gateway > written.last or (version == 4 and gateway == written.last):
+            return True
+    return False
 
 
 def answer_json(answer: Answer) -> JSON:
@@ -288,12 +313,16 @@ def pool_layout(kind: str, rng: random.Random) -> JSON:
     prefixes = {4: 28, 6: 124} if kind == "dual" else {4: rng.choice((29, 28, 27)), 6: rng.choice((125, 124, 123))}
     base = {4: f"10.{rng.randrange(256)}.{rng.randrange(16) * 16}.0", 6: f"fd00:{rng.randrange(65536):x}::"}
     ipam: JSON = {"type": "ecs-ipam"}
-    gateway_offset = 1 if rng.random() < 0.7 or kind == "dual" else 2
+    explicit_gateway = not (rng.random() < 0.7 or kind == "dual")
+    first = layout["families"][0]
+    host_bits = _host_bits(kind, 2 ** ((32 if first == 4 else 128) - prefixes[first]), rng)
+    # The Go plugin's default gateway is the address written in the subnet + 1.
+    gateway_offset = 2 if explicit_gateway else host_bits + 1
     for version in layout["families"]:
         family = "ipv4" if version == 4 else "ipv6"
         subnet = netaddr.IPNetwork(f"{base[version]}/{prefixes[version]}").cidr
-        ipam[f"{family}-subnet"] = str(subnet)
-        if gateway_offset != 1:
+        ipam[f"{family}-subnet"] = f"{netaddr.IPAddress(subnet.first + host_bits, version)}/{subnet.prefixlen}"
+        if explicit_gateway:
             ipam[f"{family}-gateway"] = str(netaddr.IPAddress(subnet.first + gateway_offset, version))
         elif rng.random() < 0.2:
             ipam[f"{family}-gateway"] = ""
@@ -305,6 +334,22 @@ def pool_layout(kind: str, rng: random.Random) -> JSON:
     layout["ipam"] = ipam
     layout["gateway_offset"] = gateway_offset
     return layout
+
+
+def _host_bits(kind: str, size: int, rng: random.Random) -> int:
+    """The offset of the address written in the subnet: 0 (none) in most sequences.
+
+    Some write host bits whose default gateway is usable; a few (not dual: its pin holds
+    the IPv6 pool's last address) write those whose default gateway the Go plugin answers
+    although no task could use it, the IPv4 broadcast address or one past the subnet
+    (see "host-bits-gateway").
+    """
+    roll = rng.random()
+    if roll < 0.6:
+        return 0
+    if roll < 0.94 or kind == "dual":
+        return rng.randrange(1, size - 2)
+    return rng.choice((size - 2, size - 1)) if kind == "v4" else size - 1
 
 
 def _subnets(layout: JSON) -> dict[int, netaddr.IPNetwork]:
@@ -353,88 +398,143 @@ class Model:
                 del self.held[address]
 
 
+class Draw:
+    """What an operation generator draws from: the sequence's state, and the op it builds.
+
+    A generator fills ``ipam`` (a copy of the sequence's shared keys) and returns the
+    command, or None when it does not apply now (the draw then falls to an invalid request).
+    """
+
+    def __init__(self, rng: random.Random, layout: JSON, model: Model, ids: list[str]) -> None:
+        self.rng = rng
+        self.ids = ids
+        self.model = model
+        self.subnets = _subnets(layout)
+        self.families = layout["families"]
+        self.gateway_offset = layout["gateway_offset"]
+        self.ipam: JSON = dict(layout["ipam"])
+        self.fixed_is_gateway = False
+        first = self.families[0]
+        self.held = [a for a in model.held if netaddr.IPAddress(a).version == first]
+        self.named = sorted({o for o in model.held.values() if o and o != "pin"})
+
+    def host_offset(self) -> int:
+        size = self.subnets[self.families[0]].size
+        return self.rng.randrange(1, size - 1 if self.families[0] == 4 else size)
+
+    def fixed(self, offset: int) -> None:
+        """Ask for the address at *offset* in every pool (the pools of a dual sequence stay in step)."""
+        for version in self.families:
+            subnet = self.subnets[version]
+            family = "ipv4" if version == 4 else "ipv6"
+            self.ipam[f"{family}-address"] = f"{netaddr.IPAddress(subnet.first + offset, version)}/{subnet.prefixlen}"
+        self.fixed_is_gateway = offset == self.gateway_offset
+
+
+def add_by_id(d: Draw) -> str:
+    d.ipam["id"] = d.rng.choice(d.ids)
+    return "ADD"
+
+
+def add_anonymous(d: Draw) -> str:
+    if d.rng.random() < 0.5:
+        d.ipam["id"] = ""
+    return "ADD"
+
+
+def add_fixed(d: Draw) -> str:
+    d.fixed(d.host_offset())
+    if d.fixed_is_gateway and d.rng.random() < 0.8:
+        d.fixed(d.gateway_offset + 1)
+    choice = d.rng.random()
+    if choice < 0.5:
+        d.ipam["id"] = d.rng.choice(d.ids)
+        if 6 in d.families and (len(d.families) == 2 or d.ipam["id"] in d.named):
+            del d.ipam["id"]  # see "v6-fixed-id-exists" and "dual-stack-fixed-under-an-id"
+    elif choice < 0.75:
+        d.ipam["id"] = ""
+    return "ADD"
+
+
+def del_by_id(d: Draw) -> str:
+    d.ipam["id"] = d.rng.choice(d.named) if d.named and d.rng.random() < 0.8 else d.rng.choice(d.ids)
+    return "DEL"
+
+
+def del_by_address(d: Draw) -> str:
+    if d.held and d.rng.random() < 0.8:
+        first = netaddr.IPAddress(d.rng.choice(d.held))
+        offset = int(first) - d.subnets[d.families[0]].first
+    else:
+        offset = d.host_offset()
+    if offset == d.gateway_offset:
+        offset += 1  # releasing the gateway is refused by one plugin and done by the other
+    d.fixed(offset)
+    if d.rng.random() < 0.3:
+        d.ipam["id"] = ""
+    return "DEL"
+
+
+def del_by_id_and_its_address(d: Draw) -> str | None:
+    # Only the id that holds the address (see "del-id-and-other-address").
+    if not d.named:
+        return None
+    owner = d.rng.choice(d.named)
+    version = d.families[0]
+    address = next(a for a, o in d.model.held.items() if o == owner and netaddr.IPAddress(a).version == version)
+    d.ipam["id"] = owner
+    d.fixed(int(netaddr.IPAddress(address)) - d.subnets[version].first)
+    return "DEL"
+
+
+def invalid_request(d: Draw) -> str:
+    command, mistake = d.rng.choice(("ADD", "DEL")), d.rng.randrange(4)
+    version = d.families[0]
+    family = "ipv4" if version == 4 else "ipv6"
+    subnet = d.subnets[version]
+    if mistake == 0:  # neither id nor address
+        d.ipam.pop("id", None)
+        if d.rng.random() < 0.5:
+            d.ipam["id"] = ""
+        command = "DEL"
+    elif mistake == 1:
+        d.ipam[f"{family}-address"] = ""
+    elif mistake == 2:
+        d.ipam[f"{family}-address"] = f"{netaddr.IPAddress(subnet.first, version)}/{subnet.prefixlen}"
+    else:
+        outside = netaddr.IPAddress(subnet.last + 1 + d.rng.randrange(100), version)
+        d.ipam[f"{family}-address"] = f"{outside}/{subnet.prefixlen}"
+    if command == "ADD" or d.rng.random() < 0.5:
+        d.ipam.setdefault("id", d.rng.choice(d.ids))
+    return command
+
+
+# The mix of a sequence: (weight, generator).  What is left of 1.0 goes to invalid requests,
+# as does a draw whose generator does not apply at that point.
+MIX: tuple[tuple[float, Callable[[Draw], str | None]], ...] = (
+    (0.25, add_by_id),
+    (0.15, add_anonymous),
+    (0.10, add_fixed),
+    (0.20, del_by_id),
+    (0.18, del_by_address),
+    (0.07, del_by_id_and_its_address),
+)
+
+
 def next_op(rng: random.Random, layout: JSON, model: Model, ids: list[str]) -> JSON:
     """One operation, drawn from *rng* and what the reference holds now."""
-    subnets = _subnets(layout)
-    families = layout["families"]
-    gateway_offset = layout["gateway_offset"]
-    ipam = dict(layout["ipam"])
-    op: JSON = {}
-
-    def host_offset() -> int:
-        size = subnets[families[0]].size
-        return rng.randrange(1, size - 1 if families[0] == 4 else size)
-
-    def fixed(offset: int) -> None:
-        # In a dual sequence both families get the same offset: the pools stay in step.
-        for version in families:
-            subnet = subnets[version]
-            family = "ipv4" if version == 4 else "ipv6"
-            ipam[f"{family}-address"] = f"{netaddr.IPAddress(subnet.first + offset, version)}/{subnet.prefixlen}"
-        op["fixed_is_gateway"] = offset == gateway_offset
-
-    held = [a for a in model.held if netaddr.IPAddress(a).version == families[0]]
-    named = sorted({o for o in model.held.values() if o and o != "pin"})
-    roll = rng.random()
-    if roll < 0.25:
-        command, ipam["id"] = "ADD", rng.choice(ids)
-    elif roll < 0.40:
-        command = "ADD"
-        if rng.random() < 0.5:
-            ipam["id"] = ""
-    elif roll < 0.50:
-        command = "ADD"
-        fixed(host_offset())
-        if op["fixed_is_gateway"] and rng.random() < 0.8:
-            fixed(gateway_offset + 1)
-        choice = rng.random()
-        if choice < 0.5:
-            ipam["id"] = rng.choice(ids)
-            if 6 in families and (len(families) == 2 or ipam["id"] in named):
-                del ipam["id"]  # see "v6-fixed-id-exists" and "dual-stack-fixed-under-an-id"
-        elif choice < 0.75:
-            ipam["id"] = ""
-    elif roll < 0.70:
-        command = "DEL"
-        ipam["id"] = rng.choice(named) if named and rng.random() < 0.8 else rng.choice(ids)
-    elif roll < 0.88:
-        command = "DEL"
-        if held and rng.random() < 0.8:
-            first = netaddr.IPAddress(rng.choice(held))
-            offset = int(first) - subnets[families[0]].first
-        else:
-            offset = host_offset()
-        if offset == gateway_offset:
-            offset += 1  # releasing the gateway is refused by one plugin and done by the other
-        fixed(offset)
-        if rng.random() < 0.3:
-            ipam["id"] = ""
-    elif roll < 0.95 and named:
-        # By id and address: only the id that holds the address (see "del-id-and-other-address").
-        command = "DEL"
-        owner = rng.choice(named)
-        address = next(a for a, o in model.held.items() if o == owner and netaddr.IPAddress(a).version == families[0])
-        ipam["id"] = owner
-        fixed(int(netaddr.IPAddress(address)) - subnets[families[0]].first)
-    else:
-        command, mistake = rng.choice(("ADD", "DEL")), rng.randrange(4)
-        family = "ipv4" if families[0] == 4 else "ipv6"
-        subnet = subnets[families[0]]
-        if mistake == 0:
-            ipam.pop("id", None)
-            if rng.random() < 0.5:
-                ipam["id"] = ""
-            command = "DEL"
-        elif mistake == 1:
-            ipam[f"{family}-address"] = ""
-        elif mistake == 2:
-            ipam[f"{family}-address"] = f"{netaddr.IPAddress(subnet.first, families[0])}/{subnet.prefixlen}"
-        else:
-            outside = netaddr.IPAddress(subnet.last + 1 + rng.randrange(100), families[0])
-            ipam[f"{family}-address"] = f"{outside}/{subnet.prefixlen}"
-        if command == "ADD" or rng.random() < 0.5:
-            ipam.setdefault("id", rng.choice(ids))
-    op.update(command=command, conf={"cniVersion": "0.3.0", "name": "compare", "ipam": ipam})
+    draw = Draw(rng, layout, model, ids)
+    roll, bound = rng.random(), 0.0
+    generate: Callable[[Draw], str | None] = invalid_request
+    for weight, candidate in MIX:
+        bound += weight
+        if roll < bound:
+            generate = candidate
+            break
+    command = generate(draw) or invalid_request(draw)
+    op: JSON = {"command": command, "conf": {"cniVersion": "0.3.0", "name": "compare", "ipam": draw.ipam}}
+    if draw.fixed_is_gateway:
+        op["fixed_is_gateway"] = True
     return op
 
 
@@ -467,25 +567,22 @@ def run_sequence(
     layout = pool_layout(kind, rng)
     ids = [f"task-{i}" for i in range(max(4, _subnets(layout)[layout["families"][0]].size // 2))]
     model = Model()
-    same, mismatches, transcript = 0, [], []
+    same, mismatches = 0, []
+    transcript: list[JSON] = []
     intentional: dict[str, int] = {}
     with (
         tempfile.TemporaryDirectory(prefix="compare-ref-") as ref_dir,
         tempfile.TemporaryDirectory(prefix="compare-plugin-") as cand_dir,
     ):
-        plan = recorded if recorded is not None else setup_ops(kind, layout)
-        index = 0
-        while index < (len(plan) if recorded is not None else len(plan) + ops):
-            if index < len(plan):
-                op = {k: v for k, v in plan[index].items() if k != "answer"}
-            else:
-                op = next_op(rng, layout, model, ids)
-            if recorded is not None:
-                ref_answer = answer_from_json(plan[index]["answer"])
-            else:
-                assert reference is not None, "a reference is needed when nothing was recorded"
-                ref_answer = reference(op, ref_dir)
+        if recorded is not None:
+            steps = ((_op_of(entry), answer_from_json(entry["answer"])) for entry in recorded)
+        else:
+            assert reference is not None, "a reference is needed when nothing was recorded"
+            live = itertools.chain(setup_ops(kind, layout), (next_op(rng, layout, model, ids) for _ in range(ops)))
+            steps = ((op, reference(op, ref_dir)) for op in live)
+        for op, ref_answer in steps:
             cand_answer = candidate(op, cand_dir)
+            # Before the next live op is drawn: it depends on what the reference holds.
             model.apply(op, ref_answer)
             verdict, detail = compare(op, ref_answer, cand_answer)
             if verdict == "same":
@@ -493,10 +590,13 @@ def run_sequence(
             elif verdict == "intentional":
                 intentional[detail] = intentional.get(detail, 0) + 1
             else:
-                mismatches.append({"index": index, "op": op, "detail": detail})
+                mismatches.append({"index": len(transcript), "op": op, "detail": detail})
             transcript.append({**op, "answer": answer_json(ref_answer)})
-            index += 1
-    return Tally(seed, kind, index, same, intentional, mismatches), transcript
+    return Tally(seed, kind, len(transcript), same, intentional, mismatches), transcript
+
+
+def _op_of(entry: JSON) -> JSON:
+    return {k: v for k, v in entry.items() if k != "answer"}
 
 
 def compact(sequence_ops: list[JSON]) -> JSON:
@@ -593,6 +693,19 @@ def replay(transcript: JSON, candidate: Runner) -> list[Tally]:
     ]
 
 
+def write_transcript(path: str, reference_name: str, sequences: list[JSON]) -> None:
+    """Save :func:`compact` sequences (each with its ``seed`` and ``kind``) for ``--replay``."""
+    with open(path, "w", encoding="utf-8") as f:
+        # One sequence, then one operation per line: small, and readable in a diff.
+        f.write(f'{{"format": {TRANSCRIPT_FORMAT}, "reference": {json.dumps(reference_name)}, "sequences": [\n')
+        for i, sequence in enumerate(sequences):
+            head = {k: v for k, v in sequence.items() if k != "ops"}
+            f.write(json.dumps(head)[:-1] + ', "ops": [\n')
+            f.write(",\n".join(json.dumps(op, separators=(",", ":")) for op in sequence["ops"]))
+            f.write("\n]}" + ("," if i < len(sequences) - 1 else "") + "\n")
+        f.write("]}\n")
+
+
 def _runner(plugin: ProcessPlugin | InProcessPlugin) -> Runner:
     return lambda op, directory: plugin.run(op["command"], op["conf"], directory)
 
@@ -643,16 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             tallies.append(tally)
             sequences.append({"seed": seed, "kind": kind, **compact(transcript)})
     if args.record:
-        with open(args.record, "w", encoding="utf-8") as f:
-            # One sequence, then one operation per line: small, and readable in a diff.
-            reference_name = json.dumps(os.path.basename(args.reference))
-            f.write(f'{{"format": {TRANSCRIPT_FORMAT}, "reference": {reference_name}, "sequences": [\n')
-            for i, sequence in enumerate(sequences):
-                head = {k: v for k, v in sequence.items() if k != "ops"}
-                f.write(json.dumps(head)[:-1] + ', "ops": [\n')
-                f.write(",\n".join(json.dumps(op, separators=(",", ":")) for op in sequence["ops"]))
-                f.write("\n]}" + ("," if i < len(sequences) - 1 else "") + "\n")
-            f.write("]}\n")
+        write_transcript(args.record, os.path.basename(args.reference), sequences)
     return 1 if print_report(tallies, show=args.show) else 0
 
 

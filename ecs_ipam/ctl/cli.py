@@ -53,27 +53,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Global options go before or after the command, as people type them: each parser
+    # knows them, and SUPPRESS keeps a command's parser from resetting what came before it.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--db",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH})",
+    )
     parser = _Parser(
         prog=PROG,
         description="See the address pools of an ecs-ipam database, find leaked leases, release them, "
         "and export usage.",
-    )
-    parser.add_argument(
-        "--db",
-        metavar="PATH_OR_URL",
-        help=f"an LMDB file or an etcd:// (etcds://) URL (default: $IPAM_DB_PATH, else {DEFAULT_DB_PATH})",
+        parents=[common],
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    leases = commands.add_parser("leases", help="list every lease")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, parents=[common])
+
+    leases = command("leases", "list every lease")
     leases.add_argument("--subnet", metavar="CIDR", help="only the leases whose address lies in CIDR")
     leases.add_argument("--json", action="store_true", help="a JSON list instead of a table")
 
-    stale = commands.add_parser("stale", help="list the leases that look leaked")
+    stale = command("stale", "list the leases that look leaked")
     stale.add_argument("--live", metavar="FILE", help="container ids known to run, one per line ('-': stdin)")
     stale.add_argument("--json", action="store_true", help="a JSON list instead of a table")
 
-    release = commands.add_parser("release", help="release leases in one transaction")
+    release = command("release", "release leases in one transaction")
     what = release.add_mutually_exclusive_group(required=True)
     what.add_argument("--id", help="every lease this owner id holds")
     what.add_argument("--address", metavar="ADDR", help="the lease of this address")
@@ -81,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--live", metavar="FILE", help="with --stale: as for `stale --live`")
     release.add_argument("--dry-run", action="store_true", help="print what would be released; write nothing")
 
-    usage = commands.add_parser("usage", help="capacity and use of each pool")
+    usage = command("usage", "capacity and use of each pool")
     form = usage.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     form.add_argument("--prometheus", action="store_true", help="the text format of node_exporter's textfile collector")
@@ -139,7 +147,7 @@ def _silence(stream: IO[str]) -> None:
 
 
 def _run(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str], clock: Callable[[], float]) -> str:
-    db = _database(args.db, environ)
+    db = _database(getattr(args, "db", None), environ)
     if args.command == "leases":
         subnet = parse_cidr(args.subnet, "--subnet").cidr if args.subnet is not None else None
         holdings = _read(db, environ)

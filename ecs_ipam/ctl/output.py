@@ -69,7 +69,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
     ]
     if reasons is not None:
         header.append("WHY")
-        for row, reason in zip(rows, reasons, strict=True):
+        for row, reason in zip(rows, reasons):
             row.append(reason)
     return _table(header, rows)
 
@@ -105,7 +105,7 @@ def _table(header: list[str], rows: list[list[str]], right_from: int | None = No
     def line(row: list[str]) -> str:
         cells = (
             cell.rjust(width) if right_from is not None and i >= right_from else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            for i, (cell, width) in enumerate(zip(row, widths))
         )
         return "  ".join(cells).rstrip()
 

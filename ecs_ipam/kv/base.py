@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
-    from typing import NamedTuple, Self, TypeVar
+    from typing import NamedTuple, TypeVar
+
+    from typing_extensions import Self  # typing.Self is 3.11+; never imported at run time
 
     T = TypeVar("T")
 

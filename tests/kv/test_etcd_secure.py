@@ -364,7 +364,7 @@ def test_plugins_on_two_hosts_share_the_tls_pool(secure, pki, url, pool_prefix, 
     outcomes = finish_all(start_together(runs, url), timeout=90)
 
     addresses = {}
-    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
+    for owner, (code, result, stderr) in zip(owners, outcomes):
         assert (code, stderr) == (0, ""), (owner, result, stderr)
         addresses[owner] = result_ips(result)[0]
     assert len(set(addresses.values())) == len(owners)

@@ -609,7 +609,7 @@ def test_plugins_on_etcd_keep_one_address_space_across_overlapping_pools(url):
     outcomes = finish_all(start_together(runs, url), timeout=90)
 
     assigned = {}
-    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
+    for owner, (code, result, stderr) in zip(owners, outcomes):
         assert (code, stderr) == (0, ""), (owner, result, stderr)
         assigned[owner] = result_ips(result)[0]
     assert len(set(assigned.values())) == len(owners)
@@ -634,7 +634,7 @@ def test_concurrent_plugins_on_etcd_get_distinct_addresses_and_release_them(url)
     outcomes = finish_all(start_together(runs, url), timeout=60)
 
     assigned = {}
-    for owner, (code, result, stderr) in zip(owners, outcomes, strict=True):
+    for owner, (code, result, stderr) in zip(owners, outcomes):
         assert (code, stderr) == (0, ""), (owner, result, stderr)
         assigned[owner] = result_ips(result)
     assert len({v4 for v4, _ in assigned.values()}) == len({v6 for _, v6 in assigned.values()}) == len(owners)

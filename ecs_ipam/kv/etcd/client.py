@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
-from .http import BrokenResponse, Connection, describe, speaks_tls
+from .http import TIMEOUTS, BrokenResponse, Connection, describe, speaks_tls
 from .layout import Layout, b64
 from .settings import VARIABLES, Security, parse_url
 
@@ -205,7 +205,7 @@ class Client:
                     and speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
                 ):
                     raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://") from None
-                failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TimeoutError)
+                failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TIMEOUTS)
                 self.current = (self.current + 1) % len(self.endpoints)
                 attempts += 1
                 if attempts % len(self.endpoints) == 0:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 MAX_LINE = 65536
+# A socket timeout is a TimeoutError from Python 3.10 on; before, socket.timeout is another OSError.
+TIMEOUTS = (TimeoutError, socket.timeout)
 
 
 class BrokenResponse(ConnectionError):
@@ -182,6 +184,6 @@ def speaks_tls(host: str, port: int, timeout: float) -> bool:
 
 def describe(error: BaseException) -> str:
     """A short reason for a failed connection, for error messages."""
-    if isinstance(error, TimeoutError):
+    if isinstance(error, TIMEOUTS):
         return "timed out"
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
