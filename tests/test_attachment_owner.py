@@ -320,6 +320,9 @@ def test_every_command_as_a_process(tmp_path):
     lines = log.read_text().splitlines()
     assert "ADD attachment='c1'/'eth0' -> 10.88.0.2/24, fd00:88::2/64" in lines[0]
     assert any("DEL attachment='c1'/'eth0' released ['10.88.0.2', 'fd00:88::2']" in line for line in lines)
+    # A failed command's line says whose call it was.
+    failed = [line for line in lines if "DEL failed: code=4" in line]
+    assert failed[0].endswith("(id=attachment container='c1' ifname='')")
 
 
 @pytest.mark.parametrize("value, shown", [("container", "'container'"), (None, "None"), (7, "7")])
