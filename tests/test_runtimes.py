@@ -34,6 +34,7 @@ BRIDGE = Path("/usr/lib/cni/bridge")
 GOPATH = Path("/usr/share/gocode")
 LIBCNI = GOPATH / "src/github.com/containernetworking/cni/libcni"
 SUBNET = "10.89.0.0/24"
+PODMAN_SUBNET = "10.88.0.0/16"  # the README's podman list
 
 
 def run(*args: str, env: dict | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -82,7 +83,8 @@ def cni_bin(tmp_path: Path) -> Path:
     """A CNI_PATH directory with Debian's bridge and this project's ecs-ipam."""
     directory = tmp_path / "cni-bin"
     directory.mkdir()
-    (directory / "bridge").symlink_to(BRIDGE)
+    for plugin in ("bridge", "portmap", "firewall"):
+        (directory / plugin).symlink_to(BRIDGE.parent / plugin)
     wrapper = directory / "ecs-ipam"
     wrapper.write_text(
         f"#!/bin/sh\nPYTHONPATH='{ROOT}'${{PYTHONPATH:+:$PYTHONPATH}} exec '{sys.executable}' -m ecs_ipam \"$@\"\n"
@@ -113,16 +115,37 @@ def conflist(name: str, bridge: str) -> dict:
     }
 
 
+EXAMPLES = {
+    "podman": ROOT / "examples/podman-ecs-ipam.conflist",
+    "containerd": ROOT / "examples/containerd-ecs-ipam.conflist",
+}
+
+
+def example_list(runtime: str, name: str, bridge: str) -> dict:
+    """The README's network list for *runtime*, under a network and bridge name of this run."""
+    document = json.loads(EXAMPLES[runtime].read_text())
+    document["name"] = name
+    document["plugins"][0]["bridge"] = bridge
+    return document
+
+
+def test_the_readme_shows_the_example_lists():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Other container runtimes", 1)[1].split("\n## ", 1)[0]
+    shown = [json.loads(block.split("```", 1)[0]) for block in section.split("```json\n")[1:]]
+    assert shown == [json.loads(EXAMPLES["podman"].read_text()), json.loads(EXAMPLES["containerd"].read_text())]
+
+
 def container_id(netns: str) -> str:
     """The container id cnitool derives from a netns path."""
     return "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:20]
 
 
-def leases(db: Path) -> dict[str, str]:
-    """address -> container id of every lease of the subnet; and no index entry left over."""
+def leases(db: Path, subnet: str = SUBNET) -> dict[str, str]:
+    """address -> container id of every lease of *subnet*; and no index entry left over."""
     if not db.exists():
         return {}
-    with kv.open_store(str(db), SUBNET, read_only=True) as store:
+    with kv.open_store(str(db), subnet, read_only=True) as store:
         pairs = {pair.key: decode(pair.value) for pair in store.list()}
     held = {
         key: value["container_id"]
@@ -161,8 +184,11 @@ class Runtime:
         self.namespaces.append(name)
         return f"/var/run/netns/{name}"
 
-    def __call__(self, command: str, *args: str) -> subprocess.CompletedProcess:
-        return run(str(self.cnitool), command, self.name, *args, env=self.env)
+    def __call__(self, command: str, *args: str, network: str | None = None) -> subprocess.CompletedProcess:
+        return run(str(self.cnitool), command, network or self.name, *args, env=self.env)
+
+    def add_list(self, document: dict) -> None:
+        (Path(self.env["NETCONFPATH"]) / f"{document['name']}.conflist").write_text(json.dumps(document))
 
     def address_in(self, netns: str) -> str:
         shown = run("ip", "-n", Path(netns).name, "-j", "-4", "addr", "show", "eth0").stdout
@@ -206,6 +232,32 @@ def test_cnitool_add_check_del_for_three_namespaces_leaves_nothing(runtime):
     assert again["ips"][0]["address"] == "10.89.0.5/24"
 
 
+def test_cnitool_with_the_readme_containerd_list_dual_stack(runtime):
+    """containerd runs plugins through libcni as cnitool does: the README's list, dual stack,
+    with portmap after the bridge."""
+    suffix = secrets.token_hex(4)
+    network, bridge = f"ecsipam-k8s-{suffix}", f"ecsk8s{suffix}"
+    runtime.add_list(example_list("containerd", network, bridge))
+    netns = [runtime.namespace() for _ in range(2)]
+    for path in netns:
+        run("ip", "netns", "exec", Path(path).name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", check=False)
+    try:
+        results = [json.loads(runtime("add", path, network=network).stdout) for path in netns]
+        assert [[ip["address"] for ip in result["ips"]] for result in results] == [
+            ["10.22.0.2/16", "fd00:22::2/64"],
+            ["10.22.0.3/16", "fd00:22::3/64"],
+        ]
+        for path in netns:
+            runtime("check", path, network=network)
+            runtime("del", path, network=network)
+        with kv.open_store(str(runtime.db), "10.22.0.0/16", read_only=True) as store:
+            assert [pair.key for pair in store.list()] == ["10.22.0.1", "lastKnownIP"]
+        with kv.open_store(str(runtime.db), "fd00:22::/64", read_only=True) as store:
+            assert [pair.key for pair in store.list()] == ["fd00:22::1", "lastKnownIPv6"]
+    finally:
+        run("ip", "link", "del", bridge, check=False)
+
+
 def test_cnitool_del_after_the_namespace_is_gone(runtime):
     netns = runtime.namespace()
     runtime("add", netns)
@@ -247,7 +299,7 @@ class Podman:
         self.runroot = Path(tempfile.mkdtemp(prefix="ecsipam-"))
         netdir = tmp_path / "net.d"
         netdir.mkdir()
-        (netdir / f"{self.network}.conflist").write_text(json.dumps(conflist(self.network, self.bridge)))
+        (netdir / f"{self.network}.conflist").write_text(json.dumps(example_list("podman", self.network, self.bridge)))
         conf = tmp_path / "containers.conf"
         conf.write_text(
             "[network]\n"
@@ -330,13 +382,13 @@ def test_podman_sets_up_and_tears_down_through_ecs_ipam(podman):
     for attachment in attachments:
         container, ifname = attachment.split("/")
         assert len(container.strip("'")) == 64 and ifname == "'eth0'"  # podman's container id
-    assert [call[2] for call in calls[::2]] == ["-> 10.89.0.2/24", "-> 10.89.0.3/24", "-> 10.89.0.4/24"]
+    assert [call[2] for call in calls[::2]] == ["-> 10.88.0.2/16", "-> 10.88.0.3/16", "-> 10.88.0.4/16"]
     assert [call[2] for call in calls[1::2]] == [
-        "released ['10.89.0.2']",
-        "released ['10.89.0.3']",
-        "released ['10.89.0.4']",
+        "released ['10.88.0.2']",
+        "released ['10.88.0.3']",
+        "released ['10.88.0.4']",
     ]
-    assert leases(podman.db) == {}
+    assert leases(podman.db, PODMAN_SUBNET) == {}
 
 
 def test_podman_container_holds_its_address_until_removed(podman):
@@ -345,10 +397,10 @@ def test_podman_container_holds_its_address_until_removed(podman):
         reason = next(done.stderr.strip() for done in started if done.returncode)
         pytest.skip(f"the OCI runtime cannot start a container here: {reason}")
     ids = [done.stdout.strip() for done in started]
-    assert sorted(leases(podman.db).values()) == sorted(ids)
+    assert sorted(leases(podman.db, PODMAN_SUBNET).values()) == sorted(ids)
     shown = podman("logs", ids[1]).stdout.split()
-    assert shown == ["10.89.0.3/24"]
+    assert shown == ["10.88.0.3/16"]
     podman("rm", "--force", "--time", "0", ids[0])
-    assert list(leases(podman.db).values()) == [ids[1]]
+    assert list(leases(podman.db, PODMAN_SUBNET).values()) == [ids[1]]
     podman("rm", "--force", "--time", "0", ids[1])
-    assert leases(podman.db) == {}
+    assert leases(podman.db, PODMAN_SUBNET) == {}
