@@ -7,6 +7,10 @@ Go-semantics tests elsewhere run without the key and are unchanged.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -342,3 +346,32 @@ def test_without_the_key_a_runtime_del_is_refused_as_before(tmp_path):
     assert addresses(run_plugin("ADD", plain, env("c1"), db_path=db)[1]) == ["10.88.0.3/24", "fd00:88::3/64"]
     code, error, _ = run_plugin("DEL", plain, env("c1"), db_path=db)
     assert (code, error["code"]) == (1, 7)
+
+
+def test_the_operator_tools_show_the_attachment(tmp_path, etcd):
+    """ecs-ipamctl and tools/dump_db.py, as processes, on LMDB and etcd."""
+    root = Path(__file__).resolve().parent.parent
+    for db in (str(tmp_path / "ipam.db"), f"{etcd.url}/tools-{uuid.uuid4().hex}"):
+        with IPAM(db) as ipam:
+            ipam.add(conf(ipv4_subnet=V4), "c1", "eth0")
+            ipam.add({"cniVersion": "0.3.0", "ipam": {"id": "task", "ipv4-subnet": V4}}, "c2", "eth0")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(root), "ECS_CNI_LOG_FILE": os.devnull}
+
+        def tool(*args: str, env=env) -> str:
+            done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=60)
+            assert (done.returncode, done.stderr) == (0, ""), done
+            return done.stdout
+
+        table = tool("-m", "ecs_ipam.ctl", "--db", db, "leases").splitlines()
+        assert table[1].split()[:5] == ["10.88.0.2", V4, "(attachment)", "c1", "eth0"]
+        assert table[2].split()[:5] == ["10.88.0.3", V4, "task", "c2", "eth0"]
+        listed = json.loads(tool("-m", "ecs_ipam.ctl", "--db", db, "leases", "--json"))
+        assert [(lease["id"], lease["owner"], lease["container_id"]) for lease in listed] == [
+            ("", "attachment", "c1"),
+            ("task", "id", "c2"),
+        ]
+        released = tool("-m", "ecs_ipam.ctl", "--db", db, "release", "--address", "10.88.0.2", "--dry-run")
+        assert released == f"would release 10.88.0.2 ({V4}) attachment=c1/eth0\n"
+        dumped = tool(str(root / "tools/dump_db.py"), "--db", db, "--bucket", V4).splitlines()
+        assert "key=10.88.0.2 - value=attachment=c1/eth0" in dumped
+        assert "key=at/c1/eth0 - value=10.88.0.2" in dumped
