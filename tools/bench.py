@@ -643,7 +643,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
-    parser.add_argument("--etcd", metavar="URL", help="also run the pools section on this etcd (etcd://HOST:PORT)")
+    parser.add_argument("--pools-etcd", metavar="URL", help="also run the pools section on this etcd (etcd://HOST:PORT)")
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     return parser.parse_args(argv)
 
@@ -714,8 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             api_sections(workdir, params, fill_rows, targets)
         if "pools" in sections:
             stores = [("LMDB", os.path.join(workdir, "pools"))]
-            if args.etcd:
-                stores.append(("etcd", f"{args.etcd.rstrip('/')}/bench-pools-{os.getpid()}"))
+            if args.pools_etcd:
+                stores.append(("etcd", f"{args.pools_etcd.rstrip('/')}/bench-pools-{os.getpid()}"))
             pools_section(stores, params["pools"], params["pool_samples"])
         if fill_rows:
             table(
