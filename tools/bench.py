@@ -643,7 +643,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
-    parser.add_argument("--pools-etcd", metavar="URL", help="also run the pools section on this etcd (etcd://HOST:PORT)")
+    parser.add_argument(
+        "--pools-etcd", metavar="URL", help="also run the pools section on this etcd (etcd://HOST:PORT)"
+    )
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     return parser.parse_args(argv)
 
