@@ -376,18 +376,16 @@ def test_podman_sets_up_and_tears_down_through_ecs_ipam(podman):
     for _ in range(3):
         podman.run_container("--rm", podman.image)
     calls = podman.calls()
-    assert [call[0] for call in calls] == ["ADD", "DEL"] * 3, calls
-    attachments = [call[1] for call in calls[::2]]
-    assert [call[1] for call in calls[1::2]] == attachments
-    for attachment in attachments:
-        container, ifname = attachment.split("/")
+    adds = [(who, what) for command, who, what in calls if command == "ADD"]
+    assert [what for _, what in adds] == ["-> 10.88.0.2/16", "-> 10.88.0.3/16", "-> 10.88.0.4/16"], calls
+    for who, what in adds:
+        container, ifname = who.split("/")
         assert len(container.strip("'")) == 64 and ifname == "'eth0'"  # podman's container id
-    assert [call[2] for call in calls[::2]] == ["-> 10.88.0.2/16", "-> 10.88.0.3/16", "-> 10.88.0.4/16"]
-    assert [call[2] for call in calls[1::2]] == [
-        "released ['10.88.0.2']",
-        "released ['10.88.0.3']",
-        "released ['10.88.0.4']",
-    ]
+        # podman may tear a network down more than once: one DEL releases, any other finds nothing.
+        deletes = [what for command, whom, what in calls if command == "DEL" and whom == who]
+        address = what.split()[1].split("/")[0]
+        assert deletes.count(f"released ['{address}']") == 1, calls
+        assert set(deletes) <= {f"released ['{address}']", "released nothing"}, calls
     assert leases(podman.db, PODMAN_SUBNET) == {}
 
 
