@@ -365,6 +365,8 @@ class Podman:
 def podman(go_tools, cni_bin, tmp_path):
     if shutil.which("podman") is None:
         pytest.skip("podman is missing (Debian package podman)")
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is missing (Debian package iptables): the README's podman list masquerades")
     podman = Podman(go_tools, cni_bin, tmp_path)  # may skip: then nothing is left to close
     try:
         yield podman
