@@ -143,9 +143,12 @@ def container_id(netns: str) -> str:
     return "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:20]
 
 
-def leases(db: Path, subnet: str = SUBNET) -> dict[str, str]:
-    """address -> container id of every lease of *subnet*; and no index entry left over."""
-    if not db.exists():
+def leases(db: Path | str, subnet: str = SUBNET) -> dict[str, str]:
+    """address -> container id of every lease of *subnet*; and no index entry left over.
+
+    :param db: an LMDB file, or an etcd URL.
+    """
+    if isinstance(db, Path) and not db.exists():
         return {}
     with kv.open_store(str(db), subnet, read_only=True) as store:
         pairs = {pair.key: decode(pair.value) for pair in store.list()}
@@ -166,7 +169,7 @@ class Runtime:
         suffix = secrets.token_hex(4)
         self.name, self.bridge = f"ecsipam-{suffix}", f"ecsbr{suffix}"
         self.cnitool = tools / "cnitool"
-        self.db = tmp_path / "ipam.db"
+        self.db: Path | str = tmp_path / "ipam.db"  # or an etcd URL
         confdir = tmp_path / "net.d"
         confdir.mkdir()
         (confdir / f"{self.name}.conflist").write_text(json.dumps(conflist(self.name, self.bridge)))
@@ -232,6 +235,20 @@ def test_cnitool_add_check_del_for_three_namespaces_leaves_nothing(runtime):
     # The runtime's next containers get addresses again, after the released ones.
     again = json.loads(runtime("add", runtime.namespace()).stdout)
     assert again["ips"][0]["address"] == "10.89.0.5/24"
+
+
+def test_cnitool_on_etcd(runtime, etcd):
+    """The same runtime with its pool on etcd: add, check and del of three namespaces."""
+    runtime.db = f"{etcd.url}/cnitool-{secrets.token_hex(4)}"
+    runtime.env["IPAM_DB_PATH"] = runtime.db
+    netns = [runtime.namespace() for _ in range(3)]
+    for path in netns:
+        runtime("add", path)
+    assert sorted(leases(runtime.db).values()) == sorted(container_id(path) for path in netns)
+    for path in netns:
+        runtime("check", path)
+        runtime("del", path)
+    assert leases(runtime.db) == {}
 
 
 def test_cnitool_with_the_readme_containerd_list_dual_stack(runtime):
