@@ -67,6 +67,8 @@ FLOOR_CODE = "pass"
 MAX_LATENCY_RATIO = 2.5
 MAX_STORM_RATIO = 2.5
 MAX_ADD_RSS_ABOVE_FLOOR_MB = 6.0
+# Issue #19: --plugin pointed at the self-contained bundle, against the console script.
+MAX_PLUGIN_TO_CONSOLE_SCRIPT_RATIO = 1.25
 MAX_FILL_RATIO = 1.5
 MAX_DEL_RATIO = 1.5
 
@@ -311,7 +313,11 @@ def ms(seconds: float) -> float:
 # --- sections -------------------------------------------------------------------------------
 
 
-def latency(plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, targets: Targets) -> None:
+def latency(
+    plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, targets: Targets, reference: int | None = None
+) -> None:
+    """ADD+DEL pairs next to the floor and *others*; *reference*: the console script's index
+    in *others*, whose pair the plugin's is measured against (issue #19)."""
     floor_argv = [sys.executable, "-I", "-c", FLOOR_CODE]
     # Keyed by name, and the other plugins by their index.
     rows_of: list[tuple[str | int, str]] = [
@@ -381,6 +387,9 @@ def latency(plugin: Plugin, others: list[Plugin], floor_env: Env, runs: int, tar
         rows,
     )
     targets["latency: ecs-ipam pair median / floor"] = (median(samples["ecs"]) / floor, MAX_LATENCY_RATIO)
+    if reference is not None:
+        ratio = median(samples["ecs"]) / median(samples[reference])
+        targets["latency: --plugin pair / console script pair"] = (ratio, MAX_PLUGIN_TO_CONSOLE_SCRIPT_RATIO)
     targets["memory: peak RSS of one ADD (MB)"] = (max(rss["ecs"]), max(rss["floor"]) + MAX_ADD_RSS_ABOVE_FLOOR_MB)
 
 
@@ -702,7 +711,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if "latency" in sections:
             plugin = Plugin(argv_plugin, base_env, workdir, "latency", "10.10.0.0/22", label)
-            latency(plugin, others("latency"), floor_env, params["runs"], targets)
+            beside = []
+            if args.plugin:  # the bundle, say: the console script is timed beside it, for the ratio
+                console_argv, console_env, console_label = plugin_command(None)
+                console = child_environment(console_env)
+                beside = [Plugin(console_argv, console, workdir, "latency-console", "10.12.0.0/22", console_label)]
+            reference = 0 if beside else None
+            latency(plugin, beside + others("latency"), floor_env, params["runs"], targets, reference)
         if "storm" in sections:
             storm_plugin = Plugin(argv_plugin, base_env, workdir, "storm", "10.11.0.0/22", "ecs-ipam")
             storm(storm_plugin, others("storm"), floor_env, params["storm"], params["storm_rounds"], targets)

@@ -11,8 +11,9 @@ fast), or any command given with ``--plugin``.  Each sequence runs against a fre
 per plugin, in a temporary directory.
 
 Sequences mix named ids, anonymous ADDs (no id, or ``""``), fixed addresses with and
-without ids, DEL by id, DEL by address, and a few invalid requests, in pools small enough
-that exhaustion and wrap-around happen.  Sequence kinds: ``v4``, ``v6`` and ``dual``; the
+without ids, DEL by id, DEL by address, and a few invalid requests (:data:`MIX`), in pools
+small enough that exhaustion and wrap-around happen, some written with host bits
+(``10.0.0.5/29``: the default gateway is the written address + 1).  Sequence kinds: ``v4``, ``v6`` and ``dual``; the
 IPv6 kinds run only when the reference answers an IPv6 ADD.  The next operation is drawn
 from the seed and what the reference has answered so far, so a sequence is reproducible
 for a given reference, and ``--record`` saves sequences and the reference's answers, which
