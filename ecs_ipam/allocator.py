@@ -358,6 +358,8 @@ class PoolAllocator:
             drop_key(self.tx, key)
             return None
         self.release(address, key=key)
+        # The entry may have named another address (see held_at): the owner holds none now.
+        drop_key(self.tx, key)
         return address
 
     def release_owner(self, key: str) -> list[str]:

@@ -16,18 +16,20 @@ import struct
 from typing import TYPE_CHECKING, NamedTuple, Union
 
 from .errors import CorruptDatabaseError, DatabaseNotFoundError, KeyNotFoundError
+from .kv.dbfile import BOLT_FALLBACK_PAGE_SIZE, BOLT_MAGIC, has_bolt_magic
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     StrPath = Union[str, os.PathLike[str]]  # an alias is evaluated: no X | Y before 3.10
 
-__all__ = ["BoltFile", "BucketNotFoundError", "is_bolt_file", "read_libkv_bucket"]
+__all__ = ["BoltFile", "BucketNotFoundError", "has_bolt_magic", "is_bolt_file", "meta_page_starts", "read_libkv_bucket"]
 
-MAGIC = 0xED0CDAED
+# The magic and where it lies are kv.dbfile's, which tells every kind of file apart.
+MAGIC = BOLT_MAGIC
 VERSION = 2
 # bolt takes the OS page size when it creates a file; used only when meta page 0 is bad.
-_FALLBACK_PAGE_SIZE = 4096
+_FALLBACK_PAGE_SIZE = BOLT_FALLBACK_PAGE_SIZE
 
 _PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
 _META = struct.Struct("<IIIIQQQQQQ")  # magic, version, page size, flags, root,
@@ -112,16 +114,13 @@ def is_bolt_file(path: StrPath) -> bool:
         os.close(fd)
 
 
-def has_bolt_magic(fd: int) -> bool:
-    """:func:`is_bolt_file` on a descriptor already open (never raises)."""
-    try:
-        for base in (0, _FALLBACK_PAGE_SIZE):
-            head = os.pread(fd, 4, base + _PAGE_HEADER.size)
-            if len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC:
-                return True
-    except OSError:
-        return False
-    return False
+def meta_page_starts(fd: int) -> list[int]:
+    """Where the meta pages of the bolt file *fd* may start, as the reader looks for them:
+    page 0, and page 1 at the page size meta page 0 gives (when sound) and at the usual size.
+    """
+    meta0, _ = _parse_meta(os.pread(fd, _PAGE_HEADER.size + _META.size, 0))
+    page_size = meta0.page_size if meta0 else _FALLBACK_PAGE_SIZE
+    return sorted({0, page_size, _FALLBACK_PAGE_SIZE})
 
 
 class BoltFile:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .config import Environment
 
 CAPABILITIES = {"capabilities": ["awsvpc-network-mode"]}
+# The longest configuration read from stdin: far above any real one (a few KiB, a few
+# hundred routes), and a bound on the memory a command takes.
+MAX_STDIN_BYTES = 4 << 20
 
 
 def main(
@@ -65,6 +68,12 @@ def main(
         log.error(f"{cut(command)} failed: code={error.code} {error.msg} ({_caller(environ, data)})")
         _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
         return 1
+    except KeyboardInterrupt:
+        # SIGINT while waiting (for the writer lock, say): stop without a traceback.  What
+        # was committed before it stays; a retried command finds it.
+        log.error(f"{cut(command)} interrupted by SIGINT")
+        _write(stdout, _error_object(reply_version, 11, "interrupted by SIGINT"))
+        return 130
     except Exception as error:  # noqa: BLE001 - the one place that must catch everything
         import traceback
 
@@ -134,11 +143,13 @@ def _ips(result: dict[str, Any]) -> list[dict[str, str]]:
 def _read(stdin: IO[str] | IO[bytes] | None) -> bytes:
     stream = sys.stdin.buffer if stdin is None else stdin
     try:
-        raw = stream.read()
+        raw = stream.read(MAX_STDIN_BYTES + 1)
     except (OSError, ValueError) as error:
         raise DecodeError(f"cannot read the network configuration from stdin: {error}") from None
     if isinstance(raw, str):
-        return raw.encode("utf-8", "surrogatepass")
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_STDIN_BYTES:
+        raise DecodeError(f"the network configuration on stdin is longer than {MAX_STDIN_BYTES} bytes, the limit")
     return raw
 
 

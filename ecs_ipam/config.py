@@ -22,6 +22,10 @@ DEFAULT_LOG_FILE = "/log/ecs-cni-ipam-plugin.log"
 DEFAULT_TIMEOUT = 5.0
 # Linux's PATH_MAX: a longer path cannot be opened (and is not echoed in full).
 MAX_DB_PATH = 4096
+# The longest id, container id and interface name recorded with a lease, in UTF-8 bytes:
+# far above any real one (a MAC address, a netns path, a 64-digit container id), and a
+# bound on what a record keeps for good and a log line repeats.
+MAX_FIELD_BYTES = 64 << 10
 
 # The original plugin refuses subnets too small to leave room for a host after the
 # network, gateway and (IPv4) broadcast addresses.
@@ -197,6 +201,8 @@ def parse_netconf(data: object) -> NetConf:
         raise InvalidConfigError(f"ipam.id must be a string, got {_show(owner_id)}")
     if owner_id is not None and not _is_text(owner_id):
         raise InvalidConfigError(f"ipam.id {_show(owner_id)} is not valid unicode text")
+    if owner_id is not None and _too_long(owner_id):
+        raise InvalidConfigError(f"ipam.id {_show(owner_id)} is longer than {MAX_FIELD_BYTES} bytes, the limit")
     by_attachment = "owner" in ipam
     if by_attachment:
         # Opt-in, for runtimes that send no id (podman, containerd, cnitool): without the
@@ -389,6 +395,11 @@ def _is_text(value: str) -> bool:
     return True
 
 
+def _too_long(text: str) -> bool:
+    # A character is at most 4 bytes: most values are decided without encoding them.
+    return len(text) > MAX_FIELD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_FIELD_BYTES
+
+
 def _show(value: object, limit: int = 64) -> str:
     """A short, JSON-safe rendering of a bad value for an error message."""
     return quoted(value, limit)
@@ -402,6 +413,11 @@ def _show(value: object, limit: int = 64) -> str:
 # Compiled on first use: only a configured timeout needs it.
 _DURATION_PART = r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)"
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# Go's longest duration is 2^63-1 ns; the longest wait a lock of this process accepts
+# (_thread.TIMEOUT_MAX) is that, in whole seconds.  Longer is code 4, not an OverflowError.
+MAX_DURATION = 9223372036.0
 
 
 def parse_go_duration(text: str, name: str) -> float:
@@ -420,6 +436,10 @@ def parse_go_duration(text: str, name: str) -> float:
         position = match.end()
     if not text:
         raise InvalidEnvironmentError(f"{name} is empty; use a duration such as 5s")
+    if total > MAX_DURATION:
+        raise InvalidEnvironmentError(
+            f"{name} {_show(text)} is longer than the longest duration, {MAX_DURATION:.0f}s (about 292 years)"
+        )
     return total
 
 
@@ -465,6 +485,10 @@ def parse_environment(environ: Mapping[str, str]) -> Environment:
         for name in ("CNI_CONTAINERID", "CNI_IFNAME"):
             if not _is_text(environ[name]):
                 raise InvalidEnvironmentError(f"{name} {_show(environ[name])} is not valid unicode text")
+            if _too_long(environ[name]):
+                raise InvalidEnvironmentError(
+                    f"{name} {_show(environ[name])} is longer than {MAX_FIELD_BYTES} bytes, the limit"
+                )
     # As the original plugin: a setting that is blank (not just empty) means the default.
     raw_timeout = environ.get("IPAM_DB_CONNECTION_TIMEOUT") or ""
     timeout = (

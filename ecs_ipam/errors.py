@@ -42,6 +42,8 @@ __all__ = [
     "DatabaseNotFoundError",
     "NotADatabaseError",
     "DatabaseAliasError",
+    "BoltDatabaseError",
+    "UnsafeFileError",
     "CorruptDatabaseError",
     # the operator tool
     "OperatorRequestError",
@@ -230,6 +232,15 @@ class CorruptDatabaseError(StoreError):
 class DatabaseAliasError(NotADatabaseError):
     """The database file is reached by a second name (a hard link, a file mounted on its own)
     that LMDB would give a lock file of its own; it was left untouched."""
+
+
+class BoltDatabaseError(NotADatabaseError):
+    """The path holds a bolt database of the Go plugin, not yet migrated to LMDB."""
+
+
+class UnsafeFileError(StoreError):
+    """A database or lock file may be changed by someone else (another user owns it, or group
+    or others may write it); it was left untouched."""
 
 
 # --- the operator tool (ecs-ipamctl) ------------------------------------------------------

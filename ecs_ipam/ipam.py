@@ -13,11 +13,10 @@ import time
 from .allocator import Owner, PoolAllocator, overlapping_buckets
 from .config import Attachment, NetConf, Pool, attachment_of, parse_netconf
 from .errors import (
-    DatabaseAliasError,
+    BoltDatabaseError,
     DatabaseNotFoundError,
     IncompatibleVersionError,
     InvalidConfigError,
-    NotADatabaseError,
     NotAvailableError,
     ReservationMismatchError,
     quoted,
@@ -294,27 +293,26 @@ class IPAM:
     def _open(self, create: bool) -> Store | None:
         """The store, opened on first use; None when there is no database and *create* is false."""
         if self._store is None:
-            from . import kv
-
             try:
                 try:
-                    self._store = kv.open_store(
-                        self.db_path, timeout=self.timeout, create=create, environ=self._environ
-                    )
-                except DatabaseAliasError:
-                    raise
-                except NotADatabaseError:
-                    # Maybe the Go plugin's bolt file: migrate it (a no-op for anything
-                    # else, or if another process just did), then open what is there now.
+                    self._store = self._open_store(create)
+                except BoltDatabaseError:
+                    # The Go plugin's bolt file: migrate it (a no-op if another process
+                    # just did), then open what is there now.
                     from .migrate import migrate_in_place
 
                     migrate_in_place(self.db_path, self.timeout)
-                    self._store = kv.open_store(self.db_path, timeout=self.timeout, create=create)
+                    self._store = self._open_store(create)
             except DatabaseNotFoundError:
                 if create:
                     raise
                 return None
         return self._store
+
+    def _open_store(self, create: bool) -> Store:
+        from . import kv
+
+        return kv.open_store(self.db_path, timeout=self.timeout, create=create, environ=self._environ)
 
     def add(
         self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None

@@ -14,7 +14,10 @@ stays current and is rolled later).  Lines go out with ``O_APPEND``, each in one
 they are never lost, at worst filed under the next hour.
 
 Logging must never change the plugin's output or exit code, so every failure to write
-or roll is swallowed.  The stdlib ``logging`` package is not used: importing and
+or roll is swallowed, and only a regular file that is not the plugin's own stdout is
+written: the file is opened with ``O_NONBLOCK`` (a FIFO at the path never blocks the
+plugin, which has committed its lease by then), and a FIFO, a device, ``/dev/stdout`` or
+``/dev/stderr`` get no line.  The stdlib ``logging`` package is not used: importing and
 configuring it would cost every container start a few milliseconds for one or two lines.
 """
 
@@ -50,11 +53,15 @@ class Log:
             pass
 
     def _open_current(self, now: float) -> int:
-        """An O_APPEND descriptor of the current file, rolled first if it holds a finished hour."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """An O_APPEND descriptor of the current file, rolled first if it holds a finished hour.
+
+        :raises OSError: the path is not a regular file, or is the file of stdout or stderr.
+        """
+        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
         try:
             st = os.fstat(fd)
-            if st.st_size == 0 or not _is_regular(st.st_mode) or _hour(st.st_mtime) == _hour(now):
+            _require_log_file(st)
+            if st.st_size == 0 or _hour(st.st_mtime) == _hour(now):
                 return fd
             try:
                 rolled = self._roll(fd, st)
@@ -68,7 +75,13 @@ class Log:
             os.close(fd)
             raise
         os.close(fd)
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        try:
+            _require_log_file(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _roll(self, fd: int, st: os.stat_result) -> bool:
         """Move the finished file *fd* to its hour's name; return whether the path changed."""
@@ -123,6 +136,35 @@ def _hour(timestamp: float) -> str:
 
 def _is_hour(text: str) -> bool:
     return len(text) == 13 and text[4] == text[7] == text[10] == "-" and text.replace("-", "").isdigit()
+
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _require_log_file(st: os.stat_result) -> None:
+    """:raises OSError: *st* is not a regular file, or is the file stdout or stderr write to
+    (a line there would land in front of the result the caller parses)."""
+    if not _is_regular(st.st_mode):
+        raise OSError("the log is not a regular file")
+    if (st.st_dev, st.st_ino) in _standard_files():
+        raise OSError("the log is the file of stdout or stderr")
+
+
+_standard: set[tuple[int, int]] | None = None
+
+
+def _standard_files() -> set[tuple[int, int]]:
+    """The files of descriptors 1 and 2, looked at once per process (a line costs one fstat)."""
+    global _standard
+    if _standard is None:
+        _standard = set()
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            _standard.add((st.st_dev, st.st_ino))
+    return _standard
 
 
 def _is_regular(mode: int) -> bool:

@@ -38,15 +38,14 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .boltdb import BucketNotFoundError, has_bolt_magic, read_libkv_bucket
+from .boltdb import BucketNotFoundError, has_bolt_magic, meta_page_starts, read_libkv_bucket
 from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError, StoreTimeoutError
 from .filelock import flock_before
-from .kv.dbfile import check_single_name, resolve
+from .kv.dbfile import MAGIC_OFFSET, check_single_name, resolve
 from .legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
 from .pool_store import LEGACY_BUCKET, decode, encode, owner_of, pool_subnet
 
@@ -56,11 +55,6 @@ if TYPE_CHECKING:
 BOLT_BUCKET = "IPAM"
 BACKUP_SUFFIX = ".bolt"
 TEMP_SUFFIX = ".migrating"
-# Both meta pages carry the magic right after their 16-byte page header.  bolt takes
-# the OS page size when it creates a file; page 1 is looked for there if page 0 is bad.
-_MAGIC_OFFSET = 16
-_META_PAGE_SIZE_OFFSET = _MAGIC_OFFSET + 8
-_DEFAULT_PAGE_SIZE = 4096
 
 Checkpoint = Callable[[str], None]
 
@@ -215,7 +209,7 @@ def _open_bolt(path: str, writable: bool = True) -> int | None:
     fd = None
     for mode in (os.O_RDWR, os.O_RDONLY) if writable else (os.O_RDONLY,):
         try:
-            fd = os.open(path, mode | os.O_CLOEXEC)
+            fd = os.open(path, mode | os.O_NONBLOCK | os.O_CLOEXEC)
             break
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
@@ -288,13 +282,9 @@ def _disable_orphan(fd: int) -> None:
     """Make the replaced bolt file unopenable by bolt, if no name reaches it any more."""
     if os.fstat(fd).st_nlink > 0:
         return  # another name still reaches it (a link made by someone else): keep it intact
-    page_size = _DEFAULT_PAGE_SIZE
-    raw = os.pread(fd, 4, _META_PAGE_SIZE_OFFSET)
-    if len(raw) == 4:
-        page_size = struct.unpack("<I", raw)[0] or _DEFAULT_PAGE_SIZE
     try:
-        for page_start in sorted({0, page_size, _DEFAULT_PAGE_SIZE}):
-            os.pwrite(fd, b"\0\0\0\0", page_start + _MAGIC_OFFSET)
+        for page_start in meta_page_starts(fd):
+            os.pwrite(fd, b"\0\0\0\0", page_start + MAGIC_OFFSET)
     except OSError:
         pass  # opened read-only: a late Go plugin is not stopped; nothing else is lost
 

@@ -233,21 +233,30 @@ def read_last_known(tx: Tx, version: int) -> Address | None:
 
 
 def held_in(tx: Tx, owner_id: str) -> str | None:
-    """The address *owner_id* holds in the bucket *tx* by its index entry, or None."""
+    """The address *owner_id* holds in the bucket *tx*, found by its index entry, or None."""
     return held_at(tx, id_index_key(owner_id))
 
 
 def held_at(tx: Tx, key: str) -> str | None:
-    """The address the owner of index *key* (:func:`owner_key`) holds in the bucket *tx*, or None."""
+    """The address the owner of index *key* (:func:`owner_key`) holds in the bucket *tx*,
+    found by its index entry, or None.
+
+    An index entry is never trusted alone: when it names an address the owner does not
+    hold (damaged, or edited by hand), the bucket is scanned for the owner's lease, so that
+    a DEL releases it and an ADD does not give the owner a second address.
+    """
     pair = tx.find(key)
     if pair is None:
         return None
     address = decode(pair.value)
-    if not isinstance(address, str):
-        return None
-    if owner_key(read_record(tx, address)) != key:
-        return None  # a stale index entry: the address went to someone else
-    return address
+    if not isinstance(address, str) or parse_address(address) is None:
+        address = None  # not even an address: damaged
+    if address is not None and owner_key(read_record(tx, address)) == key:
+        return address
+    for name, value in address_records(tx):
+        if owner_key(value) == key:
+            return name
+    return None  # a stale index entry: the address went to someone else
 
 
 # -- writing a bucket ----------------------------------------------------------------------
@@ -275,6 +284,15 @@ def drop_key(tx: Tx, key: str, address: str | None = None) -> None:
     index = tx.find(key)
     if index is not None and decode(index.value) == address:
         tx.delete(key)
+
+
+def drop_index_naming(tx: Tx, address: str) -> None:
+    """Remove every index entry that names *address* (its record is unreadable, so the
+    owner is unknown).  Scans the index: for an operator's release, not the plugin's."""
+    for prefix in INDEX_PREFIXES:
+        for pair in tx.list(prefix):
+            if decode(pair.value) == address:
+                tx.delete(pair.key)
 
 
 def write_last_known(tx: Tx, version: int, address: str) -> None:

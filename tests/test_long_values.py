@@ -13,6 +13,7 @@ import json
 import pytest
 
 from ecs_ipam.cni import main
+from ecs_ipam.config import MAX_FIELD_BYTES
 
 MB = 1 << 20
 HUGE = "x" * MB
@@ -71,6 +72,7 @@ def assert_short_error(tmp_path, code: int, output: str, expected_code: int) -> 
         (netconf(**{"ipv4-subnet": SUBNET, "ipv4-routes": HUGE}), 7),
         (netconf(**{"ipv6-subnet": HUGE}), 7),
         (netconf(**{"ipv4-subnet": SUBNET, "id": [HUGE]}), 7),
+        (netconf(**{"ipv4-subnet": SUBNET, "id": HUGE}), 7),
         (netconf(**{"ipv4-subnet": SUBNET, "id": "\ud800" + HUGE}), 7),
         ({"cniVersion": "0.3.0", "ipam": HUGE}, 7),
         ([HUGE], 7),
@@ -103,7 +105,7 @@ def test_a_huge_environment_variable(tmp_path, variable, value, expected_code):
 
 
 def test_a_huge_id_in_the_messages_about_it(tmp_path):
-    owner = "task-" + HUGE
+    owner = "task-" + "x" * (MAX_FIELD_BYTES - 5)  # the longest id accepted
     assert run(tmp_path, "ADD", netconf(**{"ipv4-subnet": SUBNET, "id": owner}))[0] == 0  # 10.0.0.2
     # The same id again: "id already exists".
     error = assert_short_error(tmp_path, *run(tmp_path, "ADD", netconf(**{"ipv4-subnet": SUBNET, "id": owner})), 101)
@@ -115,7 +117,7 @@ def test_a_huge_id_in_the_messages_about_it(tmp_path):
     conf = netconf(**{"ipv4-subnet": SUBNET, "id": "c", "ipv4-gateway": "10.0.0.2"})
     assert_short_error(tmp_path, *run(tmp_path, "ADD", conf), 100)
     # CHECK of a huge id that holds nothing, and of one whose address differs.
-    conf = netconf("0.4.0", **{"ipv4-subnet": SUBNET, "id": "other-" + HUGE})
+    conf = netconf("0.4.0", **{"ipv4-subnet": SUBNET, "id": "other-" + owner[6:]})
     assert_short_error(tmp_path, *run(tmp_path, "CHECK", conf), 103)
     conf = netconf("0.4.0", **{"ipv4-subnet": SUBNET, "id": owner})
     conf["prevResult"] = {"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.0.0.9/24"}]}

@@ -25,7 +25,7 @@ from ecs_ipam.errors import (
     ReservationMismatchError,
 )
 from ecs_ipam.ipam import status
-from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.kv.dbfile import file_kind
 from ecs_ipam.legacy import adopt
 from ecs_ipam.migrate import migrate_in_place
 from ecs_ipam.pool_store import LEGACY_BUCKET, decode, encode, id_index_key
@@ -106,7 +106,7 @@ def test_migration_keeps_every_pair_verbatim(tmp_path, name):
     moved = migrate_in_place(path, timeout=5)
 
     assert moved == expected(name)
-    assert sniff(path) == "lmdb"
+    assert file_kind(path) == "lmdb"
     assert kv.list_buckets(path) == [LEGACY_BUCKET]
     assert bucket_pairs(path, LEGACY_BUCKET) == expected(name)
     with kv.open_store(path, LEGACY_BUCKET, read_only=True) as store:

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from ecs_ipam import kv
-from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.kv.dbfile import file_kind
 from ecs_ipam.migrate import migrate_in_place
 from ecs_ipam.pool_store import LEGACY_BUCKET, decode
 
@@ -151,7 +151,7 @@ def test_parallel_first_invocations_all_get_distinct_fresh_addresses(tmp_path, n
     addresses = [ip["address"].split("/")[0] for _, result in results for ip in result["ips"]]
     assert len(addresses) == len(set(addresses)) == processes * len(subnets)
     assert not set(addresses) & migrated_addresses(name)
-    assert sniff(str(path)) == "lmdb"
+    assert file_kind(str(path)) == "lmdb"
     assert Path(f"{path}.bolt").read_bytes() == (FIXTURES / f"{name}.db").read_bytes()
     assert legacy_pairs(path) == {}
     assert not [entry for entry in os.listdir(tmp_path) if "migrating" in entry]
@@ -178,7 +178,7 @@ def test_a_migration_killed_part_way_is_completed_by_the_next_run(tmp_path, stag
 
     # Killed anywhere, the path holds one whole database: the bolt file, or the result.
     if stage == "switched":
-        assert sniff(str(path)) == "lmdb"
+        assert file_kind(str(path)) == "lmdb"
         assert legacy_pairs(path) == expected(name)["entries"]
     else:
         assert path.read_bytes() == original

@@ -51,7 +51,7 @@ def hostile_ids(tmp_path) -> list[str]:
         "タスク-１",
         "🙂",
         " ",
-        "x" * 100_000,
+        "x" * 65_536,  # the longest id accepted (64 KiB): hashed into its index key
     ]
 
 

@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:
 from ecs_ipam import kv
 from ecs_ipam.config import DEFAULT_DB_PATH
 from ecs_ipam.errors import ECSIPAMError
-from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.kv.dbfile import file_kind
 from ecs_ipam.minipack import NotMsgpackError, unpackb
 
 PROG = "dump_db.py"
@@ -68,6 +68,12 @@ def value_text(raw: bytes) -> str:
     return repr(value)
 
 
+def shown(text: str) -> str:
+    """*text* as printable: bytes that were not UTF-8 in the database (a key another program
+    wrote, read back as surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _json_fallback(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode("ascii")
@@ -81,7 +87,7 @@ def entry_json(pair: kv.KVPair) -> dict[str, object]:
     ``"value_encoding": "base64"``; bytes nested in a msgpack value are base64 text too.
     """
     ok, value = decode_value(pair.value)
-    entry = {"key": pair.key, "value": value, "last_index": pair.last_index}
+    entry = {"key": shown(pair.key), "value": value, "last_index": pair.last_index}
     if not ok:
         entry["value"] = _json_fallback(pair.value)
         entry["value_encoding"] = "base64"
@@ -95,19 +101,20 @@ def open_database(path: str, bucket: str = "IPAM") -> kv.Store:
     :raises DatabaseNotFoundError: nothing at *path*.
     :raises StoreError: *path* cannot be read as an LMDB database.
     """
-    if sniff(path) == "bolt":
+    if file_kind(path) == "bolt":
         raise DumpError(
             f"{path} is a bolt database of the Go ecs-ipam plugin, not LMDB; convert it with tools/migrate_boltdb.py"
         )
     return kv.open_store(path, bucket, read_only=True)
 
 
-def bucket_counts(path: str) -> list[tuple[str, int]]:
-    """Every bucket of the database with its number of entries, counted in one snapshot."""
+def bucket_counts(path: str) -> list[tuple[str, int | None]]:
+    """Every bucket of the database with its number of entries, counted in one snapshot
+    (None for a name that is not UTF-8: no bucket of ours, and the API cannot open it)."""
     with open_database(path) as store:
         names = store.buckets()
         with store.transaction(write=False) as tx:
-            return [(name, len(tx.bucket(name).list())) for name in names]
+            return [(shown(name), len(tx.bucket(name).list()) if shown(name) == name else None) for name in names]
 
 
 def bucket_pairs(path: str, bucket: str) -> list[kv.KVPair]:
@@ -123,13 +130,16 @@ def bucket_pairs(path: str, bucket: str) -> list[kv.KVPair]:
         return store.list()
 
 
-def print_buckets(counts: list[tuple[str, int]], as_json: bool) -> None:
+def print_buckets(counts: list[tuple[str, int | None]], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"buckets": [{"name": n, "entries": c} for n, c in counts]}, indent=2))
         return
     width = max((len(name) for name, _ in counts), default=0)
     for name, count in counts:
-        print(f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}")
+        if count is None:
+            print(f"{name:<{width}}  (name not UTF-8: not read)")
+        else:
+            print(f"{name:<{width}}  {count} {'entry' if count == 1 else 'entries'}")
 
 
 def print_pairs(bucket: str, pairs: list[kv.KVPair], as_json: bool) -> None:
@@ -138,7 +148,7 @@ def print_pairs(bucket: str, pairs: list[kv.KVPair], as_json: bool) -> None:
         print(json.dumps(document, indent=2, default=_json_fallback))
         return
     for pair in pairs:
-        print(f"key={pair.key} - value={value_text(pair.value)}")
+        print(f"key={shown(pair.key)} - value={value_text(pair.value)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -182,3 +192,5 @@ if __name__ == "__main__":
         # "dump_db.py ... | head": the reader has what it wanted.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)

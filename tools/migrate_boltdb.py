@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:
 
 from ecs_ipam.config import DEFAULT_DB_PATH, DEFAULT_TIMEOUT
 from ecs_ipam.errors import ECSIPAMError
-from ecs_ipam.kv.lmdb_store import sniff
+from ecs_ipam.kv.dbfile import file_kind
 from ecs_ipam.migrate import backup_path, conflicts, copy_into, migrate_in_place, read_locked
 from ecs_ipam.pool_store import LEGACY_BUCKET
 
@@ -62,7 +62,7 @@ def plural(count: int) -> str:
 def dry_run(src: str, dest: str, timeout: float) -> None:
     """Print what a migration would move; never write, never create a file."""
     pairs = read_locked(src, timeout)
-    if not in_place(src, dest) and sniff(dest) == "lmdb":
+    if not in_place(src, dest) and file_kind(dest) == "lmdb":
         from ecs_ipam import kv
 
         with kv.open_store(dest, bucket=LEGACY_BUCKET, read_only=True) as store, store.transaction(write=False) as tx:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dest = args.db if args.db is not None else args.src
     try:
-        kind = sniff(args.src)
+        kind = file_kind(args.src)
         if kind == "lmdb" and in_place(args.src, dest):
             print(f"{args.src} is already an ecs-ipam LMDB database; nothing to migrate")
             return 0

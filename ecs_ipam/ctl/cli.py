@@ -205,10 +205,11 @@ def _live(path: str | None, stdin: IO[str]) -> frozenset[str] | None:
 
 
 def _read(db: str, environ: Mapping[str, str]) -> Holdings:
-    """One read-only snapshot: never writes, never creates a file, never waits for a writer."""
+    """One read-only snapshot: never writes, never creates a file, never waits for a writer
+    (only, at most the timeout, for a process inside its first open of the database)."""
     from .. import kv
 
-    with kv.open_store(db, read_only=True, environ=environ) as store:
+    with kv.open_store(db, timeout=_timeout(environ), read_only=True, environ=environ) as store:
         return store.transact(read_holdings, write=False)
 
 

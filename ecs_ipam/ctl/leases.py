@@ -21,6 +21,7 @@ from ..pool_store import (
     LEGACY_BUCKET,
     address_records,
     decode,
+    drop_index_naming,
     is_attachment_record,
     owner_of,
     pool_of_bucket,
@@ -46,6 +47,7 @@ class Lease(NamedTuple):
     migrated: bool  # recorded by the Go plugin (no container id, no time)
     bucket: str  # where its record lives: the pool's bucket or LEGACY_BUCKET
     key: str  # its key in that bucket
+    damaged: bool = False  # its record cannot be read: taken by nobody we can name (id "")
     attachment: bool = False  # owned by its attachment ("owner": "attachment"); id is ""
 
 
@@ -116,9 +118,16 @@ def read_holdings(tx: Tx) -> Holdings:
                 record.get("migrated") is True,
                 name,
                 address,
-                is_attachment_record(record),
+                attachment=is_attachment_record(record),
             )
             for address, record in allocator.reservations()
+        ]
+        # A record that cannot be read keeps its address from being handed out; it is
+        # shown, so that it can be released by address.
+        held += [
+            Lease(address, name, "", None, None, None, False, name, address, damaged=True)
+            for address, value in address_records(view)
+            if owner_of(value) is None and parse_address(address, pool.version) is not None
         ]
         pools[name] = PoolUsage(pool, allocator.capacity(), held)
     waiting = _waiting_pairs(tx, pools, recorded, gateways)
@@ -274,9 +283,12 @@ def release_body(select: Selector, write: bool) -> Callable[[Tx], list[Lease]]:
                 if lease.bucket == LEGACY_BUCKET:
                     tx.bucket(LEGACY_BUCKET).delete(lease.key)
                 else:
-                    PoolAllocator(holdings.pools[lease.bucket].pool, tx.bucket(lease.bucket)).release(
-                        lease.address, lease.id
+                    bucket = tx.bucket(lease.bucket)
+                    PoolAllocator(holdings.pools[lease.bucket].pool, bucket).release(
+                        lease.address, None if lease.damaged else lease.id
                     )
+                    if lease.damaged:
+                        drop_index_naming(bucket, lease.address)
         return chosen
 
     return body

@@ -45,7 +45,11 @@ def usage_rows(pools: Iterable[tuple[PoolUsage, list[Lease]]], is_stale: Callabl
 
 def lease_json(lease: Lease) -> dict[str, object]:
     document: dict[str, object] = {key: getattr(lease, key) for key in LEASE_KEYS}
-    document["owner"] = OWNER_ATTACHMENT if lease.attachment else OWNER_ID if lease.id else OWNER_NONE
+    document["owner"] = (
+        OWNER_ATTACHMENT if lease.attachment else OWNER_ID if lease.id else None if lease.damaged else OWNER_NONE
+    )
+    if lease.damaged:
+        document["damaged"] = True
     return document
 
 
@@ -60,7 +64,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         [
             lease.address,
             lease.subnet or "-",
-            _owner_cell(lease),
+            "(damaged)" if lease.damaged else _owner_cell(lease),
             _cell(lease.container_id) if lease.container_id else "-",
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),

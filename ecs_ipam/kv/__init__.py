@@ -20,6 +20,7 @@ operations and the errors they raise.
 from __future__ import annotations
 
 from ..errors import (
+    BoltDatabaseError,
     CallNotSupportedError,
     CorruptDatabaseError,
     DatabaseAliasError,
@@ -32,8 +33,9 @@ from ..errors import (
     StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
+    UnsafeFileError,
 )
-from .base import KVPair, Store, Tx
+from .base import DAMAGED_INDEX, KVPair, Store, Tx
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KVPair",
+    "DAMAGED_INDEX",
     "Store",
     "Tx",
     "open_store",
@@ -57,6 +60,8 @@ __all__ = [
     "DatabaseNotFoundError",
     "NotADatabaseError",
     "DatabaseAliasError",
+    "BoltDatabaseError",
+    "UnsafeFileError",
     "CorruptDatabaseError",
 ]
 
@@ -92,7 +97,10 @@ def open_store(
     :param environ: where those variables are read (default: the process environment).
     :return: a :class:`Store`, also a context manager that closes it.
     :raises DatabaseNotFoundError: no database at *path* and none may be created.
-    :raises NotADatabaseError: *path* holds something else (it is left untouched).
+    :raises NotADatabaseError: *path* holds something else, such as a FIFO (it is left
+        untouched, and never opened blocking); BoltDatabaseError: the Go plugin's bolt file.
+    :raises UnsafeFileError: the file or its lock file belongs to another user, or group or
+        others may write it.
     :raises InvalidEnvironmentError: etcd: a certificate or key file cannot be read or
         used, or the settings do not go together (the message names the variable).
     :raises StoreError: the database cannot be opened (etcd: it refused the user or the

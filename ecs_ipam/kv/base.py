@@ -56,8 +56,14 @@ else:
 KVPair.__doc__ = """One key/value pair as stored, with the index used for compare-and-swap.
 
 ``last_index`` grows on every write of the key and never goes back, across processes
-and reopenings.
+and reopenings.  A pair whose stored record is damaged (LMDB: not the ``[last_index,
+value]`` its codec writes) is returned, rather than failing every read and listing that
+meets it, with ``last_index`` :data:`DAMAGED_INDEX` and the stored bytes as its value; a
+put, a delete, or a compare-and-swap given that pair replaces it.
 """
+
+# The last_index of a pair whose stored record is damaged.
+DAMAGED_INDEX = -1
 
 
 def check_key(key: object, what: str = "key") -> str:

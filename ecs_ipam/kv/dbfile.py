@@ -1,4 +1,23 @@
-"""One database file, one name for LMDB: where its lock file lies and who may open it.
+"""Database files: what kind of file lies at a path, whether it may be used, and one lock
+file per database file.
+
+What lies at a path (:func:`file_kind`) is told from the magic numbers both formats put
+right after a 16-byte page header: LMDB's, whose meta pages are then checked as LMDB
+would (and against the file's size: LMDB maps the whole file and dies of SIGBUS on a
+page past its end), and the Go plugin's bolt format, whose magic lives here and nowhere
+else.  Anything but a regular file (a FIFO, a device, a socket) is refused without being
+read: the file is opened with ``O_NONBLOCK``, so a FIFO never blocks the caller.
+
+Who may have written it (:func:`require_private`): a database or lock file must belong
+to the user that opens it (or to root) and be writable by nobody else.  In a shared
+directory another user could otherwise plant an empty database or lock file, read the
+leases and truncate them, after which a held address would be handed out again.
+
+The lock file (:func:`prepare_lock_file`) is made by us, with real blocks behind every
+byte, before LMDB maps it: LMDB would make it sparse, and on a full disk its first write
+into the mapping would kill the process with SIGBUS.  And the wait LMDB makes on the lock
+file's byte 0 while another process is in its first open (``F_SETLKW``, no timeout, and
+retried after a signal) is done first here, polling, within the caller's timeout.
 
 LMDB keeps its writer mutex, its reader table and the last committed transaction id in
 ``<name>-lock``, beside the name the file was opened by.  Two names that lead to two lock
@@ -14,9 +33,401 @@ readers still read: addresses would be handed out twice.  So:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
+import struct
+import time
 
-from ..errors import DatabaseAliasError
+from ..errors import (
+    BoltDatabaseError,
+    CorruptDatabaseError,
+    DatabaseAliasError,
+    NotADatabaseError,
+    StoreError,
+    StoreTimeoutError,
+    UnsafeFileError,
+)
+
+# Both formats put their magic right after a 16-byte page header, in both meta pages.
+MAGIC_OFFSET = 16
+LMDB_MAGIC = 0xBEEFC0DE
+BOLT_MAGIC = 0xED0CDAED
+# bolt takes the OS page size when it creates a file; meta page 1 is looked for there
+# when meta page 0 is damaged (bolt itself does the same).
+BOLT_FALLBACK_PAGE_SIZE = 4096
+# The rest of an LMDB meta page (64-bit build) that is checked before LMDB sees the file.
+LMDB_DATA_VERSION = 1
+LMDB_VERSION_OFFSET = 20
+LMDB_PAGE_SIZE_OFFSET = 40  # the free-page database's md_pad holds the page size
+LMDB_LAST_PAGE_OFFSET = 136
+LMDB_TXNID_OFFSET = 144
+LMDB_META_SIZE = 152
+
+# What file_kind() finds.
+MISSING = "missing"
+EMPTY = "empty"
+LMDB = "lmdb"
+BOLT = "bolt"
+OTHER = "unknown"
+INCOMPATIBLE = "incompatible"  # LMDB, another data version
+DAMAGED = "damaged"  # LMDB meta pages unreadable, or describing pages past the end
+
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def file_kind(path: str, given: str | None = None) -> str:
+    """What lies at *path*: :data:`MISSING`, :data:`EMPTY`, :data:`LMDB`, :data:`BOLT`,
+    :data:`OTHER`, :data:`INCOMPATIBLE` or :data:`DAMAGED`.
+
+    :param given: the path as the caller named it, for messages (default: *path*).
+    :raises NotADatabaseError: a directory, a FIFO or any other file that is not regular.
+    :raises UnsafeFileError: the file belongs to another user or others may write it.
+    :raises StoreError: the file cannot be read.
+    """
+    given = given or path
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        raise StoreError(f"cannot read database {given}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        require_regular(info, given, "database")
+        require_private(info, given, "database")
+        head = os.pread(fd, LMDB_META_SIZE, 0)
+        kind = _kind_of(head)
+        if kind == LMDB:
+            return _check_lmdb_metas(fd, head, info.st_size)
+        if kind == OTHER and has_bolt_magic(fd):
+            return BOLT  # meta page 0 damaged, page 1 sound: bolt (and the migration) cope
+        return kind
+    except OSError as e:
+        raise StoreError(f"cannot read database {given}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def has_bolt_magic(fd: int) -> bool:
+    """Whether the file *fd* carries the bolt magic in meta page 0 or, failing that, in
+    page 1 at bolt's usual page size.  A cheap sniff, not a validation (never raises)."""
+    try:
+        for base in (0, BOLT_FALLBACK_PAGE_SIZE):
+            head = os.pread(fd, 4, base + MAGIC_OFFSET)
+            if len(head) == 4 and struct.unpack("<I", head)[0] == BOLT_MAGIC:
+                return True
+    except OSError:
+        return False
+    return False
+
+
+def _kind_of(head: bytes) -> str:
+    if not head:
+        return EMPTY
+    if len(head) < MAGIC_OFFSET + 4:
+        return OTHER
+    magic = struct.unpack_from("<I", head, MAGIC_OFFSET)[0]
+    return {LMDB_MAGIC: LMDB, BOLT_MAGIC: BOLT}.get(magic, OTHER)
+
+
+def _check_lmdb_metas(fd: int, first: bytes, size: int) -> str:
+    """:data:`LMDB` if both meta pages are sound and the file holds every page the newer
+    one uses, else :data:`DAMAGED` or :data:`INCOMPATIBLE` (LMDB's checks, plus the size)."""
+    if len(first) < LMDB_META_SIZE:
+        return DAMAGED
+    page_size = struct.unpack_from("<I", first, LMDB_PAGE_SIZE_OFFSET)[0]
+    if page_size < 512 or page_size & (page_size - 1):
+        return DAMAGED
+    second = os.pread(fd, LMDB_META_SIZE, page_size)
+    metas = (first, second)
+    if len(second) < LMDB_META_SIZE or _kind_of(second) != LMDB:
+        return DAMAGED
+    if any(struct.unpack_from("<I", meta, LMDB_VERSION_OFFSET)[0] != LMDB_DATA_VERSION for meta in metas):
+        return INCOMPATIBLE
+    newest = max(metas, key=lambda meta: struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0])
+    last_page = struct.unpack_from("<Q", newest, LMDB_LAST_PAGE_OFFSET)[0]
+    if size < (last_page + 1) * page_size:
+        return DAMAGED
+    return LMDB
+
+
+# The page walk (:mod:`.lmdb_pages`) costs about 9 ms for a full /22 pool, too much for
+# every plugin start.  So it is skipped for a file that has not changed since a commit of
+# ours: after each commit the writer stamps the file (an extended attribute) with its
+# inode, size and mtime, which any other change of the file moves.  A file that cannot
+# carry the stamp (no user extended attributes on its file system) is walked at each open.
+PAGES_CHECKED = "user.ecs-ipam.checked"
+
+
+def pages_checked(fd: int) -> bool:
+    """Whether the LMDB file *fd* is as a commit of ours left it (its pages need no walk)."""
+    try:
+        return os.getxattr(fd, PAGES_CHECKED) == _identity(fd)
+    except OSError:
+        return False  # no stamp, or no extended attributes here
+
+
+def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
+    """Walk the pages of snapshot *txnid* of the LMDB file *fd*, which the caller pins with
+    a read transaction of that id (so that no writer reuses its pages meanwhile), before
+    anything reads them through LMDB's map.
+
+    :return: False when neither meta page describes that snapshot any more (two commits
+        went by since it began), or the one that does was being rewritten as it was read:
+        begin a new read transaction and look again.
+    :raises CorruptDatabaseError: a page LMDB would not survive.
+    """
+    from .lmdb_pages import check_pages
+
+    page_size = struct.unpack_from("<I", os.pread(fd, LMDB_META_SIZE, 0), LMDB_PAGE_SIZE_OFFSET)[0]
+    for base in (0, page_size):
+        meta = os.pread(fd, LMDB_META_SIZE, base)
+        if len(meta) == LMDB_META_SIZE and struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0] == txnid:
+            if os.pread(fd, LMDB_META_SIZE, base) != meta:
+                return False  # torn: a commit was rewriting it
+            # The snapshot's pages stay as they are while the caller's read transaction
+            # lives, however many commits go by (its meta page may be reused meanwhile).
+            check_pages(fd, page_size, meta, given)
+            return True
+    return False
+
+
+def stamp_checked(fd: int) -> None:
+    """Record that the database file *fd* is as a commit of ours just left it (best effort)."""
+    try:
+        os.setxattr(fd, PAGES_CHECKED, _identity(fd))
+    except OSError:
+        return  # no extended attributes here: the next opener walks the pages
+
+
+def _identity(fd: int) -> bytes:
+    info = os.fstat(fd)
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode()
+
+
+def not_ours(given: str, kind: str) -> StoreError:
+    """The error for a file of *kind* that is not a database the LMDB backend can open."""
+    if kind == BOLT:
+        return BoltDatabaseError(
+            f"{given} is a bolt database written by the Go ecs-ipam plugin, not LMDB; "
+            "migrate it with tools/migrate_boltdb.py (see README, 'Upgrading from the Go plugin')"
+        )
+    if kind == INCOMPATIBLE:
+        return NotADatabaseError(f"{given} was written by an incompatible LMDB version; it was left untouched")
+    if kind == DAMAGED:
+        return CorruptDatabaseError(f"{given} is a damaged or truncated LMDB database; it was left untouched")
+    return NotADatabaseError(f"{given} is not an LMDB database; it was left untouched")
+
+
+_TYPE_NAMES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def require_regular(info: os.stat_result, given: str, what: str) -> None:
+    """:raises NotADatabaseError: *info* is not a regular file (*what* names it in the message)."""
+    if stat.S_ISDIR(info.st_mode):
+        raise NotADatabaseError(f"{what} path {given} is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        kind = _TYPE_NAMES.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise NotADatabaseError(f"{what} path {given} is {kind}, not a regular file; it was left untouched")
+
+
+def require_private(info: os.stat_result, given: str, what: str) -> None:
+    """Refuse a file that another user could change: it must belong to this user (or to
+    root, who may change anything anyway) and be writable by neither group nor others.
+
+    :raises UnsafeFileError: naming why and the fix.
+    """
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        raise UnsafeFileError(
+            f"{what} {given} belongs to uid {info.st_uid}, not to this user (uid {me}) or root: its owner "
+            f"could read and change the leases; it was left untouched. Remove it if nobody should have "
+            f"made it, or give it to uid {me} (chown) if its contents are trusted"
+        )
+    if info.st_mode & 0o022:
+        writers = {0o022: "group and others", 0o020: "its group"}.get(info.st_mode & 0o022, "others")
+        raise UnsafeFileError(
+            f"{what} {given} may be written by {writers} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): anyone could change the leases; it was left untouched. "
+            "Make it private (chmod 600) if its contents are trusted"
+        )
+
+
+def require_own_link(given: str) -> None:
+    """Refuse a symlink at *given* that another user made: it would choose where this
+    user's database is read and created.  (The kernel's protected_symlinks guards opens in
+    sticky directories, not the resolving done here.)
+
+    :raises UnsafeFileError: naming the owner and the fix.
+    """
+    try:
+        info = os.lstat(given)
+    except OSError:
+        return  # nothing there (or nothing to see): the open reports it
+    if stat.S_ISLNK(info.st_mode) and info.st_uid not in (os.geteuid(), 0):
+        raise UnsafeFileError(
+            f"database path {given} is a symbolic link made by uid {info.st_uid}, not by this user "
+            f"(uid {os.geteuid()}) or root: it would choose where the database lies; it was left "
+            "untouched. Remove it, or replace it by a link of your own"
+        )
+
+
+def create_database_file(path: str, given: str) -> bool:
+    """Create *path* empty, mode 0600 whatever the umask, for LMDB to fill in; return False
+    if a file appeared there meanwhile (look again).  Made here rather than by LMDB, which
+    would open whatever another user put at the path after :func:`file_kind` looked.
+
+    :raises StoreError: it cannot be created.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise StoreError(f"cannot create database {given}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return True
+
+
+def prepare_lock_file(path: str, size: int, read_only: bool, timeout: float) -> bool:
+    """Make LMDB's lock file *path* safe to map, before LMDB opens it.
+
+    * Missing: a reader goes without (nobody writes under LMDB's locking then); a writer
+      creates it, mode 0600, with *size* bytes of real blocks (``posix_fallocate``).
+    * Present: it must be a private regular file (:func:`require_regular`,
+      :func:`require_private`); one that has fewer blocks than bytes (made sparse by
+      LMDB itself, e.g. by an older version, or cut short by a full disk) gets its blocks
+      now, which changes no byte of it.
+    * Then wait, at most *timeout* seconds, for a process inside LMDB's first open (it
+      holds a write lock on byte 0; LMDB would wait for it without a bound).
+
+    :return: whether the lock file exists (a reader opens without one otherwise).
+    :raises StoreError: no space for its blocks, or it cannot be opened; also
+        NotADatabaseError and UnsafeFileError (as :func:`file_kind`).
+    :raises StoreTimeoutError: the byte-0 lock stayed held for *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    fd = _open_lock_file(path, read_only)
+    if fd is None and read_only:
+        return False
+    if fd is None:
+        fd = _create_lock_file(path, size)
+    try:
+        info = os.fstat(fd)
+        require_regular(info, path, "lock file")
+        require_private(info, path, "lock file")
+        if info.st_size < size or info.st_blocks * 512 < info.st_size:
+            _allocate(fd, path, max(size, info.st_size))
+        _wait_for_first_opener(fd, path, deadline, timeout)
+    except StoreError:
+        raise  # StoreTimeoutError is a TimeoutError, hence an OSError too
+    except OSError as e:
+        raise StoreError(f"cannot use lock file {path}: {e.strerror or e}") from None
+    finally:
+        # This process holds no other lock on the file yet (it opens LMDB after this), so
+        # closing, which drops every fcntl lock of the process on the file, costs nothing.
+        os.close(fd)
+    return True
+
+
+def _open_lock_file(path: str, read_only: bool) -> int | None:
+    """A descriptor of the lock file (writable where allowed, to give it its blocks), or None."""
+    modes = (os.O_RDWR, os.O_RDONLY) if read_only else (os.O_RDWR,)
+    for mode in modes:
+        try:
+            return os.open(path, mode | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise NotADatabaseError(f"lock file path {path} is a symbolic link, not a regular file") from None
+            if mode == modes[-1] or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StoreError(f"cannot open lock file {path}: {e.strerror or e}") from None
+    return None  # not reached: the last mode raises
+
+
+def _create_lock_file(path: str, size: int) -> int:
+    """Make the lock file whole under a name of this process, then link it into place: a
+    lock file that cannot get its blocks is never seen by anyone (and a link, unlike a
+    rename, never replaces one that another process made meanwhile)."""
+    temp = f"{path}.{os.getpid()}.new"
+    try:
+        os.unlink(temp)  # left by a process of the same pid that crashed
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
+    try:
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            _allocate(fd, path, size)
+            os.link(temp, path)
+        finally:
+            os.unlink(temp)
+    except FileExistsError:
+        os.close(fd)
+        # Another process made it meanwhile: use it as it is (and check it).
+        opened = _open_lock_file(path, read_only=False)
+        if opened is None:
+            raise StoreError(f"lock file {path} vanished while it was being opened; try again") from None
+        return opened
+    except OSError as e:
+        os.close(fd)
+        raise StoreError(f"cannot create lock file {path}: {e.strerror or e}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _allocate(fd: int, path: str, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.EBADF:  # opened read-only: cannot repair it
+            raise StoreError(
+                f"lock file {path} has no disk blocks behind some of its bytes (a full disk, or an older "
+                "version, left it so) and this user cannot give it them: run any write command (ADD, DEL) "
+                "once, or remove it while no process uses the database"
+            ) from None
+        raise StoreError(
+            f"cannot give lock file {path} its disk blocks: {e.strerror or e}; free some space and try again"
+        ) from None
+
+
+def _wait_for_first_opener(fd: int, path: str, deadline: float, timeout: float) -> None:
+    delay = 0.0005
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 0, os.SEEK_SET)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StoreTimeoutError(
+                f"lock file {path} is locked by another process opening the database (a write lock on "
+                f"its byte 0); gave up after {timeout:g}s"
+            )
+        time.sleep(min(remaining, delay))
+        delay = min(delay * 2, 0.01)
 
 
 def resolve(path: str) -> str:

@@ -12,7 +12,9 @@ Why the extra machinery around LMDB:
   instead of a hang.  flock belongs to the file, not the name: a Go plugin still running
   on the path, or a migration of it, excludes writers and is excluded by them.
 * The path is resolved before LMDB sees it, and a file reachable under a second lock
-  file is refused (:mod:`ecs_ipam.kv.dbfile`).
+  file is refused; what lies at the path, who owns it, and the lock file (made with real
+  blocks, and its byte-0 lock waited for within the timeout) are checked before LMDB
+  opens anything (:mod:`ecs_ipam.kv.dbfile`).
 * ``last_index`` is LMDB's transaction id, but never less than the key's previous index
   plus one: transaction ids are persistent and monotonic, except after a compacting copy,
   which restarts them.
@@ -29,7 +31,6 @@ import _thread
 import errno
 import fcntl
 import os
-import struct
 import time
 
 import lmdb
@@ -43,34 +44,24 @@ from ..errors import (
     StoreTimeoutError,
 )
 from ..filelock import flock_before
-from .base import KVPair, Store, Tx, check_bucket_name
+from . import dbfile
+from .base import DAMAGED_INDEX, KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
 from .dbfile import check_single_name, resolve
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
-
     # A named database's handle.  Every transaction is begun without buffers=True, so
     # LMDB hands out bytes, never memoryviews: lmdb.Transaction[bytes].
     from lmdb import _Database as Handle
 
-LMDB_MAGIC = 0xBEEFC0DE
-BOLT_MAGIC = 0xED0CDAED
-MAGIC_OFFSET = 16  # both formats put their magic right after a 16-byte page header
-# The rest of an LMDB meta page (64-bit build) that sniff() checks before LMDB sees the
-# file: LMDB maps the whole file and dies of SIGBUS on the first page past its end.
-LMDB_DATA_VERSION = 1
-LMDB_VERSION_OFFSET = 20
-LMDB_PAGE_SIZE_OFFSET = 40  # the free-page database's md_pad holds the page size
-LMDB_LAST_PAGE_OFFSET = 136
-LMDB_TXNID_OFFSET = 144
-LMDB_META_SIZE = 152
-
 DEFAULT_MAP_SIZE = 32 << 20
 MAX_BUCKETS = 1024
 MAX_READERS = 256
+# LMDB's lock file for MAX_READERS readers: a 192-byte header, then 64 bytes per reader
+# slot beyond the first (what LMDB itself would size it to; see dbfile.prepare_lock_file).
+LOCK_FILE_SIZE = 192 + 64 * (MAX_READERS - 1)
 # Grow before a write transaction when the data file fills this share of the map, so
 # that most transactions never hit MapFullError and need no replay.
 GROW_THRESHOLD = 0.75
@@ -78,102 +69,45 @@ GROW_THRESHOLD = 0.75
 RESIZE_WAIT = 10.0
 
 
-def sniff(path: str) -> str:
-    """Classify what lies at *path*: ``missing``, ``empty``, ``lmdb``, ``bolt``, ``unknown``,
-    ``incompatible`` (another LMDB data version) or ``damaged`` (LMDB meta pages unreadable,
-    or describing pages beyond the end of the file).
-
-    :raises NotADatabaseError: the path is a directory or otherwise not a regular file.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(LMDB_META_SIZE)
-            kind = _kind_of(head)
-            if kind == "lmdb":
-                kind = _check_lmdb_metas(f, head)
-    except FileNotFoundError:
-        return "missing"
-    except IsADirectoryError:
-        raise NotADatabaseError(f"database path {path} is a directory") from None
-    except PermissionError as e:
-        raise StoreError(f"cannot read database {path}: {e.strerror}") from None
-    except OSError as e:
-        raise StoreError(f"cannot read database {path}: {e.strerror or e}") from None
-    return kind
-
-
-def _kind_of(head: bytes) -> str:
-    if not head:
-        return "empty"
-    if len(head) < MAGIC_OFFSET + 4:
-        return "unknown"
-    magic = struct.unpack_from("<I", head, MAGIC_OFFSET)[0]
-    return {LMDB_MAGIC: "lmdb", BOLT_MAGIC: "bolt"}.get(magic, "unknown")
-
-
-def _check_lmdb_metas(f: BinaryIO, first: bytes) -> str:
-    """``lmdb`` if both meta pages are sound and the file holds every page the newer one
-    uses, else ``damaged`` or ``incompatible`` (the checks LMDB makes, plus the size)."""
-    if len(first) < LMDB_META_SIZE:
-        return "damaged"
-    page_size = struct.unpack_from("<I", first, LMDB_PAGE_SIZE_OFFSET)[0]
-    if page_size < 512 or page_size & (page_size - 1):
-        return "damaged"
-    f.seek(page_size)
-    second = f.read(LMDB_META_SIZE)
-    metas = (first, second)
-    if len(second) < LMDB_META_SIZE or _kind_of(second) != "lmdb":
-        return "damaged"
-    if any(struct.unpack_from("<I", meta, LMDB_VERSION_OFFSET)[0] != LMDB_DATA_VERSION for meta in metas):
-        return "incompatible"
-    newest = max(metas, key=lambda meta: struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0])
-    last_page = struct.unpack_from("<Q", newest, LMDB_LAST_PAGE_OFFSET)[0]
-    if os.fstat(f.fileno()).st_size < (last_page + 1) * page_size:
-        return "damaged"
-    return "lmdb"
-
-
-def _not_ours(path: str, kind: str) -> StoreError:
-    if kind == "bolt":
-        return NotADatabaseError(
-            f"{path} is a bolt database written by the Go ecs-ipam plugin, not LMDB; "
-            "migrate it with tools/migrate_boltdb.py (see README, 'Upgrading from the Go plugin')"
-        )
-    if kind == "incompatible":
-        return NotADatabaseError(f"{path} was written by an incompatible LMDB version; it was left untouched")
-    if kind == "damaged":
-        return CorruptDatabaseError(f"{path} is a damaged or truncated LMDB database; it was left untouched")
-    return NotADatabaseError(f"{path} is not an LMDB database; it was left untouched")
-
-
 class _Environment:
     """The one LMDB environment of this process for one file, shared by its stores."""
 
-    def __init__(self, path: str, read_only: bool, create: bool, map_size: int) -> None:
+    def __init__(self, path: str, read_only: bool, create: bool, map_size: int, timeout: float) -> None:
+        dbfile.require_own_link(path)
         real = resolve(path)
-        kind = sniff(path)
-        if kind == "missing" and (read_only or not create):
-            raise DatabaseNotFoundError(f"no database at {path}")
-        if kind in ("bolt", "unknown", "incompatible", "damaged"):
-            raise _not_ours(path, kind)
-        if kind == "empty" and read_only:
+        kind = dbfile.file_kind(real, path)
+        if kind == dbfile.MISSING:
+            if read_only or not create:
+                raise DatabaseNotFoundError(f"no database at {path}")
+            # Made here, not by LMDB, which would open whatever appeared at the path since.
+            kind = dbfile.EMPTY if dbfile.create_database_file(real, path) else dbfile.file_kind(real, path)
+        if kind not in (dbfile.EMPTY, dbfile.LMDB):
+            raise dbfile.not_ours(path, kind)
+        if kind == dbfile.EMPTY and read_only:
             raise DatabaseNotFoundError(f"database {path} is an empty file")
         self.path = path
         self.real_path = real
         self.read_only = read_only
         # Checked before LMDB opens the file, so that a refused name gets no -lock file.
-        data_fd = None if kind == "missing" else _open_single_name(real, path)
-        lock_path = real + "-lock"
+        opened = _open_single_name(real, path)
+        # Every page is walked before LMDB reads one through its map, unless the file is
+        # as a commit of ours left it (dbfile.check_lmdb_pages).
+        walk_pages = kind == dbfile.LMDB and not dbfile.pages_checked(opened)
+        data_fd: int | None = opened
         # A read-only opener must not create the lock file; without one nobody is
         # writing under LMDB's locking, so reading without it is safe.
-        use_lock = not read_only or os.path.exists(lock_path)
+        try:
+            use_lock = dbfile.prepare_lock_file(real + "-lock", LOCK_FILE_SIZE, read_only, timeout)
+        except BaseException:
+            _close(data_fd)
+            raise
         try:
             self.env = lmdb.open(
                 real,
                 subdir=False,
                 readonly=read_only,
                 lock=use_lock,
-                create=create and not read_only,
+                create=False,  # made above (dbfile.create_database_file)
                 map_size=map_size,
                 max_dbs=MAX_BUCKETS,
                 max_readers=MAX_READERS,
@@ -181,7 +115,7 @@ class _Environment:
             )
         except lmdb.InvalidError:
             _close(data_fd)
-            raise _not_ours(path, "unknown") from None
+            raise dbfile.not_ours(path, dbfile.OTHER) from None
         except lmdb.VersionMismatchError:
             _close(data_fd)
             raise NotADatabaseError(f"{path} was written by an incompatible LMDB version") from None
@@ -196,12 +130,13 @@ class _Environment:
                 # Slots left by readers that were killed would otherwise pin old pages
                 # (and the file's size) forever.
                 self.env.reader_check()
+            if walk_pages:
+                self._walk_pages(opened)
             if read_only:
                 _close(data_fd)
                 data_fd = None
-            elif data_fd is None:
-                data_fd = _open_single_name(real, path)
-            # Writers take their flock on the data file: every name of it shares that.
+            # Writers take their flock on the data file: every name of it shares that
+            # (and stamp the file through it after each commit: see lmdb_pages).
             self.lock_fd = data_fd
         except BaseException:
             _close(data_fd)
@@ -219,6 +154,18 @@ class _Environment:
         self._resizing = _thread.allocate_lock()
         self._counts_lock = _thread.allocate_lock()
         self._open_txns: dict[int, int] = {}
+
+    def _walk_pages(self, fd: int) -> None:
+        """Walk the pages of the current snapshot, pinned by a read transaction that reads
+        nothing but the meta page (so no writer reuses its pages during the walk)."""
+        for _ in range(10):
+            txn = self.env.begin(write=False)
+            try:
+                if dbfile.check_lmdb_pages(fd, self.path, txn.id()):
+                    return
+            finally:
+                txn.abort()
+        raise StoreTimeoutError(f"database {self.path} kept changing while its pages were checked; try again")
 
     # -- opening transactions -------------------------------------------------------------
 
@@ -350,7 +297,7 @@ class _Environment:
     def bucket_names(self) -> list[str]:
         txn = self.begin(write=False)
         try:
-            return [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
+            return [_text(key) for key in txn.cursor().iternext(values=False)]
         finally:
             txn.abort()
             self.finished()
@@ -364,7 +311,7 @@ class _Environment:
 def _open_single_name(real: str, given: str) -> int:
     """A descriptor of the database file, once it is known to be reachable by one lock file."""
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise StoreError(f"cannot open database {given}: {e.strerror or e}") from None
     try:
@@ -384,7 +331,7 @@ _environments: dict[str, _Environment] = {}
 _environments_lock = _thread.allocate_lock()
 
 
-def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Environment:
+def _acquire(path: str, read_only: bool, create: bool, map_size: int, timeout: float) -> _Environment:
     key = resolve(path)
     with _environments_lock:
         env = _environments.get(key)
@@ -402,7 +349,7 @@ def _acquire(path: str, read_only: bool, create: bool, map_size: int) -> _Enviro
             env.close()
             env = None
         if env is None:
-            env = _Environment(path, read_only, create, map_size)
+            env = _Environment(path, read_only, create, map_size, timeout)
             _environments[key] = env
         env.refs += 1
         return env
@@ -414,6 +361,26 @@ def _release(env: _Environment) -> None:
         if env.refs == 0:
             _environments.pop(env.real_path, None)
             env.close()
+
+
+def _pair(key: str, raw: bytes) -> KVPair:
+    """The pair stored as *raw*; a damaged record is a pair of its own (see KVPair), so that
+    one damaged record stops no listing and no command that does not need it."""
+    try:
+        value, last_index = decode_record(raw, key)
+    except CorruptDatabaseError:
+        return KVPair(key, raw, DAMAGED_INDEX)
+    return KVPair(key, value, last_index)
+
+
+def _text(raw: bytes) -> str:
+    """A key or bucket name as read from LMDB.  Ours are UTF-8; one that another program
+    wrote with other bytes is listed with them as surrogate escapes, so that a listing, and
+    every command that lists, still works (no key of ours can look like it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _describe(e: lmdb.Error) -> str:
@@ -492,6 +459,8 @@ class _WriteTxn:
         while True:
             try:
                 self.txn.commit()
+                if self.env.lock_fd is not None:
+                    dbfile.stamp_checked(self.env.lock_fd)
                 break
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
@@ -546,10 +515,7 @@ class _LMDBTx(Tx):
 
     def _read(self, key: str) -> KVPair | None:
         raw = self._txn.get(self.bucket_name, key.encode("utf-8"))
-        if raw is None:
-            return None
-        value, last_index = decode_record(raw, key)
-        return KVPair(key, value, last_index)
+        return None if raw is None else _pair(key, raw)
 
     def _contains(self, key: str) -> bool:
         return self._txn.get(self.bucket_name, key.encode("utf-8")) is not None
@@ -559,7 +525,7 @@ class _LMDBTx(Tx):
         previous = self._txn.get(self.bucket_name, encoded_key)
         last_index = self._txn.txn.id()
         if previous is not None:
-            last_index = max(last_index, decode_record(previous, key)[1] + 1)
+            last_index = max(last_index, _pair(key, previous).last_index + 1)
         self._txn.put(self.bucket_name, encoded_key, encode_record(value, last_index))
         return KVPair(key, value, last_index)
 
@@ -577,9 +543,7 @@ class _LMDBTx(Tx):
             for raw_key, raw in cursor:
                 if not raw_key.startswith(start):
                     break
-                key = raw_key.decode("utf-8")
-                value, last_index = decode_record(raw, key)
-                pairs.append(KVPair(key, value, last_index))
+                pairs.append(_pair(_text(raw_key), raw))
         return pairs
 
     def bucket(self, name: str) -> Tx:
@@ -587,7 +551,7 @@ class _LMDBTx(Tx):
 
     def buckets(self) -> list[str]:
         # The main database holds nothing but the buckets' names (see the module docstring).
-        return sorted(key.decode("utf-8") for key in self._txn.txn.cursor().iternext(values=False))
+        return sorted(_text(key) for key in self._txn.txn.cursor().iternext(values=False))
 
 
 class _Transaction:
@@ -660,7 +624,7 @@ class LMDBStore(Store):
         # read-write environment this process already has open on the same file.
         self.read_only = read_only
         if _env is None:
-            _env = _acquire(path, read_only, create, map_size)
+            _env = _acquire(path, read_only, create, map_size, timeout)
         else:
             with _environments_lock:
                 _env.refs += 1
