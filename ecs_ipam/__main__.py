@@ -1,7 +1,5 @@
 """``python -m ecs_ipam``: the same as the ``ecs-ipam`` console script."""
 
-import sys
+from .entry import run
 
-from .cni import main
-
-sys.exit(main())
+run()

@@ -14,6 +14,8 @@ holds it for all of them.
 
 from __future__ import annotations
 
+import os
+
 from .addr import Address, Network, parse_address
 from .config import Value
 from .errors import AddressInUseError, IdAlreadyAllocatedError, PoolExhaustedError, quoted
@@ -37,6 +39,10 @@ from .pool_store import (
     write_key,
     write_last_known,
 )
+
+# How far (in addresses) a re-run ADD may start its walk after the pointer, doubled on
+# each further re-run (see PoolAllocator._spread).
+SPREAD_WINDOW = 64
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
@@ -101,6 +107,13 @@ def overlapping_buckets(tx: Tx, pool: Pool, names: Sequence[str]) -> list[Overla
         if other is not None and other.first <= pool.subnet.last and pool.subnet.first <= other.last:
             found.append(Overlap(other, tx.bucket(name)))
     return found
+
+
+def releases_within(max_writes: int, pools: int) -> int:
+    """How many releases one transaction over *pools* pools can hold, when it may write
+    at most *max_writes* keys (GC's batches): a release deletes the address and its
+    id-index entry, and each pool rewrites its last-known pointer once."""
+    return max(1, (max_writes - pools) // 2)
 
 
 class PoolAllocator:
@@ -225,9 +238,13 @@ class PoolAllocator:
         elif owner_of(record) != self.gateway_owner:
             raise AddressInUseError(f"gateway {address} of {self.pool.subnet} is held by {quoted(owner_of(record))}")
 
-    def allocate(self, owner: Owner, now: float) -> Network:
+    def allocate(self, owner: Owner, now: float, repeat: bool = False) -> Network:
         """Claim the pool's fixed address, or the next free one after the last-known address.
 
+        :param repeat: answer the address this very attachment (id, container id and
+            interface) holds in the pool, if any, instead of IdAlreadyAllocatedError:
+            for a store whose commit can end with its outcome unknown (etcd), where the
+            runtime's retry of such an ADD must get what the first one recorded.
         :return: the claimed address with its prefix length (the fixed address keeps its own).
         :raises AddressInUseError: the fixed address is taken.
         :raises PoolExhaustedError: no address is free.
@@ -237,6 +254,16 @@ class PoolAllocator:
         if owner.id in GATEWAY_OWNER.values():
             # Records under these names are the gateway's: never released, never counted.
             raise IdAlreadyAllocatedError(f"id already exists: {quoted(owner.id)} is the gateway's")
+        if repeat:
+            granted = self._granted_to(owner)
+            if granted is not None:
+                return granted
+        # Read before the walk, so that the walk's reads come last, just before the
+        # commit (less time for another writer to take the address found free); raised
+        # after it, as in the original: a taken address or a full pool is what the
+        # caller hears about first, also when the id holds an address already.
+        key = owner.key
+        held = self.held_anywhere(key) if key else None
         fixed = self.pool.fixed_address
         if fixed is not None:
             ip = fixed.ip
@@ -250,10 +277,6 @@ class PoolAllocator:
             ip = Address(value, self.pool.version)
             address = address_text(value, self.pool.version)
             prefixlen = self.pool.subnet.prefixlen
-        # After the address, as in the original: a taken address or a full pool is what
-        # the caller hears about first, also when the id holds an address already.
-        key = owner.key
-        held = self.held_anywhere(key) if key else None
         if held is not None:
             raise IdAlreadyAllocatedError(
                 f"id already exists: {quoted(owner.id)} holds {held[0]} in {held[1].bucket_name}"
@@ -261,12 +284,31 @@ class PoolAllocator:
         self._claim(address, owner, now)
         return Network(ip, prefixlen)
 
+    def _granted_to(self, owner: Owner) -> Network | None:
+        """The address of this pool recorded for *owner*'s very attachment, or None."""
+        if not owner.id or not owner.container_id:
+            return None  # anonymous, or no attachment to tell a retry from another task
+        address = self.held_by(owner.id)
+        record = self.record(address) if address is not None else None
+        if record is None or (record.get("container_id"), record.get("ifname")) != (
+            owner.container_id,
+            owner.ifname or None,
+        ):
+            return None
+        fixed = self.pool.fixed_address
+        if fixed is not None:
+            return fixed if str(fixed.ip) == address else None
+        ip = parse_address(address, self.pool.version)
+        return None if ip is None else Network(ip, self.pool.subnet.prefixlen)
+
     def _next_free(self) -> int:
         # Round-robin from the last address handed out or released: a task that crash-
         # loops does not get its previous address straight back, so stale state about it
         # elsewhere (ARP caches, conntrack, the agent's own records) has time to age out.
         start = self.last_known()
         candidate = self.first if start is None or start >= self.last else start + 1
+        if self.tx.reruns:
+            candidate = self._spread(candidate, self.tx.reruns)
         version = self.pool.version
         exists: Callable[[str], bool] = self.tx.exists
         if self.overlapping:
@@ -276,6 +318,20 @@ class PoolAllocator:
                 return candidate
             candidate = self.first if candidate >= self.last else candidate + 1
         raise PoolExhaustedError(f"failed to find available ip addresses in the subnet {self.pool.subnet}")
+
+    def _spread(self, candidate: int, reruns: int) -> int:
+        """Where a re-run body starts its walk: a random distance after *candidate*.
+
+        Only a body that lost a race is re-run, and the ADDs it raced walked from the
+        same pointer to the same address: starting each re-run at a random place among
+        the next addresses spreads them, instead of having them race again for the one
+        after.  A single writer never re-runs, so its walk is the original's; under
+        concurrency, an ADD that lost a race may take an address a little further on.
+        """
+        size = self.last - self.first + 1
+        window = min(size, SPREAD_WINDOW << min(reruns - 1, 4))
+        offset = int.from_bytes(os.urandom(4), "big") % window
+        return self.first + (candidate - self.first + offset) % size
 
     def _taken_anywhere(self, address: str) -> bool:
         return self.holder(address) is not None

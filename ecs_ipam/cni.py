@@ -6,7 +6,6 @@ writes to stdout or reads the process environment.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,6 +13,7 @@ import time
 from . import __version__
 from .config import SUPPORTED_VERSIONS, cni_version_of, parse_environment, parse_netconf
 from .errors import DecodeError, ECSIPAMError, cut, quoted
+from .jsonfast import dumps_compact, loads
 from .log import Log
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
@@ -159,7 +159,7 @@ def _decode(raw: bytes, allow_empty: bool) -> object:
             return None
         raise DecodeError("no network configuration on stdin")
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, RecursionError) as error:
         raise DecodeError(f"network configuration on stdin is not valid JSON: {error}") from None
 
@@ -173,7 +173,7 @@ def _error_object(version: str, code: int, msg: str, details: str = "") -> dict[
 
 def _write(stdout: IO[str], document: dict[str, Any]) -> None:
     # Compact, as the Go plugin prints: some callers compare --capabilities as text.
-    stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+    stdout.write(dumps_compact(document) + "\n")
     stdout.flush()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .allocator import Owner, PoolAllocator, overlapping_buckets
+from .allocator import Owner, PoolAllocator, overlapping_buckets, releases_within
 from .config import Attachment, NetConf, Pool, attachment_of, parse_netconf
 from .errors import (
     BoltDatabaseError,
@@ -57,8 +57,12 @@ def _allocator(tx: Tx, pool: Pool, names: list[str], write: bool = True) -> Pool
 def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocation]:
     """Claim one address in every pool of *conf* for *owner*: all of them or none.
 
+    On a store whose commits can end with their outcome unknown (etcd), an ADD retried
+    for the same attachment (id, container id, interface) answers what it holds.
     :raises IdAlreadyAllocatedError, AddressInUseError, PoolExhaustedError: nothing is claimed.
     """
+    # A store of the embedding program's own may not have the attribute: sure commits.
+    repeat = getattr(store, "uncertain_commits", False)
 
     def body(tx: Tx) -> list[Allocation]:
         allocations = []
@@ -67,7 +71,7 @@ def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocatio
             allocator = _allocator(tx, pool, names)
             allocator.reserve_gateway()
             held = allocator.held_for(owner) if owner.attachment else None
-            allocations.append((pool, held or allocator.allocate(owner, now)))
+            allocations.append((pool, held or allocator.allocate(owner, now, repeat)))
         return allocations
 
     return store.transact(body)
@@ -200,9 +204,7 @@ def gc(store: Store, conf: NetConf) -> list[str]:
     :return: the released addresses.
     """
     valid = {(a.container_id, a.ifname) for a in conf.valid_attachments or ()}
-    # A release deletes the address and its index entry; each pool also rewrites its
-    # last-known pointer.
-    batch = None if store.max_writes is None else max(1, (store.max_writes - len(conf.pools)) // 2)
+    batch = None if store.max_writes is None else releases_within(store.max_writes, len(conf.pools))
 
     def body(tx: Tx) -> list[str]:
         released: list[str] = []

@@ -227,8 +227,13 @@ def address_records(tx: Tx) -> list[tuple[str, object]]:
 
 
 def read_last_known(tx: Tx, version: int) -> Address | None:
-    """The address the walk continues after, or None (none recorded, or unreadable)."""
-    pair = tx.find(LAST_KNOWN_KEY[version])
+    """The address the walk continues after, or None (none recorded, or unreadable).
+
+    Read as a hint: concurrent ADDs all rewrite the pointer, and conflicting over it
+    would make them re-run even when they claim different addresses.  The claim itself
+    is checked (the address must still be free at commit), whatever the pointer said.
+    """
+    pair = tx.find_hint(LAST_KNOWN_KEY[version])
     return None if pair is None else parse_address(decode(pair.value), version)
 
 

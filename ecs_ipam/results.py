@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from .addr import Address, Network, parse_network
 from .config import Pool
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 Allocation = tuple[Pool, Network]
@@ -45,10 +43,10 @@ def result_addresses(result: Mapping[str, Any]) -> list[Address]:
     texts = []
     ips = result.get("ips")
     if isinstance(ips, list):
-        texts = [ip.get("address") for ip in ips if isinstance(ip, Mapping)]
+        texts = [ip.get("address") for ip in map(_mapping_or_none, ips) if ip is not None]
     for family in ("ip4", "ip6"):
-        legacy = result.get(family)
-        if isinstance(legacy, Mapping):
+        legacy = _mapping_or_none(result.get(family))
+        if legacy is not None:
             texts.append(legacy.get("ip"))
     addresses = []
     for text in texts:
@@ -61,6 +59,16 @@ def result_addresses(result: Mapping[str, Any]) -> list[Address]:
             if address is not None:
                 addresses.append(address)
     return addresses
+
+
+def _mapping_or_none(value: object) -> Mapping[str, Any] | None:
+    # A result read from JSON holds dicts; collections.abc (a millisecond of start-up, with
+    # collections) only for another mapping an embedder passes.
+    if isinstance(value, dict):
+        return value
+    from collections.abc import Mapping
+
+    return value if isinstance(value, Mapping) else None
 
 
 def _parse_with_netaddr(text: str) -> Address | None:

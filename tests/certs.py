@@ -65,18 +65,22 @@ class CertificateAuthority:
             cwd=self.directory,
         )
 
-    def issue(self, stem: str, subject: str, sans: list[str] | None = None, server: bool = False) -> Issued:
+    def issue(
+        self, stem: str, subject: str, sans: list[str] | None = None, server: bool = False, usage: str | None = None
+    ) -> Issued:
         """A certificate and its key, ``<stem>.pem`` and ``<stem>.key``, signed by this CA.
 
         :param subject: as openssl writes it (``/O=ecs-ipam/OU=client``).
         :param sans: subjectAltName entries (``IP:127.0.0.1``, ``DNS:localhost``).
         :param server: also good for serving TLS (etcd's server certificate is also the
             client certificate of its own gateway, so it needs both uses).
+        :param usage: the extendedKeyUsage instead (``serverAuth``: the mistake of a
+            server certificate without ``clientAuth``).
         """
         cert, key, request = (self.directory / f"{stem}.{ext}" for ext in ("pem", "key", "csr"))
         extensions = self.directory / f"{stem}.ext"
         lines = ["keyUsage=critical,digitalSignature,keyEncipherment"]
-        lines.append(f"extendedKeyUsage={'serverAuth,clientAuth' if server else 'clientAuth'}")
+        lines.append(f"extendedKeyUsage={usage or ('serverAuth,clientAuth' if server else 'clientAuth')}")
         if sans:
             lines.append(f"subjectAltName={','.join(sans)}")
         extensions.write_text("\n".join(lines) + "\n")

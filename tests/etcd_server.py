@@ -76,7 +76,13 @@ def prefix_range(prefix: str) -> tuple[str, str]:
 class EtcdServer:
     """One etcd process; the same ports and data directory across restarts."""
 
-    def __init__(self, directory: Path, tls: ServerTLS | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, tls: ServerTLS | None = None, extra_args: tuple[str, ...] = (), name: str = "test"
+    ) -> None:
+        self.name = name
+        # The --initial-cluster of every member (EtcdCluster sets it); alone by default.
+        self.initial_cluster: str | None = None
+        self.cluster_token = "ecs-ipam-test"
         self.tls = tls
         self.extra_args = list(extra_args)
         self.root_token: str | None = None
@@ -113,21 +119,30 @@ class EtcdServer:
             "--client-cert-auth",
         ]
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self, timeout: float = 30.0) -> None:
         """Start etcd and wait until it serves requests.
 
         :raises RuntimeError: it exited or did not answer within *timeout* (its log is in the message).
         """
+        self.launch()
+        self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start the etcd process without waiting for it (a cluster's members start together)."""
         if ETCD is None:
             raise RuntimeError(NOT_INSTALLED)
         client = self.base
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     ETCD,
                     "--name",
-                    "test",
+                    self.name,
                     "--data-dir",
                     str(self.directory / "data"),
                     "--listen-client-urls",
@@ -139,7 +154,9 @@ class EtcdServer:
                     "--initial-advertise-peer-urls",
                     peer,
                     "--initial-cluster",
-                    f"test={peer}",
+                    self.initial_cluster or f"{self.name}={peer}",
+                    "--initial-cluster-token",
+                    self.cluster_token,
                     "--log-level",
                     "warn",
                     *self._tls_args(),
@@ -149,6 +166,13 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until the launched etcd serves requests (a cluster member: has a leader).
+
+        :raises RuntimeError: it exited or did not answer within *timeout*.
+        """
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -244,3 +268,84 @@ class EtcdServer:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+class EtcdCluster:
+    """*size* etcd members on loopback ports, each with its data in *directory*/<name>.
+
+    ``cluster.url`` names every member, in order; ``freeze``/``thaw`` stop and resume
+    one member's process (SIGSTOP: a long GC pause, a full disk, a one-way network loss
+    look the same from outside), ``member_id``/``leader`` say who leads.
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.members = [EtcdServer(Path(directory) / f"m{n}", name=f"m{n}") for n in range(size)]
+        initial = ",".join(f"{member.name}={member.peer_url}" for member in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+            member.cluster_token = f"ecs-ipam-{self.members[0].peer_port}"
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(member.endpoint for member in self.members)
+
+    def start(self, timeout: float = 60.0) -> None:
+        for member in self.members:
+            member.launch()
+        for member in self.members:
+            member.wait_healthy(timeout)
+
+    def stop(self) -> None:
+        for member in self.members:
+            self.thaw(member)
+            member.stop(signal.SIGKILL)
+
+    @staticmethod
+    def freeze(member: EtcdServer) -> None:
+        assert member.process is not None
+        member.process.send_signal(signal.SIGSTOP)
+
+    @staticmethod
+    def thaw(member: EtcdServer) -> None:
+        if member.process is not None and member.process.poll() is None:
+            member.process.send_signal(signal.SIGCONT)
+
+    def status(self, member: EtcdServer) -> dict:
+        return member.request("/v3/maintenance/status", {})
+
+    def leader(self) -> EtcdServer:
+        """The member that leads now (asked of every member until one knows)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for member in self.members:
+                try:
+                    status = self.status(member)
+                except (OSError, RuntimeError):
+                    continue
+                for candidate in self.members:
+                    if candidate.process is not None and self.status_id(candidate) == status.get("leader"):
+                        return candidate
+            time.sleep(0.1)
+        raise RuntimeError("the cluster has no leader")
+
+    def status_id(self, member: EtcdServer) -> str | None:
+        try:
+            return str(self.status(member)["header"]["member_id"])
+        except (OSError, RuntimeError, KeyError):
+            return None
+
+
+@contextmanager
+def running_cluster(directory: Path, size: int = 3) -> Iterator[EtcdCluster]:
+    """A started :class:`EtcdCluster` for the body of the ``with``; every member is
+    resumed and killed at the end, whatever happened.  Skips where etcd is missing."""
+    import pytest
+
+    if ETCD is None:
+        pytest.skip(NOT_INSTALLED)
+    cluster = EtcdCluster(directory, size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -31,11 +31,18 @@ def test_smoke_run_prints_every_section_and_exits_0(tmp_path):
     done = bench("--smoke", "--runs", "2", "--storm", "4", "--dir", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    for title in ("Process latency", "4-way parallel storm", "DEL by id", "Filling a pool", "Targets of issue #5"):
+    for title in (
+        "Phases of one call",
+        "Process latency",
+        "4-way parallel storm",
+        "DEL by id",
+        "Filling a pool",
+        "Targets of issue #5",
+    ):
         assert f"## {title}" in out, out
     assert re.search(r"^\s*ecs-ipam ADD\+DEL: ", out, re.MULTILINE), out
     assert re.search(r"^\s*CLI 10\.20\.0\.0/28\s+13\s", out, re.MULTILINE), out  # the /28 filled: 14 hosts - gateway
-    assert measured(out, "storm: failed ADDs") == 0
+    assert measured(out, "storm x4: failed ADDs") == 0
     assert 0 < measured(out, "memory: peak RSS of one ADD (MB)") < 1000
     assert measured(out, "latency: ecs-ipam pair median / floor") > 0
 

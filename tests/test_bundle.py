@@ -399,7 +399,7 @@ def test_python_starts_isolated_without_site_from_the_bundle_alone(bundle, tmp_p
         "-I",
         "-S",
         "-c",
-        "import sys; from ecs_ipam.cni import main; sys.exit(main())",
+        "import sys; from ecs_ipam.entry import run; sys.exit(run())",
     ]
     assert argv[0].startswith(f"{private}/lib/ld-")
     libraries = {line.split()[-1] for line in maps.splitlines() if ".so" in line.split()[-1]}

@@ -74,7 +74,7 @@ def test_the_package_is_marked_as_typed():
 
 def test_console_scripts_are_the_plugin_and_the_operator_tool():
     scripts = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
-    assert scripts == ["ecs-ipam = ecs_ipam.cni:main", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
+    assert scripts == ["ecs-ipam = ecs_ipam.entry:run", "ecs-ipamctl = ecs_ipam.ctl.cli:main"]
 
 
 def find_packages(exclude: list[str]) -> set[str]:

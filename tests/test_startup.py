@@ -10,9 +10,10 @@ ecs_ipam``'s entry point in a fresh interpreter that records every import, and c
   ``dataclasses`` and ``ipaddress`` today; the plugin must not depend on that).
 
 And, from the import list of a real, unrecorded process (``-X importtime``), that a warm
-ADD or DEL loads nothing beyond what it needs: json, lmdb, msgpack, a few C modules, and
-its own modules on the way to the database.  In particular not netaddr: the fast path of
-ecs_ipam.addr reads a valid configuration without it.
+ADD or DEL loads nothing beyond what it needs: _json, lmdb, a few C modules, and its own
+modules on the way to the database.  In particular not netaddr (the fast path of
+ecs_ipam.addr reads a valid configuration without it), nor json (ecs_ipam.jsonfast calls
+_json directly).
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def recording_import_module(name, package=None):
         seen.append([who, importlib.util.resolve_name(name, package) if name.startswith(".") else name])
     return real_import_module(name, package)
 
+def exit_to_recorder(code):
+    raise SystemExit(code)  # the entry ends the process with os._exit, before the report
+
 builtins.__import__ = recording_import
 importlib.import_module = recording_import_module
+os._exit = exit_to_recorder
 
 args = json.loads(sys.argv[1])
 sys.argv = ["ecs-ipam"]  # CNI passes no arguments
@@ -181,11 +186,13 @@ def test_the_recorder_sees_an_import_made_by_the_plugin(tmp_path):
 # the store, the C modules the store and the record fast path call, and __future__ (every
 # module's "from __future__ import annotations").  Whatever these pull in themselves is
 # the floor's, not the plugin's doing.
-NEEDED = "import __future__, json, lmdb, struct, fcntl, errno, collections.abc, operator, io"
+NEEDED = "import __future__, _json, gc, lmdb, struct, fcntl, errno, operator, io"
 # The plugin's own modules on the warm path.
 OWN = {
     "ecs_ipam",
     "ecs_ipam.cni",
+    "ecs_ipam.entry",
+    "ecs_ipam.jsonfast",
     "ecs_ipam.config",
     "ecs_ipam.addr",
     "ecs_ipam.errors",
@@ -207,8 +214,15 @@ OWN = {
 # the plugin's own records; msgpack loads datetime), and modules that cost milliseconds for
 # nothing the plugin does (typing: annotations only; socket: enum and selectors on top of
 # _socket, which an IPv4 pool does not need either; random: only a process that waits for
-# the lock needs jitter; contextlib: two context managers are written out instead).
+# the lock needs jitter; contextlib: two context managers are written out instead; json:
+# re, enum and functools at import, where ecs_ipam.jsonfast calls _json; collections:
+# kv.KVPair is written out).
 NOT_WARM = (
+    "json",
+    "re",
+    "enum",
+    "functools",
+    "collections",
     "netaddr",
     "msgpack",
     "datetime",
@@ -228,7 +242,7 @@ NOT_WARM = (
     "ecs_ipam.legacy",
 )
 
-ENTRY = "import sys; from ecs_ipam.cni import main; sys.exit(main())"
+ENTRY = "from ecs_ipam.entry import run; run()"
 
 
 def imported_by(code: str, environ: dict | None = None, stdin: str = "") -> list[str]:

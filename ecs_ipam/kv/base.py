@@ -15,7 +15,7 @@ same contract suite.
 from __future__ import annotations
 
 import abc
-from collections import namedtuple
+from operator import itemgetter
 
 from ..errors import (
     CallNotSupportedError,
@@ -50,8 +50,45 @@ if TYPE_CHECKING:
         last_index: int
 
 else:
-    # The same tuple as typing.NamedTuple would make, without importing typing.
-    KVPair = namedtuple("KVPair", ["key", "value", "last_index"])
+    # The tuple collections.namedtuple would make, written out: importing collections
+    # costs a plugin start more than its whole transaction (a sixth of a bare
+    # interpreter's start-up).  tests/kv/test_kvpair.py holds it to the namedtuple.
+
+    class KVPair(tuple):
+        __slots__ = ()
+        _fields = ("key", "value", "last_index")
+        _field_defaults = {}  # noqa: RUF012 - namedtuple's, never written
+        __match_args__ = _fields
+
+        def __new__(cls, key, value, last_index):
+            return tuple.__new__(cls, (key, value, last_index))
+
+        key = property(itemgetter(0), doc="Alias for field number 0")
+        value = property(itemgetter(1), doc="Alias for field number 1")
+        last_index = property(itemgetter(2), doc="Alias for field number 2")
+
+        @classmethod
+        def _make(cls, iterable):
+            result = tuple.__new__(cls, iterable)
+            if len(result) != 3:
+                raise TypeError(f"Expected 3 arguments, got {len(result)}")
+            return result
+
+        def _replace(self, **changes):
+            result = self._make(map(changes.pop, self._fields, self))
+            if changes:
+                raise ValueError(f"Got unexpected field names: {list(changes)!r}")
+            return result
+
+        def _asdict(self):
+            return {"key": self[0], "value": self[1], "last_index": self[2]}
+
+        def __repr__(self):
+            return f"{type(self).__name__}(key={self[0]!r}, value={self[1]!r}, last_index={self[2]!r})"
+
+        def __getnewargs__(self):
+            return tuple(self)
+
 
 KVPair.__doc__ = """One key/value pair as stored, with the index used for compare-and-swap.
 
@@ -117,6 +154,9 @@ class Tx(abc.ABC):
     """
 
     bucket_name: str
+    #: How many times this transaction's body already lost a race and is being re-run
+    #: (an optimistic backend: etcd); 0 on a backend that never re-runs a body.
+    reruns = 0
 
     # -- primitives a backend implements ----------------------------------------------
 
@@ -162,6 +202,13 @@ class Tx(abc.ABC):
     def find(self, key: str) -> KVPair | None:
         """Like :meth:`get`, but None for a missing key instead of an exception."""
         return self._read(check_key(key))
+
+    def find_hint(self, key: str) -> KVPair | None:
+        """Like :meth:`find`, for a value that only guides the body (where a walk
+        starts): a backend that checks reads at commit (etcd) does not check this one,
+        so another writer changing it meanwhile is no conflict.  The body must stay
+        correct whatever stale value it gets."""
+        return self.find(key)
 
     def exists(self, key: str) -> bool:
         return self._contains(check_key(key))
@@ -215,6 +262,10 @@ class Store(abc.ABC):
     #: The most keys one transaction may write or delete (None: no limit).  Work that
     #: writes without bound (GC) runs as several transactions of at most this many.
     max_writes: int | None = None
+    #: Whether a commit can end with its outcome unknown to the caller (etcd, when no
+    #: endpoint answers in time): an ADD then answers a retry of the same attachment
+    #: with the address the first one may have recorded, instead of "id already exists".
+    uncertain_commits = False
 
     # -- what a backend implements -------------------------------------------------------
 

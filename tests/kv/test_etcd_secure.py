@@ -9,7 +9,9 @@ it (the CNI code and a message that says which) and to leave nothing behind in e
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -392,3 +394,87 @@ def test_ssl_is_imported_for_etcds_only(pki, scheme, imports_ssl):
     )
     result = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(imports_ssl)
+
+
+# -- the token cache (IPAM_ETCD_TOKEN_CACHE) ---------------------------------------------------------
+
+
+def authentications(monkeypatch) -> list[str]:
+    """Count the /v3/auth/authenticate requests of every client from now on."""
+    from ecs_ipam.kv.etcd.client import Client
+
+    done: list[str] = []
+    authenticate = Client._authenticate
+
+    def counted(self, deadline):
+        done.append(self.user)
+        return authenticate(self, deadline)
+
+    monkeypatch.setattr(Client, "_authenticate", counted)
+    return done
+
+
+def put_once(url, environ, value: bytes = b"v") -> None:
+    with EtcdStore(url, "test", environ=environ) as store:
+        store.put("k", value)
+
+
+def test_a_kept_token_spares_the_next_process_its_authentication(url, environ, tmp_path, monkeypatch):
+    cache = tmp_path / "token"
+    cached = {**environ, "IPAM_ETCD_TOKEN_CACHE": str(cache)}
+    done = authentications(monkeypatch)
+
+    put_once(url, cached)
+    assert len(done) == 1
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    kept = json.loads(cache.read_text())
+    assert kept["user"] == "ipam" and kept["token"]
+    assert PASSWORD not in cache.read_text()
+
+    put_once(url, cached, b"w")
+    put_once(url, cached, b"x")
+    assert len(done) == 1  # both reused the token
+    assert os.listdir(tmp_path) == ["token"]  # no temporary file left behind
+
+
+def test_a_kept_token_etcd_refuses_is_replaced(url, environ, tmp_path, monkeypatch):
+    cache = tmp_path / "token"
+    cached = {**environ, "IPAM_ETCD_TOKEN_CACHE": str(cache)}
+    put_once(url, cached)
+    kept = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**kept, "token": "a.token.etcd.never.issued"}))
+    done = authentications(monkeypatch)
+
+    put_once(url, cached, b"w")
+
+    assert len(done) == 1
+    assert json.loads(cache.read_text())["token"] not in ("a.token.etcd.never.issued", "")
+
+
+@pytest.mark.parametrize("mistake", ["others can read it", "another user's token", "a link", "a shared folder"])
+def test_a_token_file_that_cannot_be_trusted_is_not_used(url, environ, tmp_path, monkeypatch, mistake):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    cache = folder / "token"
+    cached = {**environ, "IPAM_ETCD_TOKEN_CACHE": str(cache)}
+    put_once(url, cached)
+    if mistake == "others can read it":
+        cache.chmod(0o644)
+    elif mistake == "another user's token":
+        cache.write_text(json.dumps({**json.loads(cache.read_text()), "user": "elsewhere"}))
+        cache.chmod(0o600)
+    elif mistake == "a link":
+        (folder / "real").write_bytes(cache.read_bytes())
+        (folder / "real").chmod(0o600)
+        cache.unlink()
+        cache.symlink_to(folder / "real")
+    else:
+        folder.chmod(0o777)
+    done = authentications(monkeypatch)
+
+    put_once(url, cached, b"w")
+
+    assert len(done) == 1
+    if mistake == "a shared folder":
+        folder.chmod(0o700)  # nothing was written there: the old file is unchanged
+        assert not [name for name in os.listdir(folder) if name != "token"]

@@ -6,9 +6,11 @@ One job per module:
 * :mod:`.settings`  the URL, and the TLS files and etcd user (arguments or environment)
 * :mod:`.http`      one keep-alive HTTP/1.1 connection on :mod:`socket`
 * :mod:`.tls`       the TLS context and connections (imported for ``etcds://`` only)
-* :mod:`.client`    the gateway client: endpoints, authentication, retries, watches
+* :mod:`.client`    the gateway client: endpoints and failover, authentication, watches
+* :mod:`.token_cache` the opt-in file that keeps an auth token for the next process
 * :mod:`.layout`    where buckets, markers and commit keys live under the prefix
-* :mod:`.tx`        optimistic transactions, committed as one etcd txn
+* :mod:`.tx`        optimistic transactions, committed as one etcd txn (and settled
+                    by their commit key when the answer is lost)
 * :mod:`.store`     :class:`EtcdStore`, the :class:`~ecs_ipam.kv.base.Store` on top
 """
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import KeyModifiedError, StoreError, StoreTimeoutError, StoreUnavailableError
 from .http import TIMEOUTS, BrokenResponse, Connection, describe, speaks_tls
-from .layout import Layout, b64
+from .layout import Layout, b64, prefix_end, unb64
 from .settings import VARIABLES, Security, parse_url
 
 if TYPE_CHECKING:
@@ -35,9 +35,15 @@ if TYPE_CHECKING:
 # A JSON object of the gateway.
 Json = dict[str, Any]
 
-# Connection attempts are capped when there is another endpoint to try, so that one
-# black-holed member cannot eat the whole timeout.
+# How long one attempt waits for an endpoint while there is another one to try: a
+# frozen or partitioned member (a long GC pause, a full disk, a one-way network loss)
+# costs this much, not the whole timeout.  etcd answers a healthy request in
+# milliseconds; a leader election takes about one second (its default election timeout).
+REQUEST_TIMEOUT = 1.0
+# The TLS probe of an endpoint that dropped a plain request.
 CONNECT_TIMEOUT = 1.0
+AUTHENTICATE = "/v3/auth/authenticate"
+TXN = "/v3/kv/txn"
 # gRPC codes of errors that pass: CANCELLED (etcd shutting down), DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED (too many requests), ABORTED, UNAVAILABLE (no leader).
 TRANSIENT_GRPC_CODES = {1, 4, 8, 10, 14}
@@ -51,6 +57,15 @@ class Conflict(KeyModifiedError):
     """A transaction's reads are no longer current: its body must be re-run."""
 
 
+class NotApplied(Conflict):
+    """A commit whose answer was lost was settled as never applied: nothing was written,
+    and the body may be re-run while time remains; else *final* is the error to raise."""
+
+    def __init__(self, final: StoreError) -> None:
+        super().__init__(str(final))
+        self.final = final
+
+
 class RefusedError(StoreError):
     """etcd answered the request with an error that sending it again will not change."""
 
@@ -59,8 +74,65 @@ class RefusedError(StoreError):
         self.reason = reason
 
 
+class MaybeApplied(StoreError):
+    """The request reached etcd, or may have, and no answer came back: it may have
+    been applied.  Raised as one of the two classes below (code 11)."""
+
+
+class TimeoutMaybeApplied(MaybeApplied, StoreTimeoutError):
+    """No endpoint answered in time, and a copy of the request may have been applied."""
+
+
+class UnavailableMaybeApplied(MaybeApplied, StoreUnavailableError):
+    """No endpoint could serve the request, and a copy of it may have been applied."""
+
+
 class _StaleToken(Exception):
     """etcd no longer accepts the token: authenticate again."""
+
+
+class _Broken(Exception):
+    """One attempt's connection failed (:meth:`Client._exchange`)."""
+
+    def __init__(self, error: OSError, sent: bool, fresh: bool) -> None:
+        super().__init__(describe(error))
+        self.timed_out = isinstance(error, TIMEOUTS)
+        # The request went out (it may have been applied).
+        self.sent = sent
+        # A new connection that broke before any byte of an answer.
+        self.fresh = fresh
+
+
+class _Trail:
+    """What the attempts of one request met, for the error raised when time runs out."""
+
+    def __init__(self) -> None:
+        # Out of time before the first attempt (a transaction's body used it up) is a
+        # timeout too.
+        self.failure = "the operation ran out of time"
+        self.timed_out = True
+        self.maybe_applied = False
+        self.attempts = 0
+        self.delay = 0.02
+
+    def broken(self, host: str, port: int, broken: _Broken) -> None:
+        self.failure = f"{host}:{port}: {broken}"
+        self.timed_out = broken.timed_out
+        self.maybe_applied = self.maybe_applied or broken.sent
+
+    def transient(self, host: str, port: int, message: str) -> None:
+        self.failure = f"{host}:{port}: {message}"
+        self.timed_out = False
+        self.maybe_applied = True
+
+    def error(self, where: str, timeout: float, path: str) -> StoreError:
+        if self.timed_out:
+            text = f"etcd at {where} did not answer within {timeout:g}s ({self.failure})"
+        else:
+            text = f"etcd at {where} is unavailable ({self.failure})"
+        if self.maybe_applied and path == TXN:
+            return (TimeoutMaybeApplied if self.timed_out else UnavailableMaybeApplied)(text)
+        return (StoreTimeoutError if self.timed_out else StoreUnavailableError)(text)
 
 
 class Client:
@@ -77,6 +149,8 @@ class Client:
         self.user = security.user
         self._password = security.password
         self._token: str | None = None
+        self._token_cache = security.token_cache if security.user is not None else None
+        self._cache_read = False
         self._context: ssl.SSLContext | None = None
         self._has_certificate = bool(security.cert)
         if security.tls:
@@ -88,7 +162,10 @@ class Client:
         self.refs_lock = threading.Lock()
         # One request at a time on the one connection.
         self.lock = threading.Lock()
-        self.current = 0
+        # Each process starts at an endpoint of its own, so that a member that hangs
+        # delays some plugins by one short bound (REQUEST_TIMEOUT), not every plugin;
+        # within the process, the last endpoint that answered is tried first.
+        self.current = random.randrange(len(self.endpoints))
         self.conn: Connection | None = None
 
     def where(self) -> str:
@@ -128,21 +205,43 @@ class Client:
     # -- authentication ------------------------------------------------------------------
 
     def _authenticated(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
+        if self._token_cache is not None and self.user is not None and not self._cache_read:
+            self._cache_read = True
+            self._reuse_token(self._token_cache, self.user)
         for _ in range(TOKEN_ATTEMPTS):
             if self.user is not None and self._token is None:
                 self._token = self._authenticate(deadline)
+                if self._token_cache is not None:
+                    from .token_cache import save
+
+                    save(self._token_cache, self.user, self._endpoint_name(self.current), self._token)
             try:
                 return self._call(path, payload, deadline, stream)
             except _StaleToken:
                 self._token = None
         raise StoreError(f"etcd at {self.where()} kept refusing fresh tokens of user {self.user!r}")
 
+    def _reuse_token(self, path: str, user: str) -> None:
+        """Start with the token a previous process kept, at the endpoint that issued it
+        (etcd's simple tokens are known to that member only); once per client."""
+        from .token_cache import load
+
+        names = [self._endpoint_name(n) for n in range(len(self.endpoints))]
+        kept = load(path, user, names)
+        if kept is not None:
+            self.current = names.index(kept[0])
+            self._token = kept[1]
+
+    def _endpoint_name(self, index: int) -> str:
+        host, port = self.endpoints[index]
+        return f"{host}:{port}"
+
     def _authenticate(self, deadline: float) -> str:
         # The body is built here and never kept: the password is in no message or log.
         password = self._password.reveal() if self._password is not None else ""
         payload = json.dumps({"name": self.user, "password": password}).encode("utf-8")
         try:
-            answer = self._call("/v3/auth/authenticate", payload, deadline, stream=False)
+            answer = self._call(AUTHENTICATE, payload, deadline, stream=False)
         except RefusedError as error:
             if not error.reason:
                 raise  # not an answer about the user (a TLS port, say)
@@ -157,7 +256,7 @@ class Client:
             raise StoreError(f"etcd at {self.where()} authenticated user {self.user!r} but sent no token")
         return token
 
-    # -- one request, retried ------------------------------------------------------------
+    # -- one request, tried on each endpoint in turn -------------------------------------
 
     def _connect(self, host: str, port: int, timeout: float) -> Connection:
         if self._context is not None:
@@ -167,82 +266,102 @@ class Client:
         return Connection(host, port, timeout)
 
     def _call(self, path: str, payload: bytes, deadline: float, stream: bool) -> Json | Connection:
-        # Out of time before the first attempt (the transaction's body used it up) is a
-        # timeout too.
-        failure, timed_out, attempts, delay = "the operation ran out of time", True, 0, 0.02
-        # Whether a copy of the request may have reached etcd and been applied.
-        maybe_applied = False
-        token = None if path == "/v3/auth/authenticate" else self._token
+        """Send the request to the current endpoint, then to the next ones, until one
+        answers or the deadline passes; the answer, or the connection of a stream.
+
+        :raises _StaleToken: etcd refused the token (authenticate, then call again).
+        :raises MaybeApplied: time ran out after a copy of a txn may have been applied.
+        """
+        token = None if path == AUTHENTICATE else self._token
+        trail = _Trail()
         while (remaining := deadline - time.monotonic()) > 0:
             host, port = self.endpoints[self.current]
-            if self.conn is not None and self.conn.pid != os.getpid():
-                # Inherited across fork: the parent keeps using it.  Closing our copy of
-                # the descriptor does not disturb it.
-                self.disconnect()
-            conn = None if stream else self.conn
             try:
-                if conn is None:
-                    spare = len(self.endpoints) > 1
-                    conn = self._connect(host, port, min(remaining, CONNECT_TIMEOUT) if spare else remaining)
-                    if not stream:
-                        self.conn = conn
-                status, data = conn.post(path, payload, remaining, stream, token)
-                if data is None:
-                    return conn
-                if stream or not conn.keep_alive:
-                    self._drop(conn)
-            except OSError as error:
-                maybe_applied = maybe_applied or (conn is not None and conn.request_sent)
-                self._drop(conn)
-                # A TLS port drops a plain request unanswered, on a fresh connection
-                # (a kept-alive one may just have been closed while idle).
-                if (
-                    self._context is None
-                    and isinstance(error, BrokenResponse)
-                    and conn is not None
-                    and conn.requests == 1
-                    and not conn.answered
-                    and speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
-                ):
+                conn, status, data = self._exchange(
+                    host, port, path, payload, self._bound(remaining, trail), stream, token
+                )
+            except _Broken as broken:
+                trail.broken(host, port, broken)
+                if broken.fresh and self._context is None and self._serves_tls(host, port, deadline):
                     raise RefusedError(f"etcd at {host}:{port} serves TLS: use etcds://") from None
-                failure, timed_out = f"{host}:{port}: {describe(error)}", isinstance(error, TIMEOUTS)
-                self.current = (self.current + 1) % len(self.endpoints)
-                attempts += 1
-                if attempts % len(self.endpoints) == 0:
-                    delay = self._pause(deadline, delay)
+                self._next_endpoint(trail, deadline)
                 continue
-            except StoreError:
-                self._drop(conn)
-                raise
+            if data is None:
+                return conn
             if status == 200:
-                try:
-                    answer = json.loads(data)
-                except ValueError:
-                    raise StoreError(f"etcd at {host}:{port} sent a response that is not JSON") from None
-                if not isinstance(answer, dict):
-                    raise StoreError(f"etcd at {host}:{port} sent a response that is not a JSON object")
-                return answer
+                return _json_object(host, port, data)
             message, code = _error_of(data, status)
             if token is not None and any(stale in message for stale in STALE_TOKEN):
                 raise _StaleToken(message)
+            if status == 503 and conn.lacks_client_auth():
+                raise RefusedError(
+                    f"etcd at {host}:{port} cannot serve its JSON gateway ({message}): the server's certificate "
+                    f"lacks the clientAuth extended key usage, which the gateway needs to present it to etcd "
+                    f"itself; issue it with extendedKeyUsage=serverAuth,clientAuth"
+                )
             if status >= 500 or code in TRANSIENT_GRPC_CODES:
                 # No leader, leader changed, etcd shutting down, request timed out inside
                 # etcd: the request may still be applied, and sending it again is safe.
-                failure, timed_out, maybe_applied = f"{host}:{port}: {message}", False, True
-                if len(self.endpoints) > 1:
-                    self.disconnect()
-                    self.current = (self.current + 1) % len(self.endpoints)
-                delay = self._pause(deadline, delay)
+                trail.transient(host, port, message)
+                self.disconnect()
+                self._next_endpoint(trail, deadline)
                 continue
             self._refuse(host, port, path, message, status, data)
-        outcome = ""
-        if maybe_applied and path == "/v3/kv/txn":
-            outcome = "; the commit may or may not have been applied"
-        if timed_out:
-            raise StoreTimeoutError(
-                f"etcd at {self.where()} did not answer within {self.timeout:g}s ({failure}){outcome}"
-            )
-        raise StoreUnavailableError(f"etcd at {self.where()} is unavailable ({failure}){outcome}")
+        raise trail.error(self.where(), self.timeout, path)
+
+    def _bound(self, remaining: float, trail: _Trail) -> float:
+        """How long the next attempt may wait for its endpoint.
+
+        With another endpoint to try, a silent one (frozen, partitioned, overloaded)
+        costs a short bound, not the whole deadline; the bound doubles with every
+        attempt, so a cluster that is merely slow (a loaded host, a leader election)
+        still gets its time.
+        """
+        count = len(self.endpoints)
+        if count == 1:
+            return remaining
+        return min(remaining, REQUEST_TIMEOUT * float(2**trail.attempts))
+
+    def _exchange(
+        self, host: str, port: int, path: str, payload: bytes, bound: float, stream: bool, token: str | None
+    ) -> tuple[Connection, int, bytes | None]:
+        """One POST on the kept-alive connection (a new one for a stream).
+
+        :raises _Broken: the connection failed; it is closed.
+        """
+        if self.conn is not None and self.conn.pid != os.getpid():
+            # Inherited across fork: the parent keeps using it.  Closing our copy of the
+            # descriptor does not disturb it.
+            self.disconnect()
+        conn = None if stream else self.conn
+        try:
+            if conn is None:
+                conn = self._connect(host, port, bound)
+                if not stream:
+                    self.conn = conn
+            status, data = conn.post(path, payload, bound, stream, token)
+        except OSError as error:
+            self._drop(conn)
+            # A fresh connection that broke before any answer: maybe a TLS port that
+            # drops plain requests (a kept-alive one may just have been closed while idle).
+            fresh = isinstance(error, BrokenResponse) and conn is not None and conn.requests == 1 and not conn.answered
+            raise _Broken(error, conn is not None and conn.request_sent, fresh) from None
+        except StoreError:
+            self._drop(conn)
+            raise
+        if data is not None and (stream or not conn.keep_alive):
+            self._drop(conn)
+        return conn, status, data
+
+    def _serves_tls(self, host: str, port: int, deadline: float) -> bool:
+        return speaks_tls(host, port, min(max(deadline - time.monotonic(), 0.01), CONNECT_TIMEOUT))
+
+    def _next_endpoint(self, trail: _Trail, deadline: float) -> None:
+        """Move on to the next endpoint; pause after every round through all of them."""
+        trail.attempts += 1
+        self.current = (self.current + 1) % len(self.endpoints)
+        if trail.attempts % len(self.endpoints) == 0:
+            trail.delay = self._pause(deadline, trail.delay)
 
     def _refuse(self, host: str, port: int, path: str, message: str, status: int, data: bytes | None) -> None:
         """Raise the error for an answer that sending the request again will not change."""
@@ -349,6 +468,23 @@ class Client:
             body["limit"] = str(limit)
         answer = self.call("/v3/kv/range", body, deadline)
         return int(answer["header"]["revision"]), list(answer.get("kvs", []))
+
+    def markers(self, revision: int | None, deadline: float, limit: int = 0) -> tuple[int, dict[str, int]]:
+        """``(header revision, {bucket name: its marker's mod_revision})``: the buckets
+        of the database (at *revision*, or the latest), read from their markers."""
+        start = self.layout.markers
+        at, kvs = self.range(start, prefix_end(start), revision, deadline, keys_only=True, limit=limit)
+        return at, {self.layout.bucket_of_marker(unb64(kv["key"])): int(kv["mod_revision"]) for kv in kvs}
+
+
+def _json_object(host: str, port: int, data: bytes) -> Json:
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise StoreError(f"etcd at {host}:{port} sent a response that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise StoreError(f"etcd at {host}:{port} sent a response that is not a JSON object")
+    return answer
 
 
 def _error_of(data: bytes | None, status: int) -> tuple[str, int | None]:

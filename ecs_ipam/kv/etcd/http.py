@@ -78,6 +78,10 @@ class Connection:
         self.request_sent = True
         return self._response(stream)
 
+    def lacks_client_auth(self) -> bool:
+        """Whether the server's certificate cannot serve as a client certificate (TLS only)."""
+        return False
+
     def _line(self) -> bytes:
         line = self.reader.readline(MAX_LINE)
         if line:

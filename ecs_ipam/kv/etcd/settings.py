@@ -8,6 +8,8 @@ Certificates and the user come from keyword arguments, else from the environment
     IPAM_ETCD_KEY        its private key (PEM, not encrypted)
     IPAM_ETCD_USER       etcd user, with
     IPAM_ETCD_PASSWORD   its password
+    IPAM_ETCD_TOKEN_CACHE  a file that keeps the user's auth token for the next process
+                         (opt-in; see :mod:`.token_cache`)
 
 This module only reads names and checks that they go together; the files are read
 where the TLS context is built (:mod:`.tls`), so that a plain URL never imports ``ssl``.
@@ -35,6 +37,7 @@ VARIABLES = {
     "key": "IPAM_ETCD_KEY",
     "user": "IPAM_ETCD_USER",
     "password": "IPAM_ETCD_PASSWORD",
+    "token_cache": "IPAM_ETCD_TOKEN_CACHE",
 }
 _TLS_ONLY = ("cacert", "cert", "key")
 
@@ -99,7 +102,7 @@ class Secret:
 class Security:
     """TLS files and etcd user of one client.  The password never shows in its repr."""
 
-    __slots__ = ("cacert", "cert", "key", "password", "tls", "user")
+    __slots__ = ("cacert", "cert", "key", "password", "tls", "token_cache", "user")
 
     def __init__(
         self,
@@ -109,8 +112,10 @@ class Security:
         key: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        token_cache: str | None = None,
     ) -> None:
         self.tls = tls
+        self.token_cache = token_cache
         self.cacert = cacert
         self.cert = cert
         self.key = key
@@ -120,7 +125,7 @@ class Security:
     def __repr__(self) -> str:
         return (
             f"Security(tls={self.tls}, cacert={self.cacert!r}, cert={self.cert!r}, key={self.key!r}, "
-            f"user={self.user!r}, password={self.password!r})"
+            f"user={self.user!r}, password={self.password!r}, token_cache={self.token_cache!r})"
         )
 
 

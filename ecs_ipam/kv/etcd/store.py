@@ -24,12 +24,12 @@ from contextlib import contextmanager
 from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
-from ...errors import DatabaseNotFoundError, KeyNotFoundError, StoreError, StoreTimeoutError
+from ...errors import KeyNotFoundError, StoreError, StoreTimeoutError
 from ..base import KVPair, Store, Tx, check_bucket_name, check_key, check_prefix
-from .client import Client, Conflict, Json
-from .layout import prefix_end, unb64, utf8
+from .client import Client, Conflict, Json, NotApplied
+from .layout import prefix_end, utf8
 from .settings import security_of
-from .tx import MAX_TXN_OPS, EtcdTx, TxState, decoded
+from .tx import MAX_WRITES, EtcdTx, TxState, decoded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -66,15 +66,16 @@ def _follow(
 class EtcdStore(Store):
     """A bucket of a database kept in etcd.
 
-    ``max_writes`` leaves, under etcd's default --max-txn-ops of 128, room for the
-    commit key, the sweep of old ones and a marker per written bucket.
+    ``max_writes`` is :data:`.tx.MAX_WRITES` (etcd's --max-txn-ops, less a commit's own
+    operations and room for the bucket markers).
 
     :param url: ``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]``, ``etcds://`` for TLS.
     :param bucket: the bucket this store reads and writes.
     :param timeout: seconds an operation may take, retries included, before
         StoreTimeoutError or StoreUnavailableError.
     :param read_only: refuse write transactions.
-    :param create: when false (or read-only), the prefix must already hold a database.
+    :param create: when false (or read-only), etcd is asked at once whether the prefix
+        can be read (a prefix nothing was written under is an empty database: no bucket).
     :param cacert, cert, key, user, password: TLS files and etcd user; each one not
         given is read from *environ* (``IPAM_ETCD_CACERT``... see :mod:`.settings`).
     :param environ: where unset options are read (default: the process environment).
@@ -83,10 +84,10 @@ class EtcdStore(Store):
         (the message names the variable).
     :raises StoreError: etcd refused the user or the TLS handshake (checked at once when
         the database must already exist, else by the first operation).
-    :raises DatabaseNotFoundError: nothing was ever written under the prefix, and the
-        caller asked not to create a database.
-    :raises StoreUnavailableError: etcd could not be reached to check that.
+    :raises StoreUnavailableError: etcd could not be reached to check the prefix.
     """
+
+    uncertain_commits = True
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class EtcdStore(Store):
         environ: Mapping[str, str] | None = None,
         _client: Client | None = None,
     ) -> None:
-        self.max_writes = MAX_TXN_OPS - 28
+        self.max_writes = MAX_WRITES
         self.bucket_name = check_bucket_name(bucket)
         self.url = url
         self.timeout = timeout
@@ -124,10 +125,9 @@ class EtcdStore(Store):
         self._client: Client | None = _client
 
     def _require_database(self, client: Client) -> None:
-        start = client.layout.markers
-        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout, keys_only=True, limit=1)
-        if not kvs:
-            raise DatabaseNotFoundError(f"no database at {self.url}: nothing under prefix {client.prefix!r}")
+        # Reachable and readable is enough: a prefix nothing was written under yet is an
+        # empty database (no bucket), not a missing one.
+        client.markers(None, time.monotonic() + self.timeout, limit=1)
 
     def _live_client(self) -> Client:
         if self._client is None:
@@ -141,15 +141,18 @@ class EtcdStore(Store):
         :raises KeyModifiedError: at the end of the block, when a key the block read was
             changed by someone else meanwhile; nothing was written.
         """
-        with self._transaction(write, time.monotonic() + self.timeout) as tx:
-            yield tx
+        try:
+            with self._transaction(write, time.monotonic() + self.timeout) as tx:
+                yield tx
+        except NotApplied as settled:
+            raise settled.final from None
 
     @contextmanager
-    def _transaction(self, write: bool, deadline: float) -> Iterator[EtcdTx]:
+    def _transaction(self, write: bool, deadline: float, reruns: int = 0) -> Iterator[EtcdTx]:
         client = self._live_client()
         if write and self.read_only:
             raise StoreError(f"database {self.url} is open read-only")
-        state = TxState(client, write, deadline)
+        state = TxState(client, write, deadline, reruns)
         yield EtcdTx(state, self.bucket_name)
         state.commit()
 
@@ -165,13 +168,18 @@ class EtcdStore(Store):
         """transact(), also returning the revision of the commit (None: nothing written)."""
         deadline = time.monotonic() + self.timeout
         delay = 0.002
+        reruns = 0
         while True:
             try:
-                with self._transaction(write, deadline) as tx:
+                with self._transaction(write, deadline, reruns) as tx:
                     result = body(tx)
                 return result, tx._state.committed_revision
-            except Conflict:
+            except Conflict as conflict:
+                # Also a commit settled as never applied: a clean re-run, time allowing.
+                reruns += 1
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and isinstance(conflict, NotApplied):
+                    raise conflict.final from None
                 if remaining <= 0:
                     raise StoreTimeoutError(
                         f"etcd at {self.url}: other writers kept changing what this transaction read "
@@ -238,10 +246,8 @@ class EtcdStore(Store):
         return EtcdStore(self.url, name, self.timeout, read_only=self.read_only, _client=client)
 
     def buckets(self) -> list[str]:
-        client = self._live_client()
-        start = client.layout.markers
-        _, kvs = client.range(start, prefix_end(start), None, time.monotonic() + self.timeout, keys_only=True)
-        return sorted(client.layout.bucket_of_marker(unb64(kv["key"])) for kv in kvs)
+        _, markers = self._live_client().markers(None, time.monotonic() + self.timeout)
+        return sorted(markers)
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -31,6 +31,25 @@ _CLIENT_CERTIFICATE_REFUSED = (
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
 
 
+# DER of the extendedKeyUsage extension's OID (2.5.29.37) and of clientAuth's
+# (1.3.6.1.5.5.7.3.2): a certificate holds the first when its uses are limited.
+_EXTENDED_KEY_USAGE = bytes.fromhex("0603551d25")
+_CLIENT_AUTH = bytes.fromhex("06082b06010505070302")
+
+
+def serves_plain_http(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at *host*:*port* (which just ended a TLS handshake without a
+    word) answers a plain HTTP request: an ``etcds://`` URL naming a plain port."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 1.0)) as probe:
+            probe.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+            return probe.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
 class TLSRefusedError(StoreError):
     """A TLS handshake failed for a reason that trying again will not change."""
 
@@ -118,6 +137,7 @@ class TLSConnection(Connection):
     def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext, has_certificate: bool) -> None:
         self.context = context
         self.has_certificate = has_certificate
+        self.port = port
         super().__init__(host, port, timeout)
 
     def _secure(self, raw: socket.socket, host: str) -> socket.socket:
@@ -127,7 +147,26 @@ class TLSConnection(Connection):
             refused = refusal(error, self.authority, self.has_certificate)
             if refused is not None:
                 raise refused from None
+            if isinstance(error, ssl.SSLEOFError):
+                self._refuse_plain_http(host)
             raise
+        except ConnectionResetError:
+            self._refuse_plain_http(host)
+            raise
+
+    def _refuse_plain_http(self, host: str) -> None:
+        if serves_plain_http(host, self.port, 1.0):
+            raise TLSRefusedError(f"etcd at {self.authority} serves plain HTTP: use etcd://") from None
+
+    def lacks_client_auth(self) -> bool:
+        """Whether the server's certificate limits its use and leaves out ``clientAuth``.
+
+        etcd's JSON gateway presents the server certificate to etcd itself as a client
+        certificate; without that use, every request fails inside etcd as "unavailable",
+        which retrying never cures.
+        """
+        der = self.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        return isinstance(der, bytes) and _EXTENDED_KEY_USAGE in der and _CLIENT_AUTH not in der
 
     def post(
         self, path: str, payload: bytes, timeout: float, stream: bool = False, token: str | None = None
