@@ -409,13 +409,12 @@ class PoolAllocator:
     def release_key(self, key: str) -> str | None:
         """Release what the owner of index *key* holds in this pool; return the address, or None."""
         address = held_at(self.tx, key)
-        if address is None:
-            # Drop a stale index entry, if any, so the owner can allocate again.
-            drop_key(self.tx, key)
-            return None
-        self.release(address, key=key)
-        # The entry may have named another address (see held_at): the owner holds none now.
+        # The owner holds nothing here afterwards, whatever its entry named (see held_at): a
+        # stale one goes too, so the owner can allocate again.
         drop_key(self.tx, key)
+        if address is not None:
+            # held_at read the record: the owner holds it in this bucket.
+            self._release_from(self.tx, address, read_record(self.tx, address) or {})
         return address
 
     def release_owner(self, key: str) -> list[str]:

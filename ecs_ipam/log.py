@@ -57,10 +57,8 @@ class Log:
 
         :raises OSError: the path is not a regular file, or is the file of stdout or stderr.
         """
-        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        fd, st = _open_log(self.path)
         try:
-            st = os.fstat(fd)
-            _require_log_file(st)
             if st.st_size == 0 or _hour(st.st_mtime) == _hour(now):
                 return fd
             try:
@@ -75,13 +73,7 @@ class Log:
             os.close(fd)
             raise
         os.close(fd)
-        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
-        try:
-            _require_log_file(os.fstat(fd))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return _open_log(self.path)[0]
 
     def _roll(self, fd: int, st: os.stat_result) -> bool:
         """Move the finished file *fd* to its hour's name; return whether the path changed."""
@@ -139,6 +131,21 @@ def _is_hour(text: str) -> bool:
 
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_log(path: str) -> tuple[int, os.stat_result]:
+    """An O_APPEND descriptor of the log file *path*, and its status.
+
+    :raises OSError: as :func:`_require_log_file`, or the file cannot be opened.
+    """
+    fd = os.open(path, _OPEN_FLAGS, 0o644)
+    try:
+        st = os.fstat(fd)
+        _require_log_file(st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _require_log_file(st: os.stat_result) -> None:

@@ -195,6 +195,21 @@ def test_launchers_are_static_and_need_no_loader(bundle, tmp_path):
     assert elf_interpreter(tmp_path / "ecs-ipam.d" / "bin" / "python3")
 
 
+def test_a_broken_bundle_is_a_cni_internal_error(bundle, tmp_path):
+    """The launcher's own failure: a CNI error object the agent can parse, code 199 (not
+    100, "address in use"), with the path in it escaped (a folder may hold quotes)."""
+    folder = tmp_path / 'odd "name" \\ here'
+    unpack(bundle, folder)
+    for loader in (folder / "ecs-ipam.d" / "lib").glob("ld-linux*"):
+        loader.unlink()
+    done = subprocess.run([str(folder / "ecs-ipam")], input="", capture_output=True, text=True, timeout=30)
+    assert done.returncode == 127, done
+    error = json.loads(done.stdout)
+    assert error["code"] == 199, error
+    assert f"cannot run {folder}/ecs-ipam.d/lib/ld-linux" in error["msg"], error
+    assert "No such file or directory" in error["msg"], error
+
+
 def test_the_same_checkout_gives_the_same_bytes(bundle, tmp_path):
     again = build(tmp_path / "again")
     assert again.name == bundle.name

@@ -578,6 +578,21 @@ def test_a_page_damaged_after_our_last_commit_is_found(tmp_path):
     assert db_path.read_bytes() == before
 
 
+def test_a_sound_database_with_a_long_free_list_passes_the_page_walk(tmp_path):
+    """One transaction that frees a few thousand pages leaves a free list longer than
+    8 KiB, in overflow pages: the walk reads it whole rather than failing on it."""
+    from ecs_ipam import kv
+
+    db_path = str(tmp_path / "eni-ipam.db")
+    with kv.open_store(db_path, bucket="filler") as store:
+        store.transact(lambda tx: [tx.put(f"k{n:05d}", b"x" * 1500) for n in range(3000)])
+        store.transact(lambda tx: tx.delete_tree(""))
+    os.removexattr(db_path, "user.ecs-ipam.checked")  # as another program's commit leaves it: walked
+    with kv.open_store(db_path, bucket="filler", read_only=True) as store:
+        assert store.list("") == []
+    assert add_ok(Path(db_path), "task-1")["ips"]
+
+
 # --- also seen: an id index entry that lies, a damaged record ------------------------------------
 
 

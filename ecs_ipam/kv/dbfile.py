@@ -87,12 +87,33 @@ def file_kind(path: str, given: str | None = None) -> str:
     :raises StoreError: the file cannot be read.
     """
     given = given or path
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except FileNotFoundError:
+    fd = open_for_reading(path, given)
+    if fd is None:
         return MISSING
+    try:
+        return kind_of_open_file(fd, given)[0]
+    finally:
+        os.close(fd)
+
+
+def open_for_reading(path: str, given: str) -> int | None:
+    """A read-only descriptor of *path* (a FIFO never blocks the open), or None if nothing is there.
+
+    :raises StoreError: the file cannot be opened.
+    """
+    try:
+        return os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        return None
     except OSError as e:
         raise StoreError(f"cannot read database {given}: {e.strerror or e}") from None
+
+
+def kind_of_open_file(fd: int, given: str) -> tuple[str, os.stat_result]:
+    """What the file *fd* is (as :func:`file_kind`, never :data:`MISSING`), and its status.
+
+    :raises: as :func:`file_kind`.
+    """
     try:
         info = os.fstat(fd)
         require_regular(info, given, "database")
@@ -100,14 +121,12 @@ def file_kind(path: str, given: str | None = None) -> str:
         head = os.pread(fd, LMDB_META_SIZE, 0)
         kind = _kind_of(head)
         if kind == LMDB:
-            return _check_lmdb_metas(fd, head, info.st_size)
-        if kind == OTHER and has_bolt_magic(fd):
-            return BOLT  # meta page 0 damaged, page 1 sound: bolt (and the migration) cope
-        return kind
+            kind = _check_lmdb_metas(fd, head, info.st_size)
+        elif kind == OTHER and has_bolt_magic(fd):
+            kind = BOLT  # meta page 0 damaged, page 1 sound: bolt (and the migration) cope
+        return kind, info
     except OSError as e:
         raise StoreError(f"cannot read database {given}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
 
 
 def has_bolt_magic(fd: int) -> bool:
@@ -161,10 +180,11 @@ def _check_lmdb_metas(fd: int, first: bytes, size: int) -> str:
 PAGES_CHECKED = "user.ecs-ipam.checked"
 
 
-def pages_checked(fd: int) -> bool:
-    """Whether the LMDB file *fd* is as a commit of ours left it (its pages need no walk)."""
+def pages_checked(fd: int, info: os.stat_result) -> bool:
+    """Whether the LMDB file *fd*, whose status is *info*, is as a commit of ours left it
+    (its pages need no walk)."""
     try:
-        return os.getxattr(fd, PAGES_CHECKED) == _identity(fd)
+        return os.getxattr(fd, PAGES_CHECKED) == _identity(info)
     except OSError:
         return False  # no stamp, or no extended attributes here
 
@@ -197,13 +217,12 @@ def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
 def stamp_checked(fd: int) -> None:
     """Record that the database file *fd* is as a commit of ours just left it (best effort)."""
     try:
-        os.setxattr(fd, PAGES_CHECKED, _identity(fd))
+        os.setxattr(fd, PAGES_CHECKED, _identity(os.fstat(fd)))
     except OSError:
         return  # no extended attributes here: the next opener walks the pages
 
 
-def _identity(fd: int) -> bytes:
-    info = os.fstat(fd)
+def _identity(info: os.stat_result) -> bytes:
     return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode()
 
 
@@ -438,18 +457,20 @@ def resolve(path: str) -> str:
     return os.path.realpath(path)
 
 
-def check_single_name(fd: int, real: str, given: str) -> None:
+def check_single_name(fd: int, real: str, given: str, info: os.stat_result | None = None) -> None:
     """Refuse a database file that LMDB could reach through a second lock file.
 
-    Costs an ``fstat`` and two reads of ``/proc/self/fdinfo`` (about 40 microseconds);
+    Costs an ``fstat`` (none when given *info*) and two reads of ``/proc/self/fdinfo`` (about 40 microseconds);
     ``/proc/self/mountinfo`` is read only to name a refused mount.
 
     :param fd: a descriptor of the file at *real*.
     :param real: the resolved path (:func:`resolve`).
     :param given: the path as the caller named it, for the message.
+    :param info: the status of *fd*, if the caller has it.
     :raises DatabaseAliasError: the file has other hard links, or is a mount point.
     """
-    info = os.fstat(fd)
+    if info is None:
+        info = os.fstat(fd)
     if info.st_nlink > 1:
         raise DatabaseAliasError(_hard_link_message(info, real, given))
     directory = os.path.dirname(real) or "."

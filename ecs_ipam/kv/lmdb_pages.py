@@ -114,7 +114,9 @@ class _Walk:
         if flags & F_BIGDATA:
             if start + 8 > self.page_size:
                 raise self.damaged(f"page {pgno}: node {index}'s overflow page number runs past the page")
-            value = self.overflow(struct.unpack_from("<Q", data, start)[0], length)
+            # Of an overflow value only a free list is looked into (a database record is
+            # never one: refused above), and that is read whole, however long it is.
+            value = self.overflow(struct.unpack_from("<Q", data, start)[0], length, read=tree == _FREE)
         else:
             if start + length > self.page_size:
                 raise self.damaged(f"page {pgno}: node {index}'s value runs past the page")
@@ -127,14 +129,15 @@ class _Walk:
         elif tree == _FREE:
             # A list of free page numbers, its length first: LMDB reads it while it
             # looks for pages to write.
-            count = struct.unpack_from("<Q", value)[0] if length >= 8 else -1
-            if count < 0 or 8 + 8 * count > length:
+            count = struct.unpack_from("<Q", value)[0] if len(value) >= 8 else -1
+            if count < 0 or 8 + 8 * count > len(value):
                 raise self.damaged(f"page {pgno}: free-page list {index} is malformed")
             for free in struct.unpack_from(f"<{count}Q", value, 8):
                 if not 2 <= free <= self.last_page:
                     raise self.damaged(f"page {pgno}: free-page list {index} names page {free}")
 
-    def overflow(self, pgno: int, length: int) -> bytes:
+    def overflow(self, pgno: int, length: int, read: bool) -> bytes:
+        """Check the overflow run at *pgno* holds *length* bytes; return them if *read*, else b""."""
         data = self.page(pgno)
         flags = _HEADER.unpack_from(data)[2]
         pages = struct.unpack_from("<I", data, 12)[0]
@@ -142,8 +145,8 @@ class _Walk:
         if flags != P_OVERFLOW or pages < needed or pgno + pages - 1 > self.last_page:
             raise self.damaged(f"overflow page {pgno} does not hold the {length} bytes it should")
         self.seen.update(range(pgno + 1, pgno + pages))
-        if length > DB_RECORD + 8 * 1024:
-            return b""  # only database records and free lists are looked into, never this big
+        if not read:
+            return b""
         return os.pread(self.fd, length, pgno * self.page_size + PAGE_HEADER)
 
 

@@ -72,35 +72,31 @@ RESIZE_WAIT = 10.0
 class _Environment:
     """The one LMDB environment of this process for one file, shared by its stores."""
 
-    def __init__(self, path: str, read_only: bool, create: bool, map_size: int, timeout: float) -> None:
+    def __init__(self, path: str, real: str, read_only: bool, create: bool, map_size: int, timeout: float) -> None:
         dbfile.require_own_link(path)
-        real = resolve(path)
-        kind = dbfile.file_kind(real, path)
-        if kind == dbfile.MISSING:
-            if read_only or not create:
-                raise DatabaseNotFoundError(f"no database at {path}")
-            # Made here, not by LMDB, which would open whatever appeared at the path since.
-            kind = dbfile.EMPTY if dbfile.create_database_file(real, path) else dbfile.file_kind(real, path)
-        if kind not in (dbfile.EMPTY, dbfile.LMDB):
-            raise dbfile.not_ours(path, kind)
-        if kind == dbfile.EMPTY and read_only:
-            raise DatabaseNotFoundError(f"database {path} is an empty file")
-        self.path = path
-        self.real_path = real
-        self.read_only = read_only
-        # Checked before LMDB opens the file, so that a refused name gets no -lock file.
-        opened = _open_single_name(real, path)
-        # Every page is walked before LMDB reads one through its map, unless the file is
-        # as a commit of ours left it (dbfile.check_lmdb_pages).
-        walk_pages = kind == dbfile.LMDB and not dbfile.pages_checked(opened)
+        # One descriptor serves every check below, the page walk, and a writer's flock.
+        opened = _open_database_file(real, path, read_only, create)
         data_fd: int | None = opened
-        # A read-only opener must not create the lock file; without one nobody is
-        # writing under LMDB's locking, so reading without it is safe.
         try:
+            kind, info = dbfile.kind_of_open_file(opened, path)
+            if kind not in (dbfile.EMPTY, dbfile.LMDB):
+                raise dbfile.not_ours(path, kind)
+            if kind == dbfile.EMPTY and read_only:
+                raise DatabaseNotFoundError(f"database {path} is an empty file")
+            # Checked before LMDB opens the file, so that a refused name gets no -lock file.
+            check_single_name(opened, real, path, info)
+            # Every page is walked before LMDB reads one through its map, unless the file is
+            # as a commit of ours left it (dbfile.check_lmdb_pages).
+            walk_pages = kind == dbfile.LMDB and not dbfile.pages_checked(opened, info)
+            # A read-only opener must not create the lock file; without one nobody is
+            # writing under LMDB's locking, so reading without it is safe.
             use_lock = dbfile.prepare_lock_file(real + "-lock", LOCK_FILE_SIZE, read_only, timeout)
         except BaseException:
             _close(data_fd)
             raise
+        self.path = path
+        self.real_path = real
+        self.read_only = read_only
         try:
             self.env = lmdb.open(
                 real,
@@ -308,17 +304,23 @@ class _Environment:
         self.env.close()
 
 
-def _open_single_name(real: str, given: str) -> int:
-    """A descriptor of the database file, once it is known to be reachable by one lock file."""
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise StoreError(f"cannot open database {given}: {e.strerror or e}") from None
-    try:
-        check_single_name(fd, real, given)
-    except BaseException:
-        os.close(fd)
-        raise
+def _open_database_file(real: str, given: str, read_only: bool, create: bool) -> int:
+    """A descriptor of the database file at *real*, made empty first if it is missing and
+    this opener may create it.
+
+    :raises DatabaseNotFoundError: it is missing and may not be created.
+    """
+    fd = dbfile.open_for_reading(real, given)
+    if fd is not None:
+        return fd
+    if read_only or not create:
+        raise DatabaseNotFoundError(f"no database at {given}")
+    # Made here, not by LMDB, which would open whatever appeared at the path since (False:
+    # another process made it meanwhile, which the caller's checks then judge).
+    dbfile.create_database_file(real, given)
+    fd = dbfile.open_for_reading(real, given)
+    if fd is None:
+        raise StoreError(f"cannot open database {given}: {os.strerror(errno.ENOENT)}")
     return fd
 
 
@@ -349,7 +351,7 @@ def _acquire(path: str, read_only: bool, create: bool, map_size: int, timeout: f
             env.close()
             env = None
         if env is None:
-            env = _Environment(path, read_only, create, map_size, timeout)
+            env = _Environment(path, key, read_only, create, map_size, timeout)
             _environments[key] = env
         env.refs += 1
         return env

@@ -22,11 +22,33 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
+/* Prints text as the inside of a JSON string: a path may hold quotes, backslashes
+ * and control characters. */
+static void print_json_text(const char *text)
+{
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            printf("\\%c", *c);
+        else if (*c < 0x20)
+            printf("\\u%04x", *c);
+        else
+            putchar(*c);
+    }
+}
+
 static int fail(const char *what, const char *path, int error)
 {
     fprintf(stderr, "ecs-ipam bundle: %s %s: %s\n", what, path, strerror(error));
-    if (CNI_ERRORS)
-        printf("{\"code\":100,\"msg\":\"ecs-ipam bundle: %s %s: %s\"}\n", what, path, strerror(error));
+    if (CNI_ERRORS) {
+        /* 199, the plugin's internal error: the bundle is broken (100 is "address in use"). */
+        printf("{\"code\":199,\"msg\":\"ecs-ipam bundle: ");
+        print_json_text(what);
+        putchar(' ');
+        print_json_text(path);
+        printf(": ");
+        print_json_text(strerror(error));
+        printf("\"}\n");
+    }
     return 127;
 }
 
