@@ -24,15 +24,19 @@ from .pool_store import (
     LAST_KNOWN_KEY,
     address_records,
     address_text,
-    drop_index,
+    attachment_index_key,
+    drop_key,
     gateway_record,
+    held_at,
     held_in,
+    id_index_key,
     lease_record,
+    owner_key,
     owner_of,
     pool_subnet,
     read_last_known,
     read_record,
-    write_index,
+    write_key,
     write_last_known,
 )
 
@@ -52,18 +56,29 @@ if TYPE_CHECKING:
 
 class Owner(Value):
     """Who an address is handed to: the config's ``id``, and the CNI attachment for GC
-    (``container_id``, ``ifname``: str or None).
+    (``container_id``, ``ifname``: str or None); with ``attachment`` true (``"owner":
+    "attachment"``), the attachment itself, and ``id`` is "".
 
     An empty id is an anonymous owner, as in the original plugin: any number of them
     coexist, none has an id-index entry, and only a DEL naming the address releases one.
     """
 
-    __slots__ = ("container_id", "id", "ifname")
+    __slots__ = ("attachment", "container_id", "id", "ifname")
 
-    def __init__(self, id: str, container_id: str | None = None, ifname: str | None = None) -> None:
+    def __init__(
+        self, id: str, container_id: str | None = None, ifname: str | None = None, attachment: bool = False
+    ) -> None:
         self.id = id
         self.container_id = container_id
         self.ifname = ifname
+        self.attachment = attachment
+
+    @property
+    def key(self) -> str | None:
+        """The owner's index key (:func:`ecs_ipam.pool_store.owner_key`), or None when anonymous."""
+        if self.attachment:
+            return attachment_index_key(self.container_id or "", self.ifname or "")
+        return id_index_key(self.id) if self.id else None
 
 
 class Overlap(Value):
@@ -128,10 +143,11 @@ class PoolAllocator:
         """The address *owner_id* holds in this pool's own bucket, or None."""
         return held_in(self.tx, owner_id)
 
-    def held_anywhere(self, owner_id: str) -> tuple[str, Tx] | None:
-        """The address *owner_id* holds in this pool or an overlapping one, with its bucket."""
+    def held_anywhere(self, key: str) -> tuple[str, Tx] | None:
+        """The address the owner of index *key* holds in this pool or an overlapping one,
+        with its bucket."""
         for tx in (self.tx, *(overlap.tx for overlap in self.overlapping)):
-            address = held_in(tx, owner_id)
+            address = held_at(tx, key)
             if address is not None:
                 return address, tx
         return None
@@ -246,7 +262,8 @@ class PoolAllocator:
         # commit (less time for another writer to take the address found free); raised
         # after it, as in the original: a taken address or a full pool is what the
         # caller hears about first, also when the id holds an address already.
-        held = self.held_anywhere(owner.id) if owner.id else None
+        key = owner.key
+        held = self.held_anywhere(key) if key else None
         fixed = self.pool.fixed_address
         if fixed is not None:
             ip = fixed.ip
@@ -319,14 +336,42 @@ class PoolAllocator:
     def _taken_anywhere(self, address: str) -> bool:
         return self.holder(address) is not None
 
+    def held_for(self, owner: Owner) -> Network | None:
+        """What an attachment already holds for this pool, as its ADD answers it, or None.
+
+        A runtime may repeat an ADD (a retry after a timeout, a restart): the attachment
+        gets the address it holds, never a second one.
+        :raises IdAlreadyAllocatedError: it holds an address this configuration would not
+            give it (another fixed address, or one outside a narrowed subnet).
+        """
+        key = owner.key
+        found = self.held_anywhere(key) if key else None
+        if found is None:
+            return None
+        address, tx = found
+        ip = parse_address(address, self.pool.version)
+        fixed = self.pool.fixed_address
+        wanted = fixed.ip.value if fixed is not None else None
+        if ip is None or ip not in self.pool.subnet or wanted not in (None, ip.value):
+            raise IdAlreadyAllocatedError(
+                f"id already exists: attachment {quoted(owner.container_id)}/{quoted(owner.ifname)} holds {address} "
+                f"in {tx.bucket_name}"
+            )
+        return Network(ip, fixed.prefixlen if fixed is not None else self.pool.subnet.prefixlen)
+
     def _claim(self, address: str, owner: Owner, now: float) -> None:
-        self.tx.put(address, lease_record(owner.id, owner.container_id or None, owner.ifname or None, now))
-        if owner.id:
-            write_index(self.tx, owner.id, address)
+        record = lease_record(
+            owner.id, owner.container_id or None, owner.ifname or None, now, attachment=owner.attachment
+        )
+        self.tx.put(address, record)
+        key = owner.key
+        if key:
+            write_key(self.tx, key, address)
         write_last_known(self.tx, self.pool.version, address)
 
-    def release(self, address: str, owner_id: str | None = None) -> bool:
-        """Release *address* (only if *owner_id* holds it, when given); never the gateway.
+    def release(self, address: str, owner_id: str | None = None, key: str | None = None) -> bool:
+        """Release *address* (only if *owner_id* holds it, or the owner of index *key*,
+        when given); never the gateway.
 
         The last-known pointer moves to the released address, as in the original plugin,
         so the walk continues after it.
@@ -335,15 +380,18 @@ class PoolAllocator:
         found = self.holder(address)
         if found is None:
             return False
-        return self._release_from(found[0], address, found[1], owner_id)
+        tx, record = found
+        if (owner_id is not None and owner_of(record) != owner_id) or (key is not None and owner_key(record) != key):
+            return False
+        return self._release_from(tx, address, record)
 
-    def _release_from(self, tx: Tx, address: str, record: Record, owner_id: str | None) -> bool:
-        holder = owner_of(record)
-        if holder == self.gateway_owner or (owner_id is not None and holder != owner_id):
+    def _release_from(self, tx: Tx, address: str, record: Record) -> bool:
+        if owner_of(record) == self.gateway_owner:
             return False
         tx.delete(address)
-        if holder:
-            drop_index(tx, holder, address)
+        key = owner_key(record)
+        if key:
+            drop_key(tx, key, address)
         if tx is not self.tx:
             # Released from an overlapping pool: this pool's walk continues after it when
             # it is one of its addresses.  The other pool's pointer stays, so a release
@@ -356,28 +404,32 @@ class PoolAllocator:
 
     def release_id(self, owner_id: str) -> str | None:
         """Release what *owner_id* holds in this pool; return the address, or None."""
-        address = self.held_by(owner_id)
-        # The id holds nothing here afterwards, whatever its entry named (see held_in): a
-        # stale one goes too, so the id can allocate again.
-        drop_index(self.tx, owner_id)
+        return self.release_key(id_index_key(owner_id))
+
+    def release_key(self, key: str) -> str | None:
+        """Release what the owner of index *key* holds in this pool; return the address, or None."""
+        address = held_at(self.tx, key)
+        # The owner holds nothing here afterwards, whatever its entry named (see held_at): a
+        # stale one goes too, so the owner can allocate again.
+        drop_key(self.tx, key)
         if address is not None:
-            # held_by read the record: the id holds it in this bucket.
-            self._release_from(self.tx, address, {"id": owner_id}, owner_id)
+            # held_at read the record: the owner holds it in this bucket.
+            self._release_from(self.tx, address, read_record(self.tx, address) or {})
         return address
 
-    def release_owner(self, owner_id: str) -> list[str]:
-        """Release what *owner_id* holds in this pool and in every overlapping one.
+    def release_owner(self, key: str) -> list[str]:
+        """Release what the owner of index *key* holds in this pool and in every overlapping one.
 
         After a pool was widened or narrowed, the agent releases with the new
         configuration what the id took with the old one.
         :return: the released addresses.
         """
         released = []
-        address = self.release_id(owner_id)
+        address = self.release_key(key)
         if address is not None:
             released.append(address)
         for overlap in self.overlapping:
-            address = held_in(overlap.tx, owner_id)
-            if address is not None and self._release_from(overlap.tx, address, {"id": owner_id}, owner_id):
+            address = held_at(overlap.tx, key)
+            if address is not None and self._release_from(overlap.tx, address, read_record(overlap.tx, address) or {}):
                 released.append(address)
         return released

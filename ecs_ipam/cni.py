@@ -95,18 +95,21 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
 
     from .ipam import IPAM
 
+    # The attachment is the owner with "owner": "attachment": name it whole.
+    owner = f"attachment={env.container_id!r}/{env.ifname!r}" if conf.by_attachment else f"id={conf.owner_id!r}"
     with IPAM(env.settings.db_path, env.settings.timeout, environ=environ, report=log.info) as ipam:
         if env.command == "ADD":
             result = ipam.add(conf, env.container_id, env.ifname)
             addresses = ", ".join(ip["ip" if "ip" in ip else "address"] for ip in _ips(result))
-            log.info(f"ADD id={conf.owner_id!r} container={env.container_id!r} -> {addresses}")
+            container = "" if conf.by_attachment else f" container={env.container_id!r}"
+            log.info(f"ADD {owner}{container} -> {addresses}")
             return result
         if env.command == "DEL":
-            released = ipam.delete(conf)
-            log.info(f"DEL id={conf.owner_id!r} released {released or 'nothing'}")
+            released = ipam.delete(conf, env.container_id, env.ifname)
+            log.info(f"DEL {owner} released {released or 'nothing'}")
         elif env.command == "CHECK":
-            ipam.check(conf)
-            log.debug(f"CHECK id={conf.owner_id!r}: the reservation matches")
+            ipam.check(conf, env.container_id, env.ifname)
+            log.debug(f"CHECK {owner}: the reservation matches")
         elif env.command == "GC":
             released = ipam.gc(conf)
             log.info(f"GC released {released or 'nothing'}")
@@ -121,6 +124,8 @@ def _caller(environ: Mapping[str, str], data: object) -> str:
     ipam = data.get("ipam") if isinstance(data, dict) else None
     owner = ipam.get("id") if isinstance(ipam, dict) else None
     who = quoted(owner) if owner not in (None, "") else "anonymous"
+    if isinstance(ipam, dict) and ipam.get("owner") == "attachment" and owner in (None, ""):
+        who = "attachment"  # the container and the interface below
     container, ifname = environ.get("CNI_CONTAINERID", ""), environ.get("CNI_IFNAME", "")
     return f"id={who} container={quoted(container)} ifname={quoted(ifname)}"
 

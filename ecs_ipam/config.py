@@ -37,6 +37,8 @@ MAX_FIELD_BYTES = 64 << 10
 # network, gateway and (IPv4) broadcast addresses.
 MAX_PREFIX = {4: 30, 6: 126}
 FAMILY_KEYS = {4: "ipv4", 6: "ipv6"}
+# The one value of ipam.owner.
+ATTACHMENT_OWNER = "attachment"
 
 
 class Value:
@@ -118,9 +120,11 @@ class NetConf(Value):
     """The parts of a CNI network configuration this plugin uses.
 
     ``pools``: IPv4 first.  ``valid_attachments``: None when the configuration has no list.
+    ``by_attachment``: ``"owner": "attachment"``, the CNI attachment owns the allocation
+    (then ``owner_id`` is None).
     """
 
-    __slots__ = ("cni_version", "owner_id", "pools", "prev_result", "valid_attachments")
+    __slots__ = ("by_attachment", "cni_version", "owner_id", "pools", "prev_result", "valid_attachments")
 
     def __init__(
         self,
@@ -129,12 +133,14 @@ class NetConf(Value):
         pools: tuple[Pool, ...],
         prev_result: Mapping[str, Any] | None = None,
         valid_attachments: tuple[Attachment, ...] | None = None,
+        by_attachment: bool = False,
     ) -> None:
         self.cni_version = cni_version
         self.owner_id = owner_id
         self.pools = pools
         self.prev_result = prev_result
         self.valid_attachments = valid_attachments
+        self.by_attachment = by_attachment
 
 
 class Settings(Value):
@@ -216,6 +222,17 @@ def parse_netconf(data: object) -> NetConf:
         raise InvalidConfigError(f"ipam.id {_show(owner_id)} is not valid unicode text")
     if owner_id is not None and _too_long(owner_id):
         raise InvalidConfigError(f"ipam.id {_show(owner_id)} is longer than {MAX_FIELD_BYTES} bytes, the limit")
+    by_attachment = "owner" in ipam
+    if by_attachment:
+        # Opt-in, for runtimes that send no id (podman, containerd, cnitool): without the
+        # key the Go plugin's semantics stay exactly as they are.
+        if ipam["owner"] != ATTACHMENT_OWNER:
+            raise InvalidConfigError(f'ipam.owner must be "{ATTACHMENT_OWNER}", got {_show(ipam["owner"])}')
+        if owner_id:
+            raise InvalidConfigError(
+                f'ipam.owner "{ATTACHMENT_OWNER}" and ipam.id {_show(owner_id)} cannot be used together: '
+                "the attachment owns the allocation"
+            )
     pools = tuple(pool for pool in (_parse_pool(ipam, 4), _parse_pool(ipam, 6)) if pool is not None)
     if not pools:
         raise InvalidConfigError("ipam.ipv4-subnet or ipam.ipv6-subnet is required")
@@ -228,6 +245,7 @@ def parse_netconf(data: object) -> NetConf:
         pools=pools,
         prev_result=prev_result,
         valid_attachments=_parse_attachments(data),
+        by_attachment=by_attachment,
     )
 
 
@@ -455,6 +473,20 @@ _REQUIRED = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "CHECK": ("CNI_CONTAINERID", "CNI_IFNAME"),
 }
+
+
+def attachment_of(command: str, container_id: str | None, ifname: str | None) -> Attachment:
+    """The attachment that owns the allocation of a ``"owner": "attachment"`` command.
+
+    :raises InvalidEnvironmentError: CNI_CONTAINERID or CNI_IFNAME is missing or not text.
+    """
+    for name, value in (("CNI_CONTAINERID", container_id), ("CNI_IFNAME", ifname)):
+        if not value:
+            raise InvalidEnvironmentError(f'{name} is required for {command} with ipam.owner "{ATTACHMENT_OWNER}"')
+        if not _is_text(value):
+            raise InvalidEnvironmentError(f"{name} {_show(value)} is not valid unicode text")
+    assert container_id and ifname  # checked above, for mypy
+    return Attachment(container_id, ifname)
 
 
 def parse_environment(environ: Mapping[str, str]) -> Environment:

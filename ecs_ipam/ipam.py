@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .allocator import Owner, PoolAllocator, overlapping_buckets, releases_within
-from .config import DEFAULT_TIMEOUT, NetConf, Pool, parse_netconf
+from .config import DEFAULT_TIMEOUT, Attachment, NetConf, Pool, attachment_of, parse_netconf
 from .errors import (
     BoltDatabaseError,
     DatabaseNotFoundError,
@@ -21,7 +21,7 @@ from .errors import (
     ReservationMismatchError,
     quoted,
 )
-from .pool_store import LEGACY_BUCKET
+from .pool_store import LEGACY_BUCKET, attachment_index_key, id_index_key, is_attachment_record, pool_of_bucket
 from .results import Allocation, format_result, result_addresses
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
@@ -70,19 +70,32 @@ def add(store: Store, conf: NetConf, owner: Owner, now: float) -> list[Allocatio
         for pool in conf.pools:
             allocator = _allocator(tx, pool, names)
             allocator.reserve_gateway()
-            allocations.append((pool, allocator.allocate(owner, now, repeat)))
+            held = allocator.held_for(owner) if owner.attachment else None
+            allocations.append((pool, held or allocator.allocate(owner, now, repeat)))
         return allocations
 
     return store.transact(body)
 
 
-def delete(store: Store, conf: NetConf) -> list[str]:
-    """Release the pools' fixed addresses and whatever the config's id holds.
+def owner_key(conf: NetConf, attachment: Attachment | None = None) -> str | None:
+    """The index key of the owner *conf* names: its id's, or with ``"owner": "attachment"``
+    *attachment*'s; None when anonymous."""
+    if conf.by_attachment:
+        if attachment is None:
+            raise InvalidConfigError('ipam.owner "attachment" needs the attachment (container id and ifname)')
+        return attachment_index_key(attachment.container_id, attachment.ifname)
+    return None if conf.owner_id is None else id_index_key(conf.owner_id)
 
-    Releasing what is not held is not an error.  When both an id and a fixed address
-    are given, the fixed address is released only if that id holds it.
+
+def delete(store: Store, conf: NetConf, attachment: Attachment | None = None) -> list[str]:
+    """Release the pools' fixed addresses and whatever the config's owner holds.
+
+    The owner is the config's id, or with ``"owner": "attachment"`` *attachment*.
+    Releasing what is not held is not an error.  When both an owner and a fixed address
+    are given, the fixed address is released only if that owner holds it.
     :return: the released addresses.
     """
+    key = owner_key(conf, attachment)
 
     def body(tx: Tx) -> list[str]:
         released: list[str] = []
@@ -91,38 +104,75 @@ def delete(store: Store, conf: NetConf) -> list[str]:
             allocator = _allocator(tx, pool, names)
             if pool.fixed_address is not None:
                 address = str(pool.fixed_address.ip)
-                if allocator.release(address, conf.owner_id):
+                if allocator.release(address, key=key):
                     released.append(address)
-            if conf.owner_id is not None:
-                released += allocator.release_owner(conf.owner_id)
+            if key is not None:
+                released += allocator.release_owner(key)
+        if key is not None:
+            released += _release_in_other_pools(tx, names, key)
+        if conf.owner_id is not None and LEGACY_BUCKET in names:
+            # Only a host migrated from the Go plugin pays for this (and imports it).
+            from .legacy import release_waiting
+
+            released += release_waiting(tx, conf.owner_id)
         return released
 
     return store.transact(body)
 
 
-def check(store: Store, conf: NetConf) -> None:
-    """Verify that the config's id still holds, in every pool, what prevResult says.
+def _release_in_other_pools(tx: Tx, names: list[str], key: str) -> list[str]:
+    """Release what the owner of index *key* holds in the pool buckets the configuration
+    does not reach.
 
-    Without an id, every prevResult address of each pool must still be held anonymously.
+    The Go plugin releases an id in its whole database, and the ECS agent counts on it:
+    its newer path adds a task dual-stack but may build the DEL from what exists at DEL
+    time, IPv4 only (after a reboot emptied /var/run/netns).  One index lookup per pool
+    bucket, not a scan of leases; a bucket that holds nothing for the id is only read.
+    Each release is the one a DEL naming that pool would make (its walk continues after
+    the released address).
+    """
+    released = []
+    for name in names:
+        # Pool buckets are named by a CIDR; the cheap test skips the others before a read.
+        if "/" not in name:
+            continue
+        bucket = tx.bucket(name)
+        if not bucket.exists(key):
+            continue
+        pool = pool_of_bucket(name)
+        if pool is not None:
+            released += PoolAllocator(pool, bucket).release_owner(key)
+    return released
+
+
+def check(store: Store, conf: NetConf, attachment: Attachment | None = None) -> None:
+    """Verify that the config's owner still holds, in every pool, what prevResult says.
+
+    The owner is the config's id, or with ``"owner": "attachment"`` *attachment*.
+    Without either, every prevResult address of each pool must still be held anonymously.
     :raises ReservationMismatchError: a reservation is missing or differs.
     """
     previous = result_addresses(conf.prev_result) if conf.prev_result else []
-    owner_id = conf.owner_id
-    if owner_id is None:
+    key = owner_key(conf, attachment)
+    if key is None:
         _check_anonymous(store, conf, previous)
         return
+    if attachment is not None and conf.by_attachment:
+        who = f"attachment {quoted(attachment.container_id)}/{quoted(attachment.ifname)}"
+    else:
+        who = f"id {quoted(conf.owner_id)}"
 
     def body(tx: Tx) -> None:
         names = tx.buckets()
         for pool in conf.pools:
-            found = _allocator(tx, pool, names, write=False).held_anywhere(owner_id)
+            found = _allocator(tx, pool, names, write=False).held_anywhere(key)
             held = None if found is None else found[0]
             if held is None:
-                raise ReservationMismatchError(f"id {quoted(conf.owner_id)} holds no address in {pool.subnet}")
+                raise ReservationMismatchError(f"{who} holds no address in {pool.subnet}")
             expected = [str(ip) for ip in previous if ip in pool.subnet]
             if expected and held not in expected:
                 raise ReservationMismatchError(
-                    f"id {quoted(conf.owner_id)} holds {held} in {pool.subnet}, prevResult says {', '.join(expected)}"
+                    f"{who} holds {held} in {pool.subnet}, prevResult says {', '.join(expected)}"
                 )
 
     store.transact(body, write=False)
@@ -138,7 +188,7 @@ def _check_anonymous(store: Store, conf: NetConf, previous: list[Address]) -> No
             allocator = _allocator(tx, pool, names, write=False)
             for address in expected:
                 found = allocator.holder(address)
-                if found is None or found[1].get("id") != "":
+                if found is None or found[1].get("id") != "" or is_attachment_record(found[1]):
                     raise ReservationMismatchError(f"{address} in {pool.subnet} is not held anonymously any more")
 
     store.transact(body, write=False)
@@ -282,35 +332,52 @@ class IPAM:
         :raises PoolExhaustedError: a pool has no free address.
         """
         conf = _parsed(netconf)
+        if conf.by_attachment:
+            attachment_of("ADD", container_id, ifname)
         # Without an id the lease is anonymous, as in the original plugin.
-        owner = Owner(conf.owner_id or "", container_id, ifname)
+        owner = Owner(conf.owner_id or "", container_id, ifname, conf.by_attachment)
         store = self._open(create=True)
         assert store is not None  # with create=True, _open raises instead of answering None
         allocations = add(store, conf, owner, self._clock())
         return format_result(conf.cni_version, allocations)
 
-    def delete(self, netconf: Mapping[str, Any] | NetConf) -> list[str]:
+    def delete(
+        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
+    ) -> list[str]:
         """Release what *netconf*'s id (or fixed address) holds; idempotent.
 
+        With ``"owner": "attachment"``, what the attachment (*container_id*, *ifname*,
+        which only such a configuration uses) holds, in every pool of the database; no id
+        or address is needed.
         :return: the released addresses ([] when nothing was held or there is no database).
+        :raises InvalidEnvironmentError: ``"owner": "attachment"`` without *container_id*
+            or *ifname*.
         """
         conf = _parsed(netconf)
-        if conf.owner_id is None and all(pool.fixed_address is None for pool in conf.pools):
+        attachment = attachment_of("DEL", container_id, ifname) if conf.by_attachment else None
+        if attachment is None and conf.owner_id is None and all(pool.fixed_address is None for pool in conf.pools):
             raise InvalidConfigError("ip address (ipv4 or ipv6) and id can not all be empty for deletion")
         store = self._open(create=False)
-        return [] if store is None else delete(store, conf)
+        return [] if store is None else delete(store, conf, attachment)
 
-    def check(self, netconf: Mapping[str, Any] | NetConf) -> None:
+    def check(
+        self, netconf: Mapping[str, Any] | NetConf, container_id: str | None = None, ifname: str | None = None
+    ) -> None:
         """Verify the reservation still matches (cniVersion 0.4.0 and later).
 
+        With ``"owner": "attachment"``, the reservation of the attachment (*container_id*,
+        *ifname*, which only such a configuration uses).
         :raises ReservationMismatchError: it does not.
+        :raises InvalidEnvironmentError: ``"owner": "attachment"`` without *container_id*
+            or *ifname*.
         """
         conf = _parsed(netconf)
         _require_version(conf, "CHECK", "0.4.0")
+        attachment = attachment_of("CHECK", container_id, ifname) if conf.by_attachment else None
         store = self._open(create=False)
         if store is None:
             raise ReservationMismatchError(f"no database at {self.db_path}: nothing is reserved")
-        check(store, conf)
+        check(store, conf, attachment)
 
     def gc(self, netconf: Mapping[str, Any] | NetConf) -> list[str]:
         """Release reservations of attachments not in ``cni.dev/valid-attachments`` (1.1.0).

@@ -150,6 +150,26 @@ class Adoption(NamedTuple):
         return entries
 
 
+def release_waiting(tx: Tx, owner_id: str) -> list[str]:
+    """Release the migrated pairs *owner_id* holds that still wait for their subnet.
+
+    A DEL by id releases the id in the whole database, as the Go plugin did in its one
+    bucket; a pair waiting here belongs to a subnet no configuration has named yet.
+    :param tx: any bucket's view of the caller's (write) transaction.
+    :return: the released addresses.
+    """
+    legacy = tx.bucket(LEGACY_BUCKET)
+    released = []
+    for pair in legacy.list(""):
+        if owner_id in LEGACY_GATEWAY_OWNERS or decode(pair.value) != owner_id:
+            continue
+        address = legacy_key_address(pair.key, 4) or legacy_key_address(pair.key, 6)
+        if address is not None:
+            legacy.delete(pair.key)
+            released.append(str(address))
+    return released
+
+
 def legacy_key_address(key: str, version: int) -> Address | None:
     """The address a legacy key names in the given family, or None (other family, no address)."""
     if version == 6:

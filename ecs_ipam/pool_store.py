@@ -10,6 +10,10 @@ One bucket per pool, named by its subnet's canonical CIDR (:func:`pool_subnet`):
     lastKnownIPv6      (the same, in an IPv6 bucket)
     id/<owner id>      msgpack str: the address <owner id> holds (DEL by id needs no scan);
     id#<sha256>        id#<hex digest> for an id too long or unprintable for a key
+    at/<container id>/<ifname>
+                       msgpack str: the address a CNI attachment holds ("owner":
+                       "attachment"; its record has the id "" and "owner": "attachment")
+    at#<sha256>        the same for an attachment unfit for a readable key
 
 Everything that reads or writes a pool bucket goes through here: the allocator's walk
 (:mod:`ecs_ipam.allocator`), legacy adoption (:mod:`ecs_ipam.legacy`), the operator tool
@@ -20,7 +24,7 @@ holds other buckets too: :data:`LEGACY_BUCKET`, and whatever other programs keep
 from __future__ import annotations
 
 from .addr import Address, Network, format_address, parse_address, parse_network
-from .config import MAX_PREFIX, Pool
+from .config import ATTACHMENT_OWNER, MAX_PREFIX, Pool
 from .kv.base import MAX_KEY_BYTES
 from .minipack import NotMsgpackError, packb, unpackb
 
@@ -38,7 +42,18 @@ GATEWAY_OWNER = {4: "GateWay", 6: "GateWayV6"}
 LAST_KNOWN_KEY = {4: "lastKnownIP", 6: "lastKnownIPv6"}
 ID_INDEX_PREFIX = "id/"
 HASHED_ID_INDEX_PREFIX = "id#"
-INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX)
+# The owner of an allocation made with "owner": "attachment" is the CNI attachment
+# (container id, interface).  It gets an entry in the same index as an id, so that every
+# path that finds, checks and releases an owner (its pool's bucket, overlapping pools,
+# every pool of the database) serves it unchanged: they all work on an "owner key", the
+# index key.  An attachment's entries live under their own prefixes: an id's key always
+# starts with "id/" or "id#", so no ECS id, whatever its text, can name an attachment's
+# entry or the other way round.
+ATTACHMENT_INDEX_PREFIX = "at/"
+HASHED_ATTACHMENT_INDEX_PREFIX = "at#"
+INDEX_PREFIXES = (ID_INDEX_PREFIX, HASHED_ID_INDEX_PREFIX, ATTACHMENT_INDEX_PREFIX, HASHED_ATTACHMENT_INDEX_PREFIX)
+# The record field that marks an attachment's lease (its value: ATTACHMENT_OWNER).
+OWNER_FIELD = "owner"
 _NOT_ADDRESSES = frozenset(LAST_KNOWN_KEY.values())
 # Where the Go plugin's pairs wait after a migration (ecs_ipam.legacy).  Not "IPAM", the
 # Go bucket's own name: that is also kv.open_store's default bucket, and another agent's
@@ -114,6 +129,18 @@ def id_index_key(owner_id: str) -> str:
     return HASHED_ID_INDEX_PREFIX + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def attachment_index_key(container_id: str, ifname: str) -> str:
+    """The index key of the attachment (*container_id*, *ifname*)."""
+    key = f"{ATTACHMENT_INDEX_PREFIX}{container_id}/{ifname}"
+    # A "/" in the container id would make two attachments one text; libcni never sends
+    # one, but the key must stay unambiguous whatever arrives.
+    if "/" not in container_id and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES and key.isprintable():
+        return key
+    import hashlib
+
+    return HASHED_ATTACHMENT_INDEX_PREFIX + hashlib.sha256(encode([container_id, ifname])).hexdigest()
+
+
 # -- values --------------------------------------------------------------------------------
 
 
@@ -136,11 +163,15 @@ def lease_record(
     allocated_at: float | None,
     *,
     migrated: bool = False,
+    attachment: bool = False,
 ) -> bytes:
-    """The encoded record of an address held by *owner_id* ("" for an anonymous owner)."""
+    """The encoded record of an address held by *owner_id* ("" for an anonymous owner, and
+    for an *attachment*'s lease, which the attachment owns)."""
     record: Record = {"id": owner_id, "container_id": container_id, "ifname": ifname, "allocated_at": allocated_at}
     if migrated:
         record["migrated"] = True
+    if attachment:
+        record[OWNER_FIELD] = ATTACHMENT_OWNER
     return encode(record)
 
 
@@ -154,6 +185,23 @@ def owner_of(record: object) -> str | None:
         owner = record.get("id")
         return owner if isinstance(owner, str) else None
     return None
+
+
+def is_attachment_record(record: object) -> bool:
+    """Whether *record* is an address held by an attachment (``"owner": "attachment"``)."""
+    return isinstance(record, dict) and record.get(OWNER_FIELD) == ATTACHMENT_OWNER
+
+
+def owner_key(record: object) -> str | None:
+    """The index key of the owner an address record names: its attachment's or its id's;
+    None for an anonymous lease, or a record we do not understand."""
+    if isinstance(record, dict) and record.get(OWNER_FIELD) == ATTACHMENT_OWNER:
+        container_id, ifname = record.get("container_id"), record.get("ifname")
+        if isinstance(container_id, str) and isinstance(ifname, str):
+            return attachment_index_key(container_id, ifname)
+        return None
+    owner = owner_of(record)
+    return id_index_key(owner) if owner else None
 
 
 # -- reading a bucket ----------------------------------------------------------------------
@@ -190,23 +238,29 @@ def read_last_known(tx: Tx, version: int) -> Address | None:
 
 
 def held_in(tx: Tx, owner_id: str) -> str | None:
-    """The address *owner_id* holds in the bucket *tx*, found by its index entry, or None.
+    """The address *owner_id* holds in the bucket *tx*, found by its index entry, or None."""
+    return held_at(tx, id_index_key(owner_id))
 
-    An index entry is never trusted alone: when it names an address the id does not hold
-    (damaged, or edited by hand), the bucket is scanned for the id's lease, so that a DEL
-    releases it and an ADD does not give the id a second address.
+
+def held_at(tx: Tx, key: str) -> str | None:
+    """The address the owner of index *key* (:func:`owner_key`) holds in the bucket *tx*,
+    found by its index entry, or None.
+
+    An index entry is never trusted alone: when it names an address the owner does not
+    hold (damaged, or edited by hand), the bucket is scanned for the owner's lease, so that
+    a DEL releases it and an ADD does not give the owner a second address.
     """
-    pair = tx.find(id_index_key(owner_id))
+    pair = tx.find(key)
     if pair is None:
         return None
     address = decode(pair.value)
     if not isinstance(address, str) or parse_address(address) is None:
         address = None  # not even an address: damaged
-    if address is not None and owner_of(read_record(tx, address)) == owner_id:
+    if address is not None and owner_key(read_record(tx, address)) == key:
         return address
-    for key, value in address_records(tx):
-        if owner_of(value) == owner_id:
-            return key
+    for name, value in address_records(tx):
+        if owner_key(value) == key:
+            return name
     return None  # a stale index entry: the address went to someone else
 
 
@@ -214,12 +268,21 @@ def held_in(tx: Tx, owner_id: str) -> str | None:
 
 
 def write_index(tx: Tx, owner_id: str, address: str) -> None:
-    tx.put(id_index_key(owner_id), encode(address))
+    write_key(tx, id_index_key(owner_id), address)
+
+
+def write_key(tx: Tx, key: str, address: str) -> None:
+    """Record that the owner of index *key* (:func:`owner_key`) holds *address*."""
+    tx.put(key, encode(address))
 
 
 def drop_index(tx: Tx, owner_id: str, address: str | None = None) -> None:
     """Remove *owner_id*'s index entry; with *address*, only if it names that address."""
-    key = id_index_key(owner_id)
+    drop_key(tx, id_index_key(owner_id), address)
+
+
+def drop_key(tx: Tx, key: str, address: str | None = None) -> None:
+    """Remove the index entry *key*; with *address*, only if it names that address."""
     if address is None:
         tx.delete(key)
         return

@@ -37,7 +37,7 @@ from plugin import (
     run_plugin,
 )
 
-LEASE_KEYS = ["address", "subnet", "id", "container_id", "ifname", "allocated_at"]
+LEASE_KEYS = ["address", "subnet", "id", "container_id", "ifname", "allocated_at", "owner"]
 USAGE_KEYS = ["subnet", "capacity", "allocated", "stale"]
 GAUGES = (
     "ecs_ipam_pool_capacity_addresses",
@@ -195,7 +195,9 @@ def test_migrated_and_anonymous_leases_are_listed(db):
         "container_id": None,
         "ifname": None,
         "allocated_at": None,
+        "owner": "id",
     }
+    assert by_address[anonymous]["owner"] == "anonymous"
     assert "(anonymous)" in ok("leases", db=db)
     usage = json.loads(ok("usage", "--json", db=db))
     assert usage == [{"subnet": V4_SUBNET, "capacity": 1021, "allocated": len(owners) + 3, "stale": 0}]
@@ -515,9 +517,12 @@ def test_the_database_comes_from_ipam_db_path_or_the_default(tmp_path, db, monke
     assert [x["address"] for x in json.loads(ok("leases", "--json", env=env))] == [address]
     # Unset or blank: the default, the plugin's own, here moved into tmp_path (this machine
     # may hold a real database at /data/eni-ipam.db, which a test must not read).
-    assert cli.DEFAULT_DB_PATH == "/data/eni-ipam.db"
+    from ecs_ipam import config
+
+    assert cli.DEFAULT_DB_PATH == config.DEFAULT_DB_PATH == "/data/eni-ipam.db"
     default = tmp_path / "default" / "eni-ipam.db"
-    monkeypatch.setattr(cli, "DEFAULT_DB_PATH", str(default))
+    monkeypatch.setattr(config, "DEFAULT_DB_PATH", str(default))
+    monkeypatch.setattr(config, "HOST_FOLDERS", ((str(tmp_path / "default"), str(tmp_path / "host")),))
     for environ in ({}, {"IPAM_DB_PATH": " "}):
         stdout, stderr = io.StringIO(), io.StringIO()
         assert cli.main(["leases", "--json"], {"ECS_CNI_LOG_FILE": os.devnull, **environ}, None, stdout, stderr) == 1

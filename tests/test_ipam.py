@@ -132,9 +132,13 @@ def test_two_subnets_in_one_database_with_the_same_id(store):
     assert add(store, "x", ipv4_subnet="10.1.0.0/24") == ["10.1.0.2/24"]
     assert add(store, "x", ipv4_subnet=V4, ipv6_subnet=V6) == ["169.254.172.2/22", "fd00:ec2::172:2/112"]
     assert store.buckets() == ["10.0.0.0/24", "10.1.0.0/24", V4, V6]
-    assert core.delete(store, conf(id="x", ipv4_subnet="10.1.0.0/24")) == ["10.1.0.2"]
-    assert record(store, "10.0.0.0/24", "10.0.0.2")["id"] == "x"
+    # As the Go plugin: a DEL by id releases the id in the whole database, the named
+    # pool first, whatever pools the configuration names.
+    released = core.delete(store, conf(id="x", ipv4_subnet="10.1.0.0/24"))
+    assert released == ["10.1.0.2", "10.0.0.2", "169.254.172.2", "fd00:ec2::172:2"]
+    assert record(store, "10.0.0.0/24", "10.0.0.2") is None
     assert record(store, "10.1.0.0/24", "10.1.0.2") is None
+    assert record(store, "10.0.0.0/24", "lastKnownIP") == "10.0.0.2"
 
 
 def test_del_by_id_releases_both_families(store):
@@ -311,8 +315,9 @@ def test_check_passes_while_the_reservation_exists(checked, version):
         # The same CHECK for an id that holds nothing fails: the pass above was a lookup.
         with pytest.raises(ReservationMismatchError, match=r"^id 'b' holds no address in 10\.0\.0\.0/24$"):
             ipam.check(netconf(version, id="b", **pools))
-        # And once "a" has released its IPv6 address, its CHECK fails on that pool.
-        assert ipam.delete(netconf(version, id="a", ipv6_subnet="fd00::/64")) == ["fd00::2"]
+        # And once "a"'s IPv6 address is released (by address: a DEL by id releases the id in
+        # every pool), its CHECK fails on that pool.
+        assert ipam.delete(netconf(version, ipv6_subnet="fd00::/64", ipv6_address="fd00::2/64")) == ["fd00::2"]
         with pytest.raises(ReservationMismatchError, match=r"^id 'a' holds no address in fd00::/64$"):
             ipam.check(netconf(version, id="a", **pools))
 

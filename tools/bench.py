@@ -76,7 +76,7 @@ MAX_PLUGIN_TO_CONSOLE_SCRIPT_RATIO = 1.25
 MAX_FILL_RATIO = 1.5
 MAX_DEL_RATIO = 1.5
 
-SECTIONS = ("phases", "latency", "storm", "cli", "api")
+SECTIONS = ("phases", "latency", "storm", "cli", "api", "pools")
 
 FULL = {
     "runs": 60,
@@ -88,6 +88,8 @@ FULL = {
     "v6_subnet": "fd00:ec2:0:1::/64",
     "v6_count": 16382,
     "del_count": 200,
+    "pools": 50,
+    "pool_samples": 200,
 }
 SMOKE = {
     "runs": 3,
@@ -99,6 +101,8 @@ SMOKE = {
     "v6_subnet": "fd00:ec2:0:1::/64",
     "v6_count": 100,
     "del_count": 20,
+    "pools": 50,
+    "pool_samples": 10,
 }
 
 
@@ -741,6 +745,38 @@ def worst_walk(full: IPAM, owners: list[str], family: str, subnet: str) -> float
     return ms(took)
 
 
+def pools_section(databases: list[tuple[str, str]], pools: int, samples: int) -> None:
+    """DEL by id in a database of one pool against one of *pools* pools.
+
+    A DEL by id looks the id up in every pool bucket of the database (the Go plugin
+    releases an id in its whole database), so its cost grows with the number of pools,
+    by one index lookup each.  ADD and DEL alternate between the two databases.
+    """
+    from ecs_ipam import IPAM
+
+    task_pool = "169.254.172.0/22"
+    rows = []
+    for label, where in databases:
+        seconds: dict[int, list[float]] = {1: [], pools: []}
+        with IPAM(f"{where}-1") as one, IPAM(f"{where}-{pools}") as many:
+            # The other pools each hold a few leases of their own.
+            for n in range(pools - 1):
+                for owner in range(3):
+                    many.add(api_conf(f"other-{owner}", "ipv4-subnet", f"10.{n}.0.0/24"), "c", "eth0")
+            for n in range(samples):
+                for count, ipam in ((1, one), (pools, many)):
+                    task = f"task-{n}"
+                    ipam.add(api_conf(task, "ipv4-subnet", task_pool), f"container-{n}", "eth0")
+                    seconds[count].append(timed_delete(ipam, task, "ipv4-subnet", task_pool))
+        one_ms, many_ms = ms(median(seconds[1])), ms(median(seconds[pools]))
+        rows.append([label, one_ms, many_ms, many_ms / one_ms, (many_ms - one_ms) / (pools - 1) * 1000])
+    table(
+        f"DEL by id, 1 pool vs {pools} pools in the database (median ms of {samples}, through the API)",
+        ["store", "1 pool", f"{pools} pools", "ratio", "us per extra pool"],
+        rows,
+    )
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -760,6 +796,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument(
+        "--pools-etcd", metavar="URL", help="also run the pools section on this etcd (etcd://HOST:PORT)"
+    )
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--etcd", action="store_true", help="the etcd benchmark instead (tools/bench_etcd.py)")
     return parser.parse_args(argv)
@@ -843,6 +882,11 @@ def main(argv: list[str] | None = None) -> int:
             # for it in their fsync and the first window of the fill looks slow.
             os.sync()
             api_sections(workdir, params, fill_rows, targets)
+        if "pools" in sections:
+            stores = [("LMDB", os.path.join(workdir, "pools"))]
+            if args.pools_etcd:
+                stores.append(("etcd", f"{args.pools_etcd.rstrip('/')}/bench-pools-{os.getpid()}"))
+            pools_section(stores, params["pools"], params["pool_samples"])
         if fill_rows:
             table(
                 "Filling a pool (ms per window of allocations)",

@@ -40,9 +40,13 @@ def decode_value(raw: bytes) -> tuple[bool, object]:
 def value_text(raw: bytes) -> str:
     """The text of a value in a ``key=... - value=...`` line.
 
-    An address record (a map with ``id``) shows as its owner, as the Go plugin stored it.
+    An address record (a map with ``id``) shows as its owner, as the Go plugin stored it;
+    one held by a CNI attachment (``"owner": "attachment"``) as
+    ``attachment=<container id>/<ifname>``.
     """
     ok, value = decode_value(raw)
+    if ok and isinstance(value, dict) and value.get("owner") == "attachment":
+        return f"attachment={value.get('container_id')}/{value.get('ifname')}"
     if ok and isinstance(value, dict) and "id" in value:
         value = value["id"]
     if ok and isinstance(value, str):

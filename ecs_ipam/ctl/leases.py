@@ -22,6 +22,7 @@ from ..pool_store import (
     address_records,
     decode,
     drop_index_naming,
+    is_attachment_record,
     owner_of,
     pool_of_bucket,
 )
@@ -47,6 +48,7 @@ class Lease(NamedTuple):
     bucket: str  # where its record lives: the pool's bucket or LEGACY_BUCKET
     key: str  # its key in that bucket
     damaged: bool = False  # its record cannot be read: taken by nobody we can name (id "")
+    attachment: bool = False  # owned by its attachment ("owner": "attachment"); id is ""
 
 
 class PoolUsage(NamedTuple):
@@ -116,6 +118,7 @@ def read_holdings(tx: Tx) -> Holdings:
                 record.get("migrated") is True,
                 name,
                 address,
+                attachment=is_attachment_record(record),
             )
             for address, record in allocator.reservations()
         ]

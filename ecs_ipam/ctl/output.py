@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from .leases import Lease, PoolUsage
 
 LEASE_KEYS = ("address", "subnet", "id", "container_id", "ifname", "allocated_at")
+# What owns a lease, in the JSON "owner" key.
+OWNER_ID, OWNER_ATTACHMENT, OWNER_NONE = "id", "attachment", "anonymous"
 
 # Gauge name -> help text; the names are part of the interface (dashboards use them).
 GAUGES = {
@@ -54,7 +56,10 @@ def usage_rows(
 
 
 def lease_json(lease: Lease) -> dict[str, object]:
-    document = {key: getattr(lease, key) for key in LEASE_KEYS}
+    document: dict[str, object] = {key: getattr(lease, key) for key in LEASE_KEYS}
+    document["owner"] = (
+        OWNER_ATTACHMENT if lease.attachment else OWNER_ID if lease.id else None if lease.damaged else OWNER_NONE
+    )
     if lease.damaged:
         document["damaged"] = True
     return document
@@ -81,7 +86,7 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         [
             lease.address,
             lease.subnet or UNKNOWN_SUBNET,
-            "(damaged)" if lease.damaged else _cell(lease.id) if lease.id else "(anonymous)",
+            "(damaged)" if lease.damaged else _owner_cell(lease),
             container_text(lease),
             _cell(lease.ifname) if lease.ifname else "-",
             _age(lease, now),
@@ -93,6 +98,12 @@ def leases_table(leases: Sequence[Lease], now: float, reasons: Sequence[str] | N
         for row, reason in zip(rows, reasons):
             row.append(reason)
     return _table(header, rows)
+
+
+def _owner_cell(lease: Lease) -> str:
+    if lease.attachment:
+        return "(attachment)"  # the CONTAINER and IFNAME columns name it
+    return _cell(lease.id) if lease.id else "(anonymous)"
 
 
 def _age(lease: Lease, now: float) -> str:
@@ -181,6 +192,13 @@ def usage_prometheus(rows: Sequence[UsageRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _owner_words(lease: Lease) -> str:
+    container = container_text(lease)
+    if lease.attachment:
+        return f"attachment={container}/{_cell(lease.ifname or '')}"
+    return f"id={lease.id!r} container={container}"
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -195,9 +213,7 @@ def release_lines(leases: Sequence[Lease], dry_run: bool, asked: str) -> str:
     """
     verb = "would release" if dry_run else "released"
     lines = [
-        f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) "
-        f"id={lease.id!r} container={container_text(lease)}"
-        for lease in leases
+        f"{verb} {lease.address} ({lease.subnet or 'not yet in a pool'}) {_owner_words(lease)}" for lease in leases
     ]
     if not leases:
         lines.append(f"{'nothing to release' if dry_run else 'nothing released'}: {asked}")
