@@ -49,11 +49,9 @@ def addresses(result: dict) -> list[str]:
     return [ip["address"] for ip in result["ips"]]
 
 
-@pytest.fixture(params=["lmdb", "etcd"])
-def db(request, tmp_path):
-    if request.param == "lmdb":
-        return str(tmp_path / "ipam.db")
-    return f"{request.getfixturevalue('etcd').url}/attach-{uuid.uuid4().hex}"
+@pytest.fixture
+def db(lmdb_or_etcd):
+    return lmdb_or_etcd
 
 
 def contents(db: str) -> dict[str, dict[str, object]]:

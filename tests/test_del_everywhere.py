@@ -8,8 +8,6 @@ sequence runs on LMDB and on a real etcd, through the embedded API, and once as 
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from ecs_ipam import IPAM, kv
@@ -39,12 +37,9 @@ def addresses(result: dict) -> list[str]:
     return [ip["address"] for ip in result["ips"]]
 
 
-@pytest.fixture(params=["lmdb", "etcd"])
-def db(request, tmp_path):
-    """A database URL or path, on LMDB or under a fresh prefix of the session's etcd."""
-    if request.param == "lmdb":
-        return str(tmp_path / "ipam.db")
-    return f"{request.getfixturevalue('etcd').url}/del-{uuid.uuid4().hex}"
+@pytest.fixture
+def db(lmdb_or_etcd):
+    return lmdb_or_etcd
 
 
 def held(db: str) -> dict[str, dict[str, str]]:
