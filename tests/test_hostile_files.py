@@ -705,3 +705,21 @@ def test_page_walk_under_concurrent_commits_sees_one_snapshot(tmp_path):
     assert writer.returncode == 0, errors.decode()[-2000:]
     assert (readers.returncode, readers.stdout) == (0, "0\n"), readers.stderr[-2000:]
     assert check_records(db_path)[V4_SUBNET] == {"task-1": "169.254.172.2"}
+
+
+def test_a_page_walk_that_cannot_read_the_file_is_an_io_failure(tmp_path):
+    # A descriptor the file cannot be read through stands in for a disk's I/O error: the
+    # walk's OSError is the database failing (code 5), never an internal error (199).
+    from ecs_ipam.errors import StoreError
+    from ecs_ipam.kv import dbfile
+
+    path = tmp_path / "eni-ipam.db"
+    path.write_bytes(bytes(8192))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(StoreError) as caught:
+            dbfile.check_lmdb_pages(fd, str(path), 1)
+    finally:
+        os.close(fd)
+    assert caught.value.code == 5
+    assert str(caught.value).startswith(f"database {path} could not be read: ")

@@ -235,19 +235,24 @@ def check_lmdb_pages(fd: int, given: str, txnid: int) -> bool:
         went by since it began), or the one that does was being rewritten as it was read:
         begin a new read transaction and look again.
     :raises CorruptDatabaseError: a page LMDB would not survive.
+    :raises StoreError: the file could not be read (an I/O error of the disk, say).
     """
     from .lmdb_pages import check_pages
 
-    page_size = struct.unpack_from("<I", os.pread(fd, LMDB_META_SIZE, 0), LMDB_PAGE_SIZE_OFFSET)[0]
-    for base in (0, page_size):
-        meta = os.pread(fd, LMDB_META_SIZE, base)
-        if len(meta) == LMDB_META_SIZE and struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0] == txnid:
-            if os.pread(fd, LMDB_META_SIZE, base) != meta:
-                return False  # torn: a commit was rewriting it
-            # The snapshot's pages stay as they are while the caller's read transaction
-            # lives, however many commits go by (its meta page may be reused meanwhile).
-            check_pages(fd, page_size, meta, given)
-            return True
+    try:
+        page_size = struct.unpack_from("<I", os.pread(fd, LMDB_META_SIZE, 0), LMDB_PAGE_SIZE_OFFSET)[0]
+        for base in (0, page_size):
+            meta = os.pread(fd, LMDB_META_SIZE, base)
+            if len(meta) == LMDB_META_SIZE and struct.unpack_from("<Q", meta, LMDB_TXNID_OFFSET)[0] == txnid:
+                if os.pread(fd, LMDB_META_SIZE, base) != meta:
+                    return False  # torn: a commit was rewriting it
+                # The snapshot's pages stay as they are while the caller's read transaction
+                # lives, however many commits go by (its meta page may be reused meanwhile).
+                check_pages(fd, page_size, meta, given)
+                return True
+    except OSError as error:
+        # An unreadable page is the database failing (code 5), not a bug of ours (199).
+        raise StoreError(f"database {given} could not be read: {error.strerror or error}") from None
     return False
 
 
