@@ -47,7 +47,7 @@ from .errors import ECSIPAMError, KeyExistsError, NotADatabaseError, StoreError,
 from .filelock import flock_before
 from .kv.dbfile import MAGIC_OFFSET, check_single_name, resolve
 from .legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
-from .pool_store import LEGACY_BUCKET, decode, encode, owner_of, pool_subnet
+from .pool_store import LEGACY_BUCKET, decode, encode, owner_of, pool_subnet, read_record
 
 if TYPE_CHECKING:
     from .kv.base import Tx
@@ -209,8 +209,8 @@ def conflicts(tx: Tx, bucket_names: list[str], pairs: dict[str, str]) -> list[st
                 continue
             for subnet, name in subnets:
                 if subnet.version == version and subnet.first <= address.value <= subnet.last:
-                    record = tx.bucket(name).find(str(address))
-                    holder = None if record is None else owner_of(decode(record.value))
+                    record = read_record(tx.bucket(name), str(address))
+                    holder = None if record is None else owner_of(record)
                     if record is not None and holder != value and not _both_gateways(holder, value):
                         clashes.append(f"{address} is held by {holder!r} in bucket {name}, not {value!r}")
     return clashes
