@@ -89,6 +89,9 @@ def adopt(tx: Tx, pool: Pool, write: bool = True, pairs: list[KVPair] | None = N
         write_last_known(bucket, pool.version, adoption.last_known)
     for key in adoption.legacy_keys:
         legacy.delete(key)
+    if len(adoption.legacy_keys) == len(pairs):
+        # The last pairs moved: the bucket goes with them, so no listing shows it empty.
+        tx.drop_bucket(LEGACY_BUCKET)
     return bucket
 
 
@@ -160,14 +163,26 @@ def release_waiting(tx: Tx, owner_id: str) -> list[str]:
     """
     legacy = tx.bucket(LEGACY_BUCKET)
     released = []
-    for pair in legacy.list(""):
+    pairs = legacy.list("")
+    for pair in pairs:
         if owner_id in LEGACY_GATEWAY_OWNERS or decode(pair.value) != owner_id:
             continue
         address = legacy_key_address(pair.key, 4) or legacy_key_address(pair.key, 6)
         if address is not None:
             legacy.delete(pair.key)
             released.append(str(address))
+    if pairs and len(released) == len(pairs):
+        tx.drop_bucket(LEGACY_BUCKET)
     return released
+
+
+def drop_if_empty(tx: Tx) -> None:
+    """Drop the legacy bucket once nothing waits in it any more.
+
+    :param tx: any bucket's view of the caller's (write) transaction.
+    """
+    if not tx.bucket(LEGACY_BUCKET).list(""):
+        tx.drop_bucket(LEGACY_BUCKET)
 
 
 def legacy_key_address(key: str, version: int) -> Address | None:
@@ -213,6 +228,9 @@ class AdoptedView(Tx):
         raise StoreError("write in a read-only transaction")
 
     def _remove(self, key: str) -> bool:
+        raise StoreError("write in a read-only transaction")
+
+    def drop_bucket(self, name: str) -> bool:
         raise StoreError("write in a read-only transaction")
 
     def bucket(self, name: str) -> Tx:

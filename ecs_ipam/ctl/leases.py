@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..addr import Address, parse_address
 from ..allocator import PoolAllocator
 from ..errors import OperatorRequestError
-from ..legacy import LEGACY_GATEWAY_OWNERS, legacy_key_address
+from ..legacy import LEGACY_GATEWAY_OWNERS, drop_if_empty, legacy_key_address
 from ..pool_store import (
     GATEWAY_OWNER,
     LEGACY_BUCKET,
@@ -289,6 +289,8 @@ def release_body(select: Selector, write: bool) -> Callable[[Tx], list[Lease]]:
                     )
                     if lease.damaged:
                         drop_index_naming(bucket, lease.address)
+            if any(lease.bucket == LEGACY_BUCKET for lease in chosen):
+                drop_if_empty(tx)
         return chosen
 
     return body

@@ -186,6 +186,17 @@ class Tx(abc.ABC):
         those created by its own writes included.  A write transaction that read them
         does not commit over a bucket another writer created meanwhile."""
 
+    @abc.abstractmethod
+    def drop_bucket(self, name: str) -> bool:
+        """Remove bucket *name* and every pair in it, with the rest of this transaction:
+        it leaves :meth:`buckets`, its pairs are gone, and a later write (in this
+        transaction or another) creates it again, empty.  Dropping a bucket that does not
+        exist is no error and changes nothing.  A write transaction that dropped a
+        bucket does not commit over a pair another writer put in it meanwhile.
+
+        :return: whether the bucket existed.
+        """
+
     def _contains(self, key: str) -> bool:
         """Whether *key* is stored.  A backend that can tell without decoding the value
         overrides this: the allocator's walk asks it once per used address."""
@@ -347,6 +358,14 @@ class Store(abc.ABC):
         :raises KeyModifiedError: the key's last_index differs from previous.last_index.
         """
         self.transact(lambda tx: tx.atomic_delete(key, previous))
+
+    def drop_bucket(self, name: str) -> bool:
+        """Remove bucket *name* and all its pairs (see :meth:`Tx.drop_bucket`); a missing
+        bucket is no error.  Stores already bound to it see it empty until written again.
+
+        :return: whether the bucket existed.
+        """
+        return self.transact(lambda tx: tx.drop_bucket(name))
 
     def watch(self, key: str) -> Iterator[KVPair]:
         """Not supported by this backend (as libkv's bolt backend)."""

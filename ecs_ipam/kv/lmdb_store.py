@@ -54,6 +54,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     # A named database's handle.  Every transaction is begun without buffers=True, so
     # LMDB hands out bytes, never memoryviews: lmdb.Transaction[bytes].
+    from collections.abc import Callable
+
     from lmdb import _Database as Handle
 
 DEFAULT_MAP_SIZE = 32 << 20
@@ -100,18 +102,9 @@ class _Environment:
         self.path = path
         self.real_path = real
         self.read_only = read_only
+        self.use_lock = use_lock
         try:
-            self.env = lmdb.open(
-                real,
-                subdir=False,
-                readonly=read_only,
-                lock=use_lock,
-                create=False,  # made above (dbfile.create_database_file)
-                map_size=map_size,
-                max_dbs=MAX_BUCKETS,
-                max_readers=MAX_READERS,
-                mode=0o600,
-            )
+            self.env = self._open_lmdb(map_size)
         except lmdb.InvalidError:
             _close(data_fd)
             raise dbfile.not_ours(path, dbfile.OTHER) from None
@@ -153,6 +146,19 @@ class _Environment:
         self._resizing = _thread.allocate_lock()
         self._counts_lock = _thread.allocate_lock()
         self._open_txns: dict[int, int] = {}
+
+    def _open_lmdb(self, map_size: int) -> lmdb.Environment:
+        return lmdb.open(
+            self.real_path,
+            subdir=False,
+            readonly=self.read_only,
+            lock=self.use_lock,
+            create=False,  # made by _open_database_file
+            map_size=map_size,
+            max_dbs=MAX_BUCKETS,
+            max_readers=MAX_READERS,
+            mode=0o600,
+        )
 
     def _walk_pages(self, fd: int) -> None:
         """Walk the pages of the current snapshot, pinned by a read transaction that reads
@@ -206,16 +212,47 @@ class _Environment:
         :raises StoreError: this thread has a transaction open, or others kept theirs
             open for longer than RESIZE_WAIT seconds.
         """
+        if not self._alone(required):
+            return False
+        try:
+            self.env.set_mapsize(size)
+        finally:
+            self._resizing.release()
+        return True
+
+    def reopen(self) -> None:
+        """Close and reopen the LMDB environment once no other thread has a transaction
+        open, forgetting every bucket handle.
+
+        LMDB binds a handle to its bucket's name for the life of the environment: after
+        another process dropped the bucket, a write through the handle fails with
+        MDB_NOTFOUND, and opening the name again hands back the same handle.  py-lmdb
+        cannot close one handle, so the environment goes.
+        """
+        self._alone(True)
+        try:
+            map_size = self.env.info()["map_size"]
+            self.handles.clear()
+            self.env.close()
+            self.env = self._open_lmdb(map_size)
+        finally:
+            self._resizing.release()
+
+    def _alone(self, required: bool) -> bool:
+        """Take ``_resizing`` once no thread of this process has a transaction open (the
+        caller releases it), or return False at once if not *required*."""
         me = _thread.get_ident()
-        with self._resizing:
+        self._resizing.acquire()
+        try:
             deadline = time.monotonic() + RESIZE_WAIT
             while True:
                 with self._counts_lock:
                     mine = self._open_txns.get(me, 0)
                     others = len(self._open_txns) - (1 if mine else 0)
                 if not mine and not others:
-                    break
+                    return True
                 if not required:
+                    self._resizing.release()
                     return False
                 if mine:
                     raise StoreError(
@@ -227,8 +264,9 @@ class _Environment:
                         f"database {self.path} must grow, but other threads kept transactions open for {RESIZE_WAIT:g}s"
                     )
                 time.sleep(0.0005)
-            self.env.set_mapsize(size)
-            return True
+        except BaseException:
+            self._resizing.release()
+            raise
 
     # The writer lock and the transaction below are plain methods and classes, not
     # contextlib.contextmanager generators: importing contextlib costs a CNI call more
@@ -429,6 +467,9 @@ class _WriteTxn:
             return False
         return self._apply(("delete", name, key, None))
 
+    def drop(self, name: str) -> bool:
+        return self._apply(("drop", name, b"", None))
+
     def _apply(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         while True:
             try:
@@ -437,9 +478,16 @@ class _WriteTxn:
                 return result
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
+            except lmdb.NotFoundError:
+                if op[1] not in self.env.handles:
+                    raise
+                # A handle cached before another process dropped its bucket.
+                self._replay(self.env.reopen)
 
     def _run(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         kind, name, key, raw = op
+        if kind == "drop":
+            return self._drop(name)
         handle = self.handle(name, create=kind == "put")
         try:
             if raw is not None:  # a put; a delete carries no value
@@ -448,9 +496,27 @@ class _WriteTxn:
         except lmdb.BadValsizeError:
             raise InvalidArgumentError(f"key or value too large for bucket {name!r}") from None
 
+    def _drop(self, name: str) -> bool:
+        # Asked of the main database, not through a cached handle: after another process
+        # dropped the bucket, LMDB fails the whole transaction on a drop through that one.
+        if self.txn.get(name.encode("utf-8")) is None:
+            return False
+        handle = self.handle(name, create=False)
+        if handle is None:
+            return False
+        # LMDB closes the handle at once, whether this transaction commits or aborts.
+        self.env.handles.pop(name, None)
+        self.opened.pop(name, None)
+        self.txn.drop(handle, delete=True)
+        return True
+
     def _replay_in_larger_map(self) -> None:
+        self._replay(self.env.grow)
+
+    def _replay(self, prepare: Callable[[], object]) -> None:
+        """Abort, ``prepare()`` the environment, and redo this transaction's log."""
         self.abort()
-        self.env.grow()
+        prepare()
         self.opened = {}
         self.txn = self.env.begin(write=True)
         self.live = True
@@ -459,6 +525,10 @@ class _WriteTxn:
                 self._run(op)
             except lmdb.MapFullError:
                 return self._replay_in_larger_map()
+            except lmdb.NotFoundError:
+                if op[1] not in self.env.handles:
+                    raise
+                return self._replay(self.env.reopen)
 
     def commit(self) -> None:
         while True:
@@ -498,6 +568,9 @@ class _ReadTxn:
         return None if handle is None else self.txn.get(key, db=handle)
 
     def put(self, name: str, key: bytes, raw: bytes) -> None:
+        raise StoreError("write in a read-only transaction")
+
+    def drop(self, name: str) -> bool:
         raise StoreError("write in a read-only transaction")
 
     def delete(self, name: str, key: bytes) -> bool:
@@ -553,6 +626,9 @@ class _LMDBTx(Tx):
 
     def bucket(self, name: str) -> Tx:
         return _LMDBTx(self._txn, check_bucket_name(name))
+
+    def drop_bucket(self, name: str) -> bool:
+        return self._txn.drop(check_bucket_name(name))
 
     def buckets(self) -> list[str]:
         # The main database holds nothing but the buckets' names (see the module docstring).

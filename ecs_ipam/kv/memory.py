@@ -91,6 +91,17 @@ class _MemoryTx(Tx):
     def buckets(self) -> list[str]:
         return sorted(self._db.buckets)
 
+    def drop_bucket(self, name: str) -> bool:
+        check_bucket_name(name)
+        if not self._writable:
+            raise StoreError("write in a read-only transaction")
+        pairs = self._db.buckets.pop(name, None)
+        if pairs is None:
+            return False
+        # The same dict goes back, so that undo steps recorded before still apply to it.
+        self._undo.append(lambda: self._db.buckets.__setitem__(name, pairs))
+        return True
+
 
 class MemoryStore(Store):
     """A store kept in a :class:`MemoryDatabase` (a fresh one unless *db* is given)."""

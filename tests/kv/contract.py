@@ -439,6 +439,103 @@ class StoreContract:
 
         assert store.buckets() == []
 
+    # -- dropping a bucket -----------------------------------------------------------------
+
+    def test_drop_bucket_removes_the_bucket_and_its_pairs(self, store):
+        store.put("k", b"v")
+        with store.bucket("gone") as gone:
+            gone.put("a", b"1")
+            gone.put("b", b"2")
+
+            assert store.drop_bucket("gone") is True
+
+            assert store.buckets() == ["test"]
+            assert gone.list() == []
+            assert not gone.exists("a")
+        assert store.get("k").value == b"v"
+
+    def test_drop_bucket_of_an_emptied_bucket_removes_it(self, store):
+        with store.bucket("gone") as gone:
+            gone.put("a", b"1")
+            gone.delete("a")
+            assert "gone" in store.buckets()
+
+            assert store.drop_bucket("gone") is True
+
+        assert store.buckets() == []
+
+    def test_drop_of_a_missing_bucket_changes_nothing(self, store):
+        store.put("k", b"v")
+
+        assert store.drop_bucket("never") is False
+        assert store.drop_bucket("never") is False
+
+        assert store.buckets() == ["test"]
+        assert store.get("k").value == b"v"
+
+    def test_a_dropped_bucket_can_be_created_again(self, store):
+        with store.bucket("again") as again:
+            again.put("old", b"1")
+            store.drop_bucket("again")
+
+            again.put("new", b"2")
+
+            assert [pair.key for pair in again.list()] == ["new"]
+        assert store.buckets() == ["again"]
+
+    def test_a_transaction_sees_its_own_drop_and_can_write_the_bucket_again(self, store):
+        with store.bucket("b") as b:
+            b.put("old", b"1")
+            with store.transaction() as tx:
+                tx.bucket("b").put("mine", b"2")
+                assert tx.drop_bucket("b") is True
+                assert tx.buckets() == []
+                assert tx.bucket("b").list() == []
+                assert tx.bucket("b").find("old") is None
+                tx.bucket("b").put("new", b"3")
+                assert tx.buckets() == ["b"]
+
+            assert [pair.key for pair in b.list()] == ["new"]
+
+    def test_drop_commits_with_the_rest_of_the_transaction(self, store):
+        with store.bucket("b") as b:
+            b.put("last", b"1")
+            with store.transaction() as tx:
+                tx.bucket("b").delete("last")
+                tx.put("moved", b"1")
+                tx.drop_bucket("b")
+
+            assert store.buckets() == ["test"]
+            assert store.get("moved").value == b"1"
+
+    def test_an_aborted_drop_keeps_the_bucket(self, store):
+        store.put("k", b"v")
+        with store.bucket("kept") as kept:
+            kept.put("a", b"1")
+            before = kept.list()
+
+            with pytest.raises(Abort), store.transaction() as tx:
+                tx.drop_bucket("kept")
+                tx.drop_bucket("test")
+                raise Abort
+
+            assert store.buckets() == ["kept", "test"]
+            assert kept.list() == before
+            assert store.get("k").value == b"v"
+            kept.put("b", b"2")
+            assert [pair.key for pair in kept.list()] == ["a", "b"]
+
+    def test_read_transaction_refuses_drop(self, store):
+        store.put("k", b"v")
+        with raises_store_error(StoreError), store.transaction(write=False) as tx:
+            tx.drop_bucket("test")
+
+        assert store.get("k").value == b"v"
+
+    def test_drop_bucket_checks_the_name(self, store):
+        with raises_store_error(InvalidArgumentError), store.transaction() as tx:
+            tx.drop_bucket("")
+
     # -- transactions ---------------------------------------------------------------------
 
     def test_transaction_commits_every_bucket_together(self, store):

@@ -912,3 +912,47 @@ def test_gc_of_500_stale_reservations_passes_etcds_transaction_limit(url):
     with EtcdStore(url, subnet) as pool_store:
         assert [pair.key for pair in pool_store.list("id/")] == ["id/task-000", "id/task-501"]
         assert len(pool_store.list()) == 2 * 2 + 2  # two leases with their index entries, gateway, lastKnownIP
+
+
+@pytest.mark.parametrize(
+    "interfere",
+    [
+        pytest.param(lambda rival: rival.bucket("b").put("new", b"v"), id="key-appears"),
+        pytest.param(lambda rival: rival.bucket("b").put("k", b"changed"), id="key-changes"),
+        pytest.param(lambda rival: rival.bucket("b").delete("k"), id="key-leaves"),
+    ],
+)
+@requires_etcd
+def test_a_drop_conflicts_with_any_change_to_the_dropped_bucket(store, rival, interfere):
+    with store.bucket("b") as b:
+        b.put("k", b"v")
+
+        with pytest.raises(KeyModifiedError), store.transaction() as tx:
+            tx.drop_bucket("b")
+            interfere(rival)
+            tx.put("dropped", b"yes")
+
+        assert not store.exists("dropped")
+        assert "b" in store.buckets()
+
+
+@requires_etcd
+def test_a_drop_of_a_missing_bucket_conflicts_when_it_is_created(store, rival):
+    with pytest.raises(KeyModifiedError), store.transaction() as tx:
+        assert tx.drop_bucket("b") is False
+        rival.bucket("b").put("k", b"theirs")
+        tx.put("dropped", b"no")
+
+    assert rival.bucket("b").get("k").value == b"theirs"
+
+
+@requires_etcd
+def test_a_drop_deletes_the_bucket_range_in_one_operation(store, rival):
+    with store.bucket("b") as b:
+        for batch in range(4):
+            with b.transaction() as tx:
+                for i in range(50):
+                    tx.put(f"k{batch}{i:02}", b"v")
+        assert store.drop_bucket("b") is True
+        assert b.list() == []
+    assert store.buckets() == []

@@ -574,3 +574,67 @@ def test_writer_killed_mid_transaction_leaves_nothing_and_no_lock(path, children
         assert store.buckets() == ["test"]
     finally:
         store.close()
+
+
+# -- a bucket dropped by another process ---------------------------------------------------------
+
+
+HOLDER = """
+    import sys
+    from ecs_ipam.kv.lmdb_store import LMDBStore
+
+    # Holds the store, and its bucket handle, open across another process's drop.
+    with LMDBStore(sys.argv[1], "b") as store:
+        store.put("k", b"1")
+        print("written", flush=True)
+        for command in sys.stdin:
+            if command.strip() == "read":
+                print("read", [pair.key for pair in store.list()], store.buckets(), flush=True)
+            elif command.strip() == "write":
+                store.put("again", b"2")
+                print("wrote", [pair.key for pair in store.list()], store.buckets(), flush=True)
+            elif command.strip() == "drop":
+                print("dropped", store.drop_bucket("b"), store.buckets(), flush=True)
+"""
+
+
+def test_a_process_holding_a_bucket_open_sees_another_process_drop_it(path, children):
+    holder = children(HOLDER, path)
+    holder.expect("written")
+    holder.send("read")
+    holder.expect("read ['k'] ['b']")
+
+    with LMDBStore(path, "other") as store:
+        assert store.drop_bucket("b") is True
+        assert store.buckets() == []
+
+    holder.send("read")
+    holder.expect("read [] []")
+    holder.send("drop")
+    holder.expect("dropped False []")
+    # Its cached handle names a bucket that no longer exists: the write creates it again.
+    holder.send("write")
+    holder.expect("wrote ['again'] ['b']")
+    with LMDBStore(path, "b") as store:
+        assert [pair.key for pair in store.list()] == ["again"]
+        assert store.drop_bucket("b") is True
+    holder.send("write")
+    holder.expect("wrote ['again'] ['b']")
+    holder.send("drop")
+    holder.expect("dropped True []")
+    holder.finish()
+    with LMDBStore(path, "b") as store:
+        assert store.buckets() == []
+
+
+def test_a_drop_replayed_into_a_larger_map_still_drops(tmp_path):
+    path = str(tmp_path / "kv.db")
+    with LMDBStore(path, "b", map_size=1 << 20) as store:
+        store.put("k", b"v")
+        with store.transaction() as tx:
+            tx.drop_bucket("b")
+            # Far more than the map holds: the transaction is replayed into a larger one.
+            for i in range(64):
+                tx.bucket("big").put(f"k{i}", bytes(64 << 10))
+        assert store.buckets() == ["big"]
+        assert store.list() == []

@@ -118,6 +118,8 @@ class TxState:
         self.writes: dict[bytes, KVPair | None] = {}
         self.tree_deletes: list[tuple[bytes, bytes]] = []
         self.written_buckets: set[bytes] = set()
+        # Buckets dropped (data prefixes): their markers are deleted, unless written again.
+        self.dropped: set[bytes] = set()
         self.sequence = 0
         self.committed_revision: int | None = None
         # The bucket names at the snapshot, once read: their markers' range is checked at
@@ -207,7 +209,8 @@ class TxState:
             for bucket in self.written_buckets
             if any(pair is not None and full.startswith(bucket) for full, pair in self.writes.items())
         }
-        return sorted(set(self.bucket_list) | written)
+        dropped = {self.layout.bucket_of_marker(self.layout.marker_of(bucket)) for bucket in self.dropped}
+        return sorted((set(self.bucket_list) - dropped) | written)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -231,6 +234,21 @@ class TxState:
         self.written_buckets.add(bucket)
         return True
 
+    def drop(self, bucket: bytes) -> bool:
+        """Delete every pair of *bucket* and its marker.  The pairs are read as a scan is
+        (a key put there meanwhile fails the commit), and so is the marker, which every
+        commit writing the bucket rewrites."""
+        self.check_writable()
+        marker = self.layout.marker_of(bucket)
+        existed = self.read(bucket, marker) is not None
+        pairs = self.scan(bucket, b"")
+        for pair in pairs:
+            self.writes[bucket + pair.key.encode("utf-8")] = None
+        self.tree_deletes.append((bucket, prefix_end(bucket)))
+        self.written_buckets.discard(bucket)
+        self.dropped.add(bucket)
+        return existed or bool(pairs)
+
     # -- commit ------------------------------------------------------------------------------
 
     def commit(self) -> None:
@@ -238,7 +256,7 @@ class TxState:
 
         :raises Conflict: something read has changed since (the body must be re-run).
         """
-        if not self.writes:
+        if not self.writes and not self.dropped:
             if self.writable and self.latest_read != self.revision:
                 self._validate()
             return
@@ -381,6 +399,10 @@ class TxState:
             {"request_put": {"key": b64(self.layout.marker_of(bucket)), "value": ""}}
             for bucket in sorted(self.written_buckets)
         ]
+        operations += [
+            {"request_delete_range": {"key": b64(self.layout.marker_of(bucket))}}
+            for bucket in sorted(self.dropped - self.written_buckets)
+        ]
         return operations
 
 
@@ -420,6 +442,9 @@ class EtcdTx(Tx):
         if pairs:
             start = self._prefix + utf8(prefix, "prefix")
             self._state.tree_deletes.append((start, prefix_end(start)))
+
+    def drop_bucket(self, name: str) -> bool:
+        return self._state.drop(EtcdTx(self._state, check_bucket_name(name))._prefix)
 
     def bucket(self, name: str) -> Tx:
         return EtcdTx(self._state, check_bucket_name(name))
