@@ -60,7 +60,8 @@ def main(
         data = _decode(_read(stdin), allow_empty=env.command == "VERSION")
         reply_version = cni_version_of(data) if data is not None else reply_version
         result = _run(env, data, log, environ)
-        log.debug(f"{env.command} done in {(time.monotonic() - started) * 1000:.1f} ms")
+        if log.debugging:
+            log.debug(f"{env.command} done in {(time.monotonic() - started) * 1000:.1f} ms")
     except ECSIPAMError as error:
         log.error(f"{cut(command)} failed: code={error.code} {error.msg} ({_caller(environ, data)})")
         _write(stdout, _error_object(reply_version, error.code, error.msg, error.details))
@@ -88,10 +89,11 @@ def _run(env: Environment, data: object, log: Log, environ: Mapping[str, str]) -
         version = cni_version_of(data) if data is not None else SUPPORTED_VERSIONS[-1]
         return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
     conf = parse_netconf(data)
-    log.debug(
-        f"{env.command} {_caller(environ, data)} netns={quoted(env.netns)} cniVersion={conf.cni_version} "
-        f"pools={[pool.bucket for pool in conf.pools]} db={env.settings.db_path!r}"
-    )
+    if log.debugging:  # the line is built only when it is written: every call passes here
+        log.debug(
+            f"{env.command} {_caller(environ, data)} netns={quoted(env.netns)} cniVersion={conf.cni_version} "
+            f"pools={[pool.bucket for pool in conf.pools]} db={env.settings.db_path!r}"
+        )
 
     from .ipam import IPAM
 

@@ -112,6 +112,11 @@ class Log:
             with contextlib.suppress(FileNotFoundError):  # pruned by another plugin
                 os.unlink(os.path.join(directory, name))
 
+    @property
+    def debugging(self) -> bool:
+        """Whether debug lines are written: a caller skips building them otherwise."""
+        return self.threshold <= LEVELS["debug"]
+
     def debug(self, message: str) -> None:
         self._write("debug", message)
 
