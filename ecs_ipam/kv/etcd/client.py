@@ -313,14 +313,17 @@ class Client:
         """How long the next attempt may wait for its endpoint.
 
         With another endpoint to try, a silent one (frozen, partitioned, overloaded)
-        costs a short bound, not the whole deadline; the bound doubles with every
-        attempt, so a cluster that is merely slow (a loaded host, a leader election)
-        still gets its time.
+        costs a short bound, not the whole deadline.  The bound doubles with every
+        round through all the endpoints, so a cluster that is merely slow (a loaded
+        host) still gets its time.  It does not double from one endpoint to the next:
+        while a frozen leader is being replaced, the followers also keep silent about
+        the requests they forwarded to it, and a bound doubled per attempt would hand
+        the frozen member most of the deadline once they had used their turns.
         """
         count = len(self.endpoints)
         if count == 1:
             return remaining
-        return min(remaining, REQUEST_TIMEOUT * float(2**trail.attempts))
+        return min(remaining, REQUEST_TIMEOUT * float(2 ** (trail.attempts // count)))
 
     def _exchange(
         self, host: str, port: int, path: str, payload: bytes, bound: float, stream: bool, token: str | None
