@@ -13,8 +13,13 @@ Modes (``proxy.mode``, changed at any time):
   commit, then froze).  Other requests pass.
 * ``SILENT_AFTER_COMMIT``: as above, and from then on nothing is answered at all.
 * ``SILENT``: connections are accepted and never answered.
+* ``CLOSE_BEFORE_NEXT_COMMIT``: the next ``/v3/kv/txn`` never reaches etcd, and the
+  client's connection is closed (etcd restarting); then ``FORWARD`` again.
+* ``CLOSE_AFTER_NEXT_COMMIT``: the next ``/v3/kv/txn`` is applied, then the client's
+  connection is closed before its answer; then ``FORWARD`` again.
 
-``proxy.commits`` counts the txn requests forwarded, ``proxy.dropped`` the answers lost.
+``proxy.commits`` counts the txn requests forwarded, ``proxy.dropped`` the answers lost,
+``proxy.closed_on`` the txns the connection was closed on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ FORWARD = "forward"
 DROP_COMMIT_ANSWERS = "drop-commit-answers"
 SILENT_AFTER_COMMIT = "silent-after-commit"
 SILENT = "silent"
+CLOSE_BEFORE_NEXT_COMMIT = "close-before-next-commit"
+CLOSE_AFTER_NEXT_COMMIT = "close-after-next-commit"
 
 
 class FaultyProxy:
@@ -35,6 +42,7 @@ class FaultyProxy:
         self.mode = mode
         self.commits = 0
         self.dropped = 0
+        self.closed_on = 0
         self.lock = threading.Lock()
         self.closed = threading.Event()
         self.listener = socket.socket()
@@ -71,48 +79,63 @@ class FaultyProxy:
                 upstream.close()
 
     def _relay(self, client: socket.socket, reader, upstream: http.client.HTTPConnection) -> None:
-        if True:
-            while True:
-                if self.mode == SILENT:
-                    return self._hang(client)
-                try:
-                    request_line = reader.readline()
-                    if not request_line:
-                        return
-                    headers = {}
-                    while (line := reader.readline()) not in (b"\r\n", b""):
-                        name, _, value = line.decode("latin-1").partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                    body = reader.read(int(headers.get("content-length", 0)))
-                except OSError:
+        while True:
+            if self.mode == SILENT:
+                return self._hang(client)
+            try:
+                request_line = reader.readline()
+                if not request_line:
                     return
-                if self.mode == SILENT:
-                    return self._hang(client)
-                path = request_line.split()[1].decode()
-                forwarded = {"Content-Type": "application/json"}
-                if "authorization" in headers:
-                    forwarded["Authorization"] = headers["authorization"]
-                try:
-                    upstream.request("POST", path, body, forwarded)
-                    answer = upstream.getresponse()
-                    data = answer.read()
-                except OSError:
-                    return  # the member went away: so does the client's connection
-                if path == "/v3/kv/txn":
-                    with self.lock:
-                        self.commits += 1
-                        drop = self.mode in (DROP_COMMIT_ANSWERS, SILENT_AFTER_COMMIT)
-                        if drop:
-                            self.dropped += 1
-                        if self.mode == SILENT_AFTER_COMMIT:
-                            self.mode = SILENT
+                headers = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", 0)))
+            except OSError:
+                return
+            if self.mode == SILENT:
+                return self._hang(client)
+            path = request_line.split()[1].decode()
+            closing = self._closing(path)
+            if closing == CLOSE_BEFORE_NEXT_COMMIT:
+                return
+            forwarded = {"Content-Type": "application/json"}
+            if "authorization" in headers:
+                forwarded["Authorization"] = headers["authorization"]
+            try:
+                upstream.request("POST", path, body, forwarded)
+                answer = upstream.getresponse()
+                data = answer.read()
+            except OSError:
+                return  # the member went away: so does the client's connection
+            if closing == CLOSE_AFTER_NEXT_COMMIT:
+                return
+            if path == "/v3/kv/txn":
+                with self.lock:
+                    self.commits += 1
+                    drop = self.mode in (DROP_COMMIT_ANSWERS, SILENT_AFTER_COMMIT)
                     if drop:
-                        return self._hang(client)
-                head = f"HTTP/1.1 {answer.status} X\r\nContent-Length: {len(data)}\r\n\r\n"
-                try:
-                    client.sendall(head.encode() + data)
-                except OSError:
-                    return
+                        self.dropped += 1
+                    if self.mode == SILENT_AFTER_COMMIT:
+                        self.mode = SILENT
+                if drop:
+                    return self._hang(client)
+            head = f"HTTP/1.1 {answer.status} X\r\nContent-Length: {len(data)}\r\n\r\n"
+            try:
+                client.sendall(head.encode() + data)
+            except OSError:
+                return
+
+    def _closing(self, path: str) -> str | None:
+        """The close mode this request spends, if it is the txn that mode waits for."""
+        if path != "/v3/kv/txn":
+            return None
+        with self.lock:
+            if self.mode not in (CLOSE_BEFORE_NEXT_COMMIT, CLOSE_AFTER_NEXT_COMMIT):
+                return None
+            closing, self.mode = self.mode, FORWARD
+            self.closed_on += 1
+            return closing
 
     def close(self) -> None:
         self.closed.set()

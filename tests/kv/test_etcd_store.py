@@ -38,6 +38,7 @@ from ecs_ipam.kv.etcd import (
     prefix_end,
     unescape_bucket,
 )
+from etcd_proxy import CLOSE_AFTER_NEXT_COMMIT, CLOSE_BEFORE_NEXT_COMMIT, FaultyProxy
 from etcd_server import ETCD, NOT_INSTALLED, EtcdServer, free_port, running_etcd
 
 from .contract import StoreContract, raises_store_error
@@ -716,73 +717,15 @@ def test_next_endpoint_is_used_when_one_is_down(etcd):
         assert store.get("k").value == b"v"
 
 
-class LossyProxy:
-    """A loopback HTTP proxy in front of etcd that can lose one txn on its way.
-
-    ``lose = "request"``: the next txn request is dropped before etcd sees it.
-    ``lose = "answer"``: the next txn reaches etcd, and its answer is dropped.
-    Either way the client's connection is closed, as when etcd restarts.
-    """
-
-    def __init__(self, endpoint: str) -> None:
-        self.target = endpoint
-        self.lose: str | None = None
-        self.lost = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        import http.client
-
-        reader = client.makefile("rb")
-        upstream = http.client.HTTPConnection(self.target, timeout=10)
-        with client:
-            while True:
-                request_line = reader.readline()
-                if not request_line:
-                    return
-                headers = {}
-                while (line := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode().partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = reader.read(int(headers.get("content-length", 0)))
-                path = request_line.split()[1].decode()
-                lose = self.lose if path == "/v3/kv/txn" else None
-                if lose == "request":
-                    self.lose, self.lost = None, self.lost + 1
-                    return
-                upstream.request("POST", path, body, {"Content-Type": "application/json"})
-                answer = upstream.getresponse()
-                data = answer.read()
-                if lose == "answer":
-                    self.lose, self.lost = None, self.lost + 1
-                    return
-                client.sendall(f"HTTP/1.1 {answer.status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-@pytest.mark.parametrize("lose", ["request", "answer"])
+@pytest.mark.parametrize("lose", [CLOSE_BEFORE_NEXT_COMMIT, CLOSE_AFTER_NEXT_COMMIT])
 @requires_etcd
 def test_a_commit_whose_connection_broke_is_applied_exactly_once(etcd, lose):
-    proxy = LossyProxy(etcd.endpoint)
+    proxy = FaultyProxy(etcd.endpoint)
     prefix = f"test-{uuid.uuid4().hex}"
     try:
         with EtcdStore(f"etcd://{proxy.endpoint}/{prefix}", "test") as store:
             store.put("counter", b"0")
-            proxy.lose = lose
+            proxy.mode = lose
 
             def increment(tx):
                 value = int(tx.get("counter").value) + 1
@@ -790,7 +733,7 @@ def test_a_commit_whose_connection_broke_is_applied_exactly_once(etcd, lose):
                 return tx.put(f"log/{value}", b"")
 
             logged = store.transact(increment)
-            assert proxy.lost == 1
+            assert proxy.closed_on == 1
             assert store.get("counter").value == b"1"
             assert [p.key for p in store.list("log/")] == ["log/1"]
             assert store.get("log/1")[:2] == logged[:2]
