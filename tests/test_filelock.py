@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
+from syscalls import wait_until_in_flock
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOCK = 73  # x86_64 syscall number, as /proc/PID/syscall shows it
 
 # Holds an exclusive flock on argv[1] until its stdin closes; says "held" once it has it.
 HOLDER = """
@@ -75,21 +75,12 @@ def last_line(proc: subprocess.Popen[str]) -> str:
     return out.strip().splitlines()[-1]
 
 
-def current_syscall(pid: int) -> int | None:
-    with open(f"/proc/{pid}/syscall") as f:
-        first = f.read().split()[0]
-    return int(first) if first.lstrip("-").isdigit() else None
-
-
 def test_a_waiter_sleeps_in_flock_and_gets_the_lock_when_it_is_freed(holder):
     path, proc = holder
     waiter = start(WAITER, str(path), "30", ROOT)
     assert line(waiter) == "waiting"
     # It waits in the kernel's flock, not in a sleep between polls.
-    deadline = time.monotonic() + 10
-    while current_syscall(waiter.pid) != FLOCK:
-        assert time.monotonic() < deadline, f"the waiter is in syscall {current_syscall(waiter.pid)}, not flock"
-        time.sleep(0.01)
+    wait_until_in_flock(waiter.pid)
     proc.stdin.close()  # the holder exits, which frees the lock
     outcome, _, restored, timer = last_line(waiter).split(" ", 3)
     assert outcome == "locked"

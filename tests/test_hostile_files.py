@@ -32,6 +32,7 @@ from plugin import (
     netconf,
     run_plugin,
 )
+from syscalls import wait_until_in_flock
 
 OTHER_UID = 4242
 # A plugin process takes well under a second to start; this is the slack a loaded 2-core
@@ -442,28 +443,12 @@ def test_unbounded_input_is_refused(tmp_path):
 # --- SIGINT -------------------------------------------------------------------------------------------
 
 
-# flock's system call number, as /proc/PID/syscall shows it.
-_FLOCK_SYSCALL = {"x86_64": 73, "aarch64": 32}[os.uname().machine]
-
-
-def _wait_until_in_flock(pid: int, within: float = 30.0) -> None:
-    """Wait until *pid* sleeps in flock: then a signal meets the waiting writer, however
-    long a loaded machine took to start it (a fixed sleep did not always suffice)."""
-    deadline = time.monotonic() + within
-    while True:
-        with open(f"/proc/{pid}/syscall") as syscall:
-            if syscall.read().split(" ", 1)[0] == str(_FLOCK_SYSCALL):
-                return
-        assert time.monotonic() < deadline, f"process {pid} never waited in flock"
-        time.sleep(0.01)
-
-
 def test_sigint_while_waiting_exits_quietly(tmp_path):
     db_path = tmp_path / "eni-ipam.db"
     add_ok(db_path, "task-1")
     with PausedTransaction(db_path, netconf("holder")) as holder:
         waiting = PluginProcess("ADD", netconf("task-2"), db_path, {"IPAM_DB_CONNECTION_TIMEOUT": "60s"})
-        _wait_until_in_flock(waiting.proc.pid)  # loaded, and waiting for the writer lock
+        wait_until_in_flock(waiting.proc.pid)  # loaded, and waiting for the writer lock
         waiting.proc.send_signal(signal.SIGINT)
         code, error, stderr = waiting.finish(timeout=30)
         holder.abort()
