@@ -148,14 +148,16 @@ class TLSConnection(Connection):
             if refused is not None:
                 raise refused from None
             if isinstance(error, ssl.SSLEOFError):
-                self._refuse_plain_http(host)
+                self._refuse_plain_http(host, raw.gettimeout())
             raise
         except ConnectionResetError:
-            self._refuse_plain_http(host)
+            self._refuse_plain_http(host, raw.gettimeout())
             raise
 
-    def _refuse_plain_http(self, host: str) -> None:
-        if serves_plain_http(host, self.port, 1.0):
+    def _refuse_plain_http(self, host: str, bound: float | None) -> None:
+        # The probe spends no more than the attempt had: a short bound while other
+        # endpoints wait their turn.
+        if serves_plain_http(host, self.port, 1.0 if bound is None else bound):
             raise TLSRefusedError(f"etcd at {self.authority} serves plain HTTP: use etcd://") from None
 
     def lacks_client_auth(self) -> bool:
