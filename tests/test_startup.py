@@ -204,6 +204,7 @@ OWN = {
     "ecs_ipam.kv",
     "ecs_ipam.kv.base",
     "ecs_ipam.kv.lmdb_store",
+    "ecs_ipam.kv.lmdb_handles",
     "ecs_ipam.kv.dbfile",
     "ecs_ipam.kv.codec",
     "ecs_ipam.filelock",

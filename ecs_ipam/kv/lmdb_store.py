@@ -39,6 +39,7 @@ from ..errors import (
     CorruptDatabaseError,
     DatabaseNotFoundError,
     InvalidArgumentError,
+    KeyModifiedError,
     NotADatabaseError,
     StoreError,
     StoreTimeoutError,
@@ -48,6 +49,7 @@ from . import dbfile
 from .base import DAMAGED_INDEX, KVPair, Store, Tx, check_bucket_name
 from .codec import decode_record, encode_record
 from .dbfile import check_single_name, resolve
+from .lmdb_handles import HandleTable, StaleHandles
 
 # typing.TYPE_CHECKING without importing typing, which every plugin start would pay for.
 TYPE_CHECKING = False
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lmdb import _Database as Handle
+
+    from .lmdb_handles import TxnHandles
 
 DEFAULT_MAP_SIZE = 32 << 20
 MAX_BUCKETS = 1024
@@ -136,14 +140,15 @@ class _Environment:
             raise
         self.pid = os.getpid()
         self.refs = 0
-        self.handles: dict[str, Handle] = {}
+        self.table = HandleTable()
         # flock is per open file description, so threads of this process would all
         # "hold" it at once; they queue on this lock first.
         self.thread_lock = _thread.allocate_lock()
         # LMDB allows set_mapsize only while this process has no transaction open, so
         # transactions are counted per thread: a resize waits for other threads' to end,
-        # and new ones wait while it resizes.
-        self._resizing = _thread.allocate_lock()
+        # and new ones wait while it resizes (or drops a bucket: see wait_alone).
+        # Reentrant: the thread that holds it begins its own transactions.
+        self._resizing = _thread.RLock()
         self._counts_lock = _thread.allocate_lock()
         self._open_txns: dict[int, int] = {}
 
@@ -229,16 +234,24 @@ class _Environment:
         MDB_NOTFOUND, and opening the name again hands back the same handle.  py-lmdb
         cannot close one handle, so the environment goes.
         """
-        self._alone(True)
+        self._alone(True, "must forget the handle of a bucket another process dropped")
         try:
             map_size = self.env.info()["map_size"]
-            self.handles.clear()
+            self.table.clear()
             self.env.close()
             self.env = self._open_lmdb(map_size)
         finally:
             self._resizing.release()
 
-    def _alone(self, required: bool) -> bool:
+    def wait_alone(self, purpose: str) -> None:
+        """Wait until no other thread of this process has a transaction open, and keep
+        them from beginning one until :meth:`stop_waiting`."""
+        self._alone(True, purpose)
+
+    def stop_waiting(self) -> None:
+        self._resizing.release()
+
+    def _alone(self, required: bool, purpose: str = "must grow") -> bool:
         """Take ``_resizing`` once no thread of this process has a transaction open (the
         caller releases it), or return False at once if not *required*."""
         me = _thread.get_ident()
@@ -256,12 +269,12 @@ class _Environment:
                     return False
                 if mine:
                     raise StoreError(
-                        f"database {self.path} must grow, which this thread's open "
+                        f"database {self.path} {purpose}, which this thread's open "
                         "transaction prevents; do not nest transactions"
                     )
                 if time.monotonic() > deadline:
                     raise StoreTimeoutError(
-                        f"database {self.path} must grow, but other threads kept transactions open for {RESIZE_WAIT:g}s"
+                        f"database {self.path} {purpose}, but other threads kept transactions open for {RESIZE_WAIT:g}s"
                     )
                 time.sleep(0.0005)
         except BaseException:
@@ -312,23 +325,25 @@ class _Environment:
 
     # -- named databases ------------------------------------------------------------------
 
-    def handle(self, txn: lmdb.Transaction[bytes], name: str, create: bool, opened: dict[str, Handle]) -> Handle | None:
-        """The handle of bucket *name*, or None if it does not exist and *create* is false.
+    def handle(self, txn: lmdb.Transaction[bytes], name: str, create: bool, handles: TxnHandles) -> Handle | None:
+        """The handle of bucket *name* in *txn*, or None if it does not exist and
+        *create* is false (see :mod:`.lmdb_handles`).
 
-        Handles first opened in a transaction are kept in *opened* and only shared once
-        that transaction commits: LMDB closes them if it aborts.
+        :raises StaleHandles: *txn* must begin again to open it.
         """
-        handle = self.handles.get(name) or opened.get(name)
-        if handle is None:
-            try:
-                handle = self.env.open_db(name.encode("utf-8"), txn=txn, create=create)
-            except lmdb.NotFoundError:
-                return None
-            except lmdb.DbsFullError:
-                raise StoreError(f"database {self.path} holds {MAX_BUCKETS} buckets, the limit") from None
-            except lmdb.IncompatibleError:
-                raise InvalidArgumentError(f"{name!r} is not a bucket") from None
-            opened[name] = handle
+        handle = self.table.usable(name, handles)
+        if handle is not None:
+            return handle
+        self.table.enter(handles)
+        try:
+            handle = self.env.open_db(name.encode("utf-8"), txn=txn, create=create)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.DbsFullError:
+            raise StoreError(f"database {self.path} holds {MAX_BUCKETS} buckets, the limit") from None
+        except lmdb.IncompatibleError:
+            raise InvalidArgumentError(f"{name!r} is not a bucket") from None
+        handles.opened[name] = handle
         return handle
 
     def bucket_names(self) -> list[str]:
@@ -447,13 +462,19 @@ class _WriteTxn:
 
     def __init__(self, env: _Environment) -> None:
         self.env = env
-        self.opened: dict[str, Handle] = {}
         self.log: list[tuple[str, str, bytes, bytes | None]] = []
+        # Whether it made the other threads of this process wait (see _drop).
+        self.alone = False
+        self.handles = env.table.begin()
         self.txn = env.begin(write=True)
         self.live = True
 
     def handle(self, name: str, create: bool) -> Handle | None:
-        return self.env.handle(self.txn, name, create, self.opened)
+        while True:
+            try:
+                return self.env.handle(self.txn, name, create, self.handles)
+            except StaleHandles:
+                self._replay(_nothing)
 
     def get(self, name: str, key: bytes) -> bytes | None:
         handle = self.handle(name, create=False)
@@ -473,22 +494,36 @@ class _WriteTxn:
     def _apply(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         while True:
             try:
+                if op[0] == "drop" and not self.alone:
+                    # Dropping closes the bucket's handle at once, under any other
+                    # thread's transaction that holds it: the drop waits until there is
+                    # none, and keeps new ones from beginning until it ends.
+                    self._replay(self._wait_alone)
                 result = self._run(op)
                 self.log.append(op)
                 return result
             except lmdb.MapFullError:
                 self._replay_in_larger_map()
+            except StaleHandles:
+                self._replay(_nothing)
             except lmdb.NotFoundError:
-                if op[1] not in self.env.handles:
+                if not self.env.table.is_shared(op[1]):
                     raise
-                # A handle cached before another process dropped its bucket.
+                # A handle shared before another process dropped its bucket.
                 self._replay(self.env.reopen)
+
+    def names(self) -> list[bytes]:
+        return list(self.txn.cursor().iternext(values=False))
+
+    def _wait_alone(self) -> None:
+        self.env.wait_alone("must drop a bucket")
+        self.alone = True
 
     def _run(self, op: tuple[str, str, bytes, bytes | None]) -> bool:
         kind, name, key, raw = op
         if kind == "drop":
             return self._drop(name)
-        handle = self.handle(name, create=kind == "put")
+        handle = self.env.handle(self.txn, name, kind == "put", self.handles)
         try:
             if raw is not None:  # a put; a delete carries no value
                 return self.txn.put(key, raw, db=handle)
@@ -497,16 +532,16 @@ class _WriteTxn:
             raise InvalidArgumentError(f"key or value too large for bucket {name!r}") from None
 
     def _drop(self, name: str) -> bool:
-        # Asked of the main database, not through a cached handle: after another process
+        # Asked of the main database, not through a shared handle: after another process
         # dropped the bucket, LMDB fails the whole transaction on a drop through that one.
         if self.txn.get(name.encode("utf-8")) is None:
             return False
-        handle = self.handle(name, create=False)
+        handle = self.env.handle(self.txn, name, False, self.handles)
         if handle is None:
             return False
         # LMDB closes the handle at once, whether this transaction commits or aborts.
-        self.env.handles.pop(name, None)
-        self.opened.pop(name, None)
+        self.env.table.enter(self.handles)
+        self.env.table.closed(name, self.handles)
         self.txn.drop(handle, delete=True)
         return True
 
@@ -515,9 +550,9 @@ class _WriteTxn:
 
     def _replay(self, prepare: Callable[[], object]) -> None:
         """Abort, ``prepare()`` the environment, and redo this transaction's log."""
-        self.abort()
+        self._end(committed=False)
         prepare()
-        self.opened = {}
+        self.handles = self.env.table.begin()
         self.txn = self.env.begin(write=True)
         self.live = True
         for op in self.log:
@@ -525,8 +560,10 @@ class _WriteTxn:
                 self._run(op)
             except lmdb.MapFullError:
                 return self._replay_in_larger_map()
+            except StaleHandles:
+                return self._replay(_nothing)
             except lmdb.NotFoundError:
-                if op[1] not in self.env.handles:
+                if not self.env.table.is_shared(op[1]):
                     raise
                 return self._replay(self.env.reopen)
 
@@ -544,24 +581,63 @@ class _WriteTxn:
                 raise StoreError(f"commit to {self.env.path} failed: {_describe(e)}") from None
         self.live = False
         self.env.finished()
-        self.env.handles.update(self.opened)
+        self.env.table.leave(self.handles, ended_well=True)
+        self._stop_waiting()
 
     def abort(self) -> None:
+        self._end(committed=False)
+        self._stop_waiting()
+
+    def _end(self, committed: bool) -> None:
         # Idempotent: a failed replay or commit has already ended the transaction.
         if self.live:
             self.live = False
             self.txn.abort()
             self.env.finished()
+        self.env.table.leave(self.handles, ended_well=committed)
+
+    def _stop_waiting(self) -> None:
+        if self.alone:
+            self.alone = False
+            self.env.stop_waiting()
 
 
 class _ReadTxn:
     def __init__(self, env: _Environment) -> None:
         self.env = env
-        self.opened: dict[str, Handle] = {}
+        self.handles = env.table.begin()
         self.txn = env.begin(write=False)
+        # Whether it has answered anything yet: until then it may begin again.
+        self.answered = False
 
     def handle(self, name: str, create: bool = False) -> Handle | None:
-        return self.env.handle(self.txn, name, False, self.opened)
+        while True:
+            try:
+                handle = self.env.handle(self.txn, name, False, self.handles)
+                break
+            except StaleHandles:
+                if self.txn.get(name.encode("utf-8")) is None:
+                    handle = None  # no such bucket in this snapshot: nothing to open
+                    break
+                self._begin_again(name)
+        self.answered = True
+        return handle
+
+    def _begin_again(self, name: str) -> None:
+        """Other threads opened buckets since this transaction began, after which LMDB
+        cannot open bucket *name* in it: begin it again, if it has not answered yet."""
+        if self.answered:
+            raise KeyModifiedError(
+                f"database {self.env.path}: another thread of this process opened buckets while this read "
+                f"transaction ran, and it cannot open bucket {name!r} after them; run the transaction again"
+            )
+        self.abort()
+        self.handles = self.env.table.begin()
+        self.txn = self.env.begin(write=False)
+
+    def names(self) -> list[bytes]:
+        self.answered = True
+        return list(self.txn.cursor().iternext(values=False))
 
     def get(self, name: str, key: bytes) -> bytes | None:
         handle = self.handle(name)
@@ -577,13 +653,18 @@ class _ReadTxn:
         raise StoreError("write in a read-only transaction")
 
     def commit(self) -> None:
-        # Handles opened by a read transaction die with it (LMDB keeps only those of
-        # committed write transactions), so they are not shared.
+        # py-lmdb ends a read transaction without keeping the handles it opened, so
+        # there is nothing to share.
         self.abort()
 
     def abort(self) -> None:
         self.txn.abort()
         self.env.finished()
+        self.env.table.leave(self.handles, ended_well=False)
+
+
+def _nothing() -> None:
+    """Nothing to prepare: the transaction is only begun again."""
 
 
 class _LMDBTx(Tx):
@@ -632,7 +713,7 @@ class _LMDBTx(Tx):
 
     def buckets(self) -> list[str]:
         # The main database holds nothing but the buckets' names (see the module docstring).
-        return sorted(_text(key) for key in self._txn.txn.cursor().iternext(values=False))
+        return sorted(_text(key) for key in self._txn.names())
 
 
 class _Transaction:
