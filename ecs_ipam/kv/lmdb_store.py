@@ -463,7 +463,7 @@ class _WriteTxn:
     def __init__(self, env: _Environment) -> None:
         self.env = env
         self.log: list[tuple[str, str, bytes, bytes | None]] = []
-        # Whether it made the other threads of this process wait (see _drop).
+        # Whether it keeps the other threads of this process waiting (see _apply).
         self.alone = False
         self.handles = env.table.begin()
         self.txn = env.begin(write=True)
