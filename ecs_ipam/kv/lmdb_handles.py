@@ -13,10 +13,11 @@ LMDB keeps one table of handles per environment, and its rules for it are strict
 Broken, they cost a writer's commit (``MDB_BAD_DBI``) or a reader's answer
 (``Invalid argument``) whenever one thread opened a bucket while another thread did.
 So: a transaction opens handles only while it holds :attr:`HandleTable.lock`, which it
-keeps until it ends; handles are shared once that transaction has ended, stamped with a
-generation; and a transaction uses a shared handle only if it is no newer than the
+keeps until it ends; handles are shared once that transaction has committed, stamped
+with a generation; and a transaction uses a shared handle only if it is no newer than the
 transaction.  A transaction that began before the table changed and needs a handle it
-cannot use is *stale* (:class:`StaleHandles`): its owner begins it again.
+cannot use is *stale* (:class:`StaleHandles`): its owner begins it again, or, for a read
+that has already answered, tells its caller to run it again.
 """
 
 from __future__ import annotations
